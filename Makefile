@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   create .venv, install, run the whole pipeline on a local Ray with built-in data
+#   make test   create .venv, install, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+DEMO_OUT ?= demo-output
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/cycledrums demo $(DEMO_OUT)
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/bench_codec.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

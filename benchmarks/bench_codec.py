@@ -1,0 +1,74 @@
+"""Codec benchmark: round-trip quality on real drums, and speed of the way back.
+
+Way back = uint8 mel image -> linear magnitude -> 32 Griffin-Lim iterations.
+Ours: pseudo-inverse of the filter bank computed once + torchaudio GriffinLim.
+Baseline: torchaudio's own InverseMelScale (least squares per call) + GriffinLim.
+Both on the same batch of windows in the same run; medians of --repeats runs.
+
+    .venv/bin/python benchmarks/bench_codec.py [--windows 8] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchaudio.transforms as T
+
+from pipelines.audio import load_audio
+from pipelines.mel import (MelParams, audio_to_image, cut_windows, db_to_power, dequantize,
+                           image_to_audio, mel_mae_db)
+
+ROOT = Path(__file__).resolve().parents[1]
+CANDIDATES = [ROOT.parent / "shared/data/cc0-lithium/drums.flac", ROOT / "tests/data/lithium_drums_8s.flac"]
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: caches, allocator, thread pool
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def torchaudio_way_back(images: torch.Tensor, p: MelParams, n_iter: int) -> torch.Tensor:
+    inverse = T.InverseMelScale(n_stft=p.n_fft // 2 + 1, n_mels=p.n_mels, sample_rate=p.sample_rate,
+                                driver="gelsd")  # the default driver fails on this filter bank
+    gl = T.GriffinLim(n_fft=p.n_fft, hop_length=p.hop_length, n_iter=n_iter, momentum=0.99,
+                      power=1.0, rand_init=False)
+    return gl(inverse(db_to_power(dequantize(images, p))).sqrt())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--windows", type=int, default=8, help="windows per batch (default 8)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats, median reported (default 5)")
+    ap.add_argument("--iterations", type=int, default=32, help="Griffin-Lim iterations (default 32)")
+    args = ap.parse_args()
+    p = MelParams()
+    source = next(c for c in CANDIDATES if c.exists())
+    audio = load_audio(source, p.sample_rate)
+    print(f"machine: {torch.get_num_threads()} torch threads; input {source.name}, {audio.shape[-1] / p.sample_rate:.1f} s")
+
+    image = audio_to_image(audio, p)
+    rebuilt = image_to_audio(image, p, n_iter=args.iterations, length=audio.shape[-1])
+    print(f"round trip, whole file, {args.iterations} iterations: mel MAE {mel_mae_db(audio, rebuilt, p):.3f} dB "
+          f"over [{p.db_min}, {p.db_max}] dB")
+
+    windows, _ = cut_windows(image, p, pad_tail=True)
+    batch = windows.repeat((args.windows + len(windows) - 1) // len(windows), 1, 1)[: args.windows]
+    audio_seconds = len(batch) * p.window_samples / p.sample_rate
+    ours = median_seconds(lambda: image_to_audio(batch, p, n_iter=args.iterations), args.repeats)
+    base = median_seconds(lambda: torchaudio_way_back(batch, p, args.iterations), max(1, args.repeats // 2))
+    print(f"way back on {len(batch)} windows ({audio_seconds:.1f} s of audio), median of runs:")
+    print(f"  pseudo-inverse + GriffinLim      {ours:8.3f} s  {audio_seconds / ours:8.1f}x real time")
+    print(f"  InverseMelScale + GriffinLim     {base:8.3f} s  {audio_seconds / base:8.1f}x real time")
+    print(f"  speed-up: {base / ours:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""`cycledrums`: one command, one subcommand per job.
+
+Each package registers its own subcommands (pipelines/cli.py, train/cli.py,
+infer/cli.py, cluster/cli.py).  Argument parsing imports nothing heavy, so
+`--help` is instant; a subcommand imports torch / Ray only when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (module, in the order the pipeline runs)
+SUBCOMMAND_MODULES = ("pipelines.cli", "train.cli", "infer.cli", "cluster.cli")
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cycledrums",
+        description="CycleDRUMS on Ray: drums for bass lines with a CycleGAN on mel-spectrograms. "
+        "Run `cycledrums SUBCOMMAND --help` for the inputs, outputs and defaults of each job.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue  # that part of the system is not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.func(args)
+    except CliError as err:
+        print(f"cycledrums {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cycledrums {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Generation, mel inversion, scoring and reports."""

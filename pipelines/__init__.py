@@ -1,0 +1,1 @@
+"""Data preparation jobs and the audio / mel code they share with inference."""

@@ -1,0 +1,230 @@
+"""The mel codec: audio <-> the 256x256 uint8 mel images the models see.
+
+Forward:  audio -> mel power spectrogram (torchaudio) -> dB -> clamp to one fixed
+          range -> uint8 -> 256x256 windows with 50 frames of overlap.
+Backward: uint8 -> dB -> mel power -> linear power through a pseudo-inverse of the
+          mel filter bank (computed once per device) -> magnitude -> Griffin-Lim.
+
+Everything works on batches (any leading dims) and on whatever device the input
+tensors live on.  All parameters live in `MelParams`; they are written into every
+Parquet file and checkpoint so an image can always be turned back into sound.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+
+import torch
+import torchaudio.functional as AF
+import torchaudio.transforms as T
+
+CODEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MelParams:
+    """The paper's representation.  The dB range is fixed for the whole data set.
+
+    db_min / db_max: 10*log10 of the mel *power* of audio in [-1, 1].  A full-scale
+    drum hit reaches about +45 dB in its loudest bin with these STFT settings;
+    -50 dB is far below anything audible in a mix, and everything below is
+    clamped to it (silence).  One uint8 step is (db_max - db_min) / 255 ~ 0.41 dB.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 256
+    window_frames: int = 256
+    overlap_frames: int = 50
+    db_min: float = -50.0
+    db_max: float = 55.0
+    codec_version: int = CODEC_VERSION
+
+    @property
+    def stride_frames(self) -> int:
+        return self.window_frames - self.overlap_frames
+
+    @property
+    def db_step(self) -> float:
+        return (self.db_max - self.db_min) / 255.0
+
+    @property
+    def window_samples(self) -> int:
+        """Audio samples spanned by one window (istft length with centred frames)."""
+        return (self.window_frames - 1) * self.hop_length
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MelParams":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown mel parameters {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str | bytes) -> "MelParams":
+        return cls.from_dict(json.loads(s))
+
+
+# ---------------------------------------------------------------- forward
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_transform(params: MelParams, device: str) -> T.MelSpectrogram:
+    return T.MelSpectrogram(
+        sample_rate=params.sample_rate,
+        n_fft=params.n_fft,
+        win_length=params.n_fft,
+        hop_length=params.hop_length,
+        n_mels=params.n_mels,
+        power=2.0,
+    ).to(device)
+
+
+def num_frames(num_samples: int, params: MelParams = MelParams()) -> int:
+    """Frames torchaudio produces for `num_samples` (centred frames)."""
+    return 1 + num_samples // params.hop_length
+
+
+def mel_power(audio: torch.Tensor, params: MelParams = MelParams()) -> torch.Tensor:
+    """[..., samples] float audio -> [..., n_mels, frames] mel power spectrogram."""
+    return _mel_transform(params, str(audio.device))(audio)
+
+
+def power_to_db(power: torch.Tensor, params: MelParams = MelParams()) -> torch.Tensor:
+    """Mel power -> dB, clamped to the fixed range."""
+    db = 10.0 * torch.log10(power.clamp_min(1e-10))
+    return db.clamp(params.db_min, params.db_max)
+
+
+def db_to_power(db: torch.Tensor) -> torch.Tensor:
+    return torch.pow(10.0, db / 10.0)
+
+
+def quantize(db: torch.Tensor, params: MelParams = MelParams()) -> torch.Tensor:
+    """dB in the fixed range -> uint8 (0 = db_min, 255 = db_max); error <= half a step."""
+    scaled = (db.clamp(params.db_min, params.db_max) - params.db_min) / params.db_step
+    return scaled.round().to(torch.uint8)
+
+
+def dequantize(image: torch.Tensor, params: MelParams = MelParams()) -> torch.Tensor:
+    return params.db_min + image.float() * params.db_step
+
+
+def audio_to_image(audio: torch.Tensor, params: MelParams = MelParams()) -> torch.Tensor:
+    """[..., samples] audio -> [..., n_mels, frames] uint8 mel image (bin 0 = lowest)."""
+    return quantize(power_to_db(mel_power(audio, params), params), params)
+
+
+def image_to_model(image: torch.Tensor) -> torch.Tensor:
+    """uint8 image -> float in [-1, 1], what the networks see."""
+    return image.float() / 127.5 - 1.0
+
+
+def model_to_image(x: torch.Tensor) -> torch.Tensor:
+    """Network output in [-1, 1] -> uint8 image."""
+    return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+# ---------------------------------------------------------------- windows
+
+
+def window_starts(n_frames: int, params: MelParams = MelParams(), pad_tail: bool = False) -> list[int]:
+    """Start frames of the 256-frame windows cut from `n_frames` frames.
+
+    Windows start every `stride_frames` (206) frames.  Without `pad_tail` only full
+    windows are cut and the tail after the last one (< 206 frames + overlap) is
+    dropped: that is what training data uses.  With `pad_tail` one more window
+    covers the tail (inference pads it with silence), so every frame is covered.
+    """
+    w, s = params.window_frames, params.stride_frames
+    if n_frames < w:
+        return [0] if (pad_tail and n_frames > 0) else []
+    starts = list(range(0, n_frames - w + 1, s))
+    if pad_tail and starts[-1] + w < n_frames:
+        starts.append(starts[-1] + s)
+    return starts
+
+
+def cut_windows(image: torch.Tensor, params: MelParams = MelParams(), pad_tail: bool = False,
+                pad_value: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """[n_mels, frames] image -> ([n_windows, n_mels, window_frames], start frames)."""
+    n_frames = image.shape[-1]
+    starts = window_starts(n_frames, params, pad_tail)
+    w = params.window_frames
+    if not starts:
+        return image.new_zeros((0, image.shape[-2], w)), starts
+    needed = starts[-1] + w
+    if needed > n_frames:
+        image = torch.nn.functional.pad(image, (0, needed - n_frames), value=pad_value)
+    windows = torch.stack([image[..., s:s + w] for s in starts])
+    return windows, starts
+
+
+# ---------------------------------------------------------------- backward
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_pinv(params: MelParams, device: str) -> torch.Tensor:
+    """[n_freqs, n_mels] pseudo-inverse of the mel filter bank, computed once per device."""
+    fb = AF.melscale_fbanks(
+        n_freqs=params.n_fft // 2 + 1,
+        f_min=0.0,
+        f_max=params.sample_rate / 2.0,
+        n_mels=params.n_mels,
+        sample_rate=params.sample_rate,
+    )  # [n_freqs, n_mels]; mel = fb^T @ spec
+    return torch.linalg.pinv(fb.T.double()).float().to(device)
+
+
+def mel_to_linear_power(mel: torch.Tensor, params: MelParams = MelParams()) -> torch.Tensor:
+    """[..., n_mels, frames] mel power -> [..., n_freqs, frames] STFT power (>= 0)."""
+    pinv = _mel_pinv(params, str(mel.device))
+    return torch.matmul(pinv, mel).clamp_min(0.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _griffin_lim(params: MelParams, n_iter: int, momentum: float, device: str) -> T.GriffinLim:
+    return T.GriffinLim(
+        n_fft=params.n_fft,
+        win_length=params.n_fft,
+        hop_length=params.hop_length,
+        n_iter=n_iter,
+        momentum=momentum,
+        power=1.0,  # we pass magnitudes
+        rand_init=False,  # deterministic output for a given image
+    ).to(device)
+
+
+def griffin_lim(magnitude: torch.Tensor, params: MelParams = MelParams(), n_iter: int = 32,
+                momentum: float = 0.99, length: int | None = None) -> torch.Tensor:
+    """[..., n_freqs, frames] magnitude -> [..., samples] audio via torchaudio Griffin-Lim."""
+    if n_iter < 1:
+        raise ValueError(f"Griffin-Lim needs at least 1 iteration, got {n_iter}")
+    gl = _griffin_lim(params, n_iter, momentum, str(magnitude.device))
+    gl.length = length
+    return gl(magnitude)
+
+
+def image_to_audio(image: torch.Tensor, params: MelParams = MelParams(), n_iter: int = 32,
+                   length: int | None = None) -> torch.Tensor:
+    """[..., n_mels, frames] uint8 image -> [..., samples] audio."""
+    power = mel_to_linear_power(db_to_power(dequantize(image, params)), params)
+    return griffin_lim(power.sqrt(), params, n_iter=n_iter, length=length)
+
+
+def mel_mae_db(reference: torch.Tensor, other: torch.Tensor, params: MelParams = MelParams()) -> float:
+    """Mean absolute difference in dB between two signals' mels over the fixed range."""
+    n = min(reference.shape[-1], other.shape[-1])
+    a = power_to_db(mel_power(reference[..., :n], params), params)
+    b = power_to_db(mel_power(other[..., :n], params), params)
+    return float((a - b).abs().mean())

@@ -1,0 +1,51 @@
+"""Local paths and `s3://` (any fsspec URL) handled the same way everywhere.
+
+S3 settings come from the standard AWS environment / config files (credentials,
+region, `AWS_ENDPOINT_URL`), plus an explicit endpoint URL option on the CLI for
+S3-compatible stores (MinIO, moto, Ceph).
+"""
+from __future__ import annotations
+
+import os
+
+import fsspec
+import pyarrow.fs as pafs
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def endpoint_url(explicit: str | None = None) -> str | None:
+    """The S3 endpoint to use: the explicit option, else the AWS environment, else AWS."""
+    return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def fsspec_filesystem(uri: str, s3_endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(fsspec filesystem, path inside it) for a local path or URL."""
+    options = {}
+    if uri.startswith("s3://"):
+        url = endpoint_url(s3_endpoint_url)
+        if url:
+            options["client_kwargs"] = {"endpoint_url": url}
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    return fs, path
+
+
+def arrow_filesystem(uri: str, s3_endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it): what Ray Data and Ray Train accept natively."""
+    if uri.startswith("s3://"):
+        url = endpoint_url(s3_endpoint_url)
+        kwargs = {}
+        if url:
+            scheme, _, host = url.partition("://")
+            kwargs = {"endpoint_override": host, "scheme": scheme}
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
+    if is_remote(uri):
+        fs, path = fsspec_filesystem(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), os.path.abspath(path)

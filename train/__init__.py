@@ -1,0 +1,1 @@
+"""Models, losses, the training loop and its Ray Train wiring."""
