@@ -68,7 +68,9 @@ def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
 
 def to_mono_resampled(data: np.ndarray, rate: int, target_rate: int) -> torch.Tensor:
     """[frames, channels] float array -> mono float32 tensor [samples] at `target_rate`."""
-    mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    # A matrix-vector product is several times faster than data.mean(axis=1) on [n, 2].
+    weights = np.full(data.shape[1], 1.0 / data.shape[1], dtype=np.float32)
+    mono = torch.from_numpy(np.ascontiguousarray(data @ weights))
     if rate != target_rate:
         mono = AF.resample(mono, rate, target_rate)
     return mono

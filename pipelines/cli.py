@@ -8,6 +8,7 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     _register_synth(sub)
     _register_roundtrip(sub)
+    _register_prepare(sub)
 
 
 def _register_synth(sub) -> None:
@@ -76,4 +77,74 @@ def _run_roundtrip(args) -> int:
         print(f"wrote {result['output']}: {result['seconds']:.2f} s of audio, "
               f"mel error {result['mel_mae_db']:.2f} dB (mean absolute, range {result['db_range']}), "
               f"{result['realtime_factor']:.1f}x real time at {result['griffin_lim_iterations']} iterations")
+    return 0
+
+
+def _register_prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="turn a song catalog into Parquet training windows (Ray Data)",
+        description="Read a catalog of songs from INPUT and write paired bass/drums mel windows to "
+        "OUTPUT (local paths or s3:// URIs) with Ray Data. Layouts: 'stems' = musdb18-HQ folders "
+        "<split>/<track>/{bass,drums,...}.wav|.flac (the train/test folders give the split); "
+        "'mixes' = a tree of songs (MP3/OGG/WAV/FLAC), separated with Demucs, split by a hash of the "
+        "track id, optionally filtered with FMA's tracks.csv (albums with the word 'live' in the "
+        "title are dropped). Writes OUTPUT/{train,test}/<track>.parquet (one file per track, 256x256 uint8 "
+        "windows, 50 frames overlap, mel parameters in the file metadata), OUTPUT/_errors.csv "
+        "(track, path, stage, reason) and OUTPUT/_summary.json. Tracks already in OUTPUT are "
+        "skipped unless --overwrite. S3 credentials come from the standard AWS environment.",
+    )
+    p.add_argument("input", metavar="INPUT", help="folder or s3:// prefix holding the catalog")
+    p.add_argument("output", metavar="OUTPUT", help="folder or s3:// prefix for the window data set")
+    p.add_argument("--layout", choices=("stems", "mixes"), default=None,
+                   help="input layout (default: detected; 'stems' if any folder holds bass/drums files)")
+    p.add_argument("--genres", default=None,
+                   help="mixes: comma-separated FMA top-level genres to keep, e.g. 'Pop,Soul-RnB,Rock' "
+                   "(default: all; needs tracks.csv)")
+    p.add_argument("--tracks-csv", default=None,
+                   help="mixes: FMA tracks.csv (default: INPUT/tracks.csv when it exists)")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="share of tracks hashed into the test split when no train/test folders "
+                   "give it (default: 0.1)")
+    p.add_argument("--min-level-db", type=float, default=-10.0,
+                   help="drop windows whose bass or drums mean mel power is below this many dB "
+                   "(near silent; default: -10)")
+    p.add_argument("--demucs-model", default="htdemucs",
+                   help="mixes: Demucs pretrained name (needs internet once) or local model folder / "
+                   ".th / .yaml file (default: htdemucs)")
+    p.add_argument("--separators", type=int, default=None,
+                   help="mixes: Demucs actors (default: one per GPU in the cluster, or 1 on CPU)")
+    p.add_argument("--num-cpus", type=float, default=None,
+                   help="cap on the logical CPUs this job uses (default: all of the cluster's)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="process at most this many tracks in this run (default: all)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo tracks already in OUTPUT (default: skip them)")
+    p.add_argument("--s3-endpoint-url", default=None,
+                   help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    from cycledrums_cli import CliError
+    from pipelines.catalog import CatalogError
+    from pipelines.prepare import PrepareConfig, PrepareError, format_summary, run_prepare
+    from pipelines.separation import ModelSpecError
+
+    genres = [g.strip() for g in args.genres.split(",") if g.strip()] if args.genres else None
+    cfg = PrepareConfig(
+        input=args.input, output=args.output, layout=args.layout, genres=genres,
+        tracks_csv=args.tracks_csv, test_fraction=args.test_fraction,
+        min_level_db=args.min_level_db, demucs_model=args.demucs_model,
+        separators=args.separators, num_cpus=args.num_cpus, overwrite=args.overwrite,
+        limit=args.limit, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+    )
+    try:
+        summary = run_prepare(cfg)
+    except (CatalogError, PrepareError, ModelSpecError) as err:
+        raise CliError(str(err)) from err
+    print(json.dumps(summary) if args.json else format_summary(summary))
     return 0

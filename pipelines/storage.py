@@ -49,3 +49,37 @@ def arrow_filesystem(uri: str, s3_endpoint_url: str | None = None) -> tuple[pafs
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
     path = uri[len("file://"):] if uri.startswith("file://") else uri
     return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def is_local_filesystem(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or "local" in protocols
+
+
+TEMP_MARK = ".tmp-"
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write `data` to `path` so that the file either exists complete or not at all.
+
+    Local: write a hidden temp file in the same folder, then rename it (atomic on POSIX).
+    Object stores (S3): a single PUT (or a multipart upload, completed only at the end) is
+    already atomic, so the object is written in place.  An interrupted local write leaves
+    only a hidden `.NAME.tmp-*` file, which Parquet readers ignore.
+    """
+    import posixpath
+    import uuid
+
+    if not is_local_filesystem(fs):
+        fs.pipe_file(path, data)
+        return
+    folder, name = posixpath.split(path)
+    fs.makedirs(folder, exist_ok=True)
+    temp = posixpath.join(folder, f".{name}{TEMP_MARK}{uuid.uuid4().hex[:12]}")
+    try:
+        fs.pipe_file(temp, data)
+        fs.mv(temp, path)
+    except BaseException:
+        if fs.exists(temp):
+            fs.rm(temp)
+        raise

@@ -1,0 +1,202 @@
+"""Throughput of `cycledrums prepare`, in audio-seconds processed per wall second.
+
+1. CPU part (decode + resample + mel + windows + Parquet) on a stems data set:
+   - baseline: the same per-track work in this process, one thread, no Ray;
+   - the Ray Data pipeline (`run_prepare`) on a fresh local Ray with 1 and 2 logical CPUs
+     (workers warmed up first, so Ray's start and torch imports are not counted).
+   Target: >= 200x real time per core.
+2. Separation with the given Demucs model (a tiny random one by default; `--demucs-model`
+   for a real one): `separate()` in this process, and the whole mixes pipeline on Ray.
+
+    .venv/bin/python benchmarks/bench_prepare.py [--tracks 6 --seconds 60 --repeats 3]
+
+Prints medians and ratios vs the baseline measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import soundfile as sf
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", default=None, help="stems data set to use (default: a synth one in a temp folder)")
+    p.add_argument("--tracks", type=int, default=6, help="synth tracks (default: 6)")
+    p.add_argument("--seconds", type=float, default=60.0, help="synth track length in s (default: 60)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (default: 3)")
+    p.add_argument("--cpus", default="1,2", help="Ray logical CPU counts to try (default: 1,2)")
+    p.add_argument("--demucs-model", default=None,
+                   help="Demucs model for the separation part (default: a tiny random model)")
+    p.add_argument("--sep-tracks", type=int, default=2,
+                   help="songs for the mixes pipeline run on Ray (default: 2; 0 skips it)")
+    p.add_argument("--skip-separation", action="store_true", help="only the CPU part")
+    return p.parse_args()
+
+
+def track_seconds(root: Path) -> float:
+    return sum(sf.info(p).duration for p in root.rglob("bass.wav"))
+
+
+def baseline(root: Path, out: Path) -> dict[str, float]:
+    """The CPU part for every track, in this process with one thread: per-step seconds."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipelines.mel import MelParams
+    from pipelines.prepare import _decode_mono, window_file_name
+    from pipelines.windows import track_windows
+
+    torch.set_num_threads(1)
+    params = MelParams()
+    steps = {"decode+resample": 0.0, "mel+windows": 0.0, "parquet": 0.0}
+    out.mkdir(parents=True, exist_ok=True)
+    cpu_start = time.process_time()
+    for folder in sorted(p.parent for p in root.rglob("bass.wav")):
+        t0 = time.perf_counter()
+        bass = _decode_mono(str(folder / "bass.wav"), params, None)
+        drums = _decode_mono(str(folder / "drums.wav"), params, None)
+        t1 = time.perf_counter()
+        table, _ = track_windows(folder.name, "train", bass, drums, params)
+        t2 = time.perf_counter()
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        (out / window_file_name(folder.name)).write_bytes(sink.getvalue().to_pybytes())
+        t3 = time.perf_counter()
+        steps["decode+resample"] += t1 - t0
+        steps["mel+windows"] += t2 - t1
+        steps["parquet"] += t3 - t2
+    steps["total"] = sum(steps.values())
+    # CPU seconds of this process: the per-core figure even when other jobs share the cores.
+    steps["cpu"] = time.process_time() - cpu_start
+    return steps
+
+
+def ray_runs(root: Path, tmp: Path, cpus: int, repeats: int, **config) -> list[float]:
+    """Wall seconds of `run_prepare` on a fresh local Ray with `cpus` logical CPUs."""
+    import ray
+    from ray.data import DataContext
+
+    from pipelines.prepare import PrepareConfig, run_prepare
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             object_store_memory=1 << 30)
+    DataContext.get_current().enable_progress_bars = False
+    try:
+        # Warm-up: start the workers and import torch in them.
+        run_prepare(PrepareConfig(input=str(root), output=str(tmp / f"warm{cpus}"), limit=cpus, **config))
+        walls = []
+        for r in range(repeats):
+            summary = run_prepare(PrepareConfig(input=str(root), output=str(tmp / f"out{cpus}_{r}"), **config))
+            if summary["tracks_failed"]:
+                raise RuntimeError(f"benchmark run had failures: {summary}")
+            walls.append(summary["wall_seconds"])
+        return walls
+    finally:
+        ray.shutdown()
+
+
+def separation_direct(model_spec: str, mix_path: Path, repeats: int) -> dict[str, float]:
+    """Seconds of `separate()` on one mix, median over repeats, with 1 thread and all threads."""
+    import torch
+
+    from pipelines.audio import read_audio
+    from pipelines.separation import load_model, separate
+
+    model = load_model(model_spec)
+    samples, rate = read_audio(mix_path)
+    wav = torch.from_numpy(samples.T.copy())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    results = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        separate(model, wav, rate, 22050, device)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            separate(model, wav, rate, 22050, device)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        results[f"{device}, {threads} thread(s)"] = statistics.median(times)
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    try:
+        if args.input:
+            root = Path(args.input)
+        else:
+            from pipelines.synth import write_dataset
+
+            root = tmp / "synth"
+            write_dataset(root, tracks=args.tracks, seconds=args.seconds, seed=0)
+        audio = track_seconds(root)
+        print(f"data: {root} ({audio:.0f} s of audio in {len(list(root.rglob('bass.wav')))} tracks); "
+              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (other jobs slow every figure)")
+
+        print("\n== CPU part: decode + resample + mel + windows + Parquet ==")
+        baseline(root, tmp / "base_warm")  # first calls build the resampling / mel kernels
+        runs = [baseline(root, tmp / f"base{r}") for r in range(args.repeats)]
+        base = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        base_rate = audio / base["total"]
+        print(f"baseline, 1 process 1 thread, no Ray: {base['total']:.2f} s -> {base_rate:.0f}x real time; "
+              f"{base['cpu']:.2f} CPU s -> {audio / base['cpu']:.0f}x real time per CPU second")
+        for step in ("decode+resample", "mel+windows", "parquet"):
+            print(f"    {step:16s} {base[step]:.2f} s ({100 * base[step] / base['total']:.0f}%, "
+                  f"{audio / base[step]:.0f}x real time)")
+        for cpus in [int(c) for c in args.cpus.split(",")]:
+            walls = ray_runs(root, tmp, cpus, args.repeats)
+            wall = statistics.median(walls)
+            rate = audio / wall
+            print(f"Ray Data, {cpus} logical CPU(s): median {wall:.2f} s of {[round(w, 2) for w in walls]} -> "
+                  f"{rate:.0f}x real time, {rate / cpus:.0f}x per CPU "
+                  f"(ratio vs baseline {rate / base_rate:.2f}; target >= 200x per core)")
+
+        if args.skip_separation:
+            return
+        print("\n== separation ==")
+        spec = args.demucs_model
+        if spec is None:
+            from pipelines.separation import save_local_model, tiny_model
+
+            spec = str(tmp / "tiny_model")
+            save_local_model(tiny_model(), spec, "tiny")
+            print("model: tiny random Demucs (v2 architecture, channels 4, depth 4)")
+        else:
+            print(f"model: {spec}")
+        mixes = sorted(root.rglob("mixture.wav"))
+        if not mixes:
+            print("no mixture.wav in the data set: skipping separation")
+            return
+        mix_seconds = sf.info(mixes[0]).duration
+        for label, seconds in separation_direct(spec, mixes[0], args.repeats).items():
+            print(f"separate() in process, {label}: {seconds:.2f} s for {mix_seconds:.0f} s -> "
+                  f"{mix_seconds / seconds:.1f}x real time")
+        if args.sep_tracks > 0:
+            songs = tmp / "mixes"
+            for i, path in enumerate(mixes[: args.sep_tracks]):
+                (songs / f"{i:03d}").mkdir(parents=True)
+                shutil.copy(path, songs / f"{i:03d}" / "song.wav")
+            seconds = sum(sf.info(p).duration for p in songs.rglob("*.wav"))
+            walls = ray_runs(songs, tmp / "sep", 2, 1, demucs_model=spec, min_level_db=-100.0)
+            print(f"mixes pipeline on Ray (2 logical CPUs, 1 Demucs actor): {walls[0]:.2f} s for "
+                  f"{seconds:.0f} s -> {seconds / walls[0]:.1f}x real time")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

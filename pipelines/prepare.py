@@ -1,0 +1,520 @@
+"""`cycledrums prepare`: a song catalog -> Parquet training windows, with Ray Data.
+
+One row per track flows through the pipeline (one track per block, so a long song never
+shares memory with others):
+
+    catalog (driver: names only)
+      -> decode: read the bytes, decode, mono, resample       CPU tasks
+      -> separate (mixes only): Demucs, keep bass and drums     actor pool, 1 GPU each if any
+      -> windows: mel / dB / uint8, 256x256 windows, drop       CPU tasks
+         near-silent ones, write the track's Parquet file
+
+Output (local folder or s3:// prefix):
+
+    OUTPUT/train/<track>-<hash>.parquet    one file per track (the window contract of
+    OUTPUT/test/<track>-<hash>.parquet     pipelines/windows.py), written atomically
+    OUTPUT/_errors.csv                     track, path, stage, reason (this run's failures)
+    OUTPUT/_summary.json                   the final summary
+
+A track's Parquet file is its "done" marker: a re-run skips tracks whose file exists
+(`overwrite=True` redoes them); failed tracks have no file and are tried again.  Readers
+(pyarrow datasets, Ray Data, DuckDB) skip `_`- and `.`-prefixed names, so `OUTPUT` itself
+reads as the window table.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import posixpath
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.catalog import DEFAULT_TEST_FRACTION, Catalog, Track, build_catalog
+from pipelines.mel import MelParams
+from pipelines.separation import DEFAULT_MODEL
+from pipelines.storage import TEMP_MARK, fsspec_filesystem, is_local_filesystem, write_bytes_atomic
+from pipelines.windows import DEFAULT_MIN_LEVEL_DB, SPLITS
+
+log = logging.getLogger(__name__)
+
+ERRORS_FILE = "_errors.csv"
+SUMMARY_FILE = "_summary.json"
+ERROR_COLUMNS = ("track", "path", "stage", "reason")
+
+# What travels between stages.  Audio is raw float32 bytes (large_binary), never a Ray
+# tensor column, and every stage keeps the bookkeeping columns so a failed track flows
+# through to the end as a row with its stage and reason.
+TRACK_FIELDS = [
+    pa.field("track_id", pa.string()),
+    pa.field("split", pa.string()),
+    pa.field("path", pa.string()),
+    pa.field("sources", pa.string()),  # JSON {"bass": uri, "drums": uri} or {"mix": uri}
+    pa.field("status", pa.string()),  # pending / ok / failed
+    pa.field("stage", pa.string()),  # where it failed
+    pa.field("reason", pa.string()),
+    pa.field("seconds", pa.float64()),  # audio duration
+]
+TRACK_SCHEMA = pa.schema(TRACK_FIELDS)
+STEMS_SCHEMA = pa.schema(TRACK_FIELDS + [pa.field("bass", pa.large_binary()),
+                                         pa.field("drums", pa.large_binary())])
+MIX_SCHEMA = pa.schema(TRACK_FIELDS + [pa.field("mix", pa.large_binary()),
+                                       pa.field("mix_rate", pa.int64()),
+                                       pa.field("mix_channels", pa.int64())])
+RESULT_SCHEMA = pa.schema(TRACK_FIELDS + [pa.field("windows", pa.int64()),
+                                          pa.field("dropped", pa.int64())])
+
+
+class PrepareError(ValueError):
+    """A user error in the job's inputs or options (reported without a traceback)."""
+
+
+@dataclass
+class PrepareConfig:
+    input: str
+    output: str
+    layout: str | None = None  # None: detect
+    genres: list[str] | None = None
+    tracks_csv: str | None = None
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    min_level_db: float = DEFAULT_MIN_LEVEL_DB
+    demucs_model: str = DEFAULT_MODEL
+    separators: int | None = None  # Demucs actors; None: one per GPU, else 1
+    num_cpus: float | None = None  # cap on logical CPUs the job uses; None: the cluster's
+    overwrite: bool = False
+    limit: int | None = None
+    s3_endpoint_url: str | None = None
+    address: str | None = None
+    params: MelParams = field(default_factory=MelParams)
+
+
+# ----------------------------------------------------------------- output naming
+
+
+def window_file_name(track_id: str) -> str:
+    """Track id -> a safe, unique, stable file name (readable part + hash of the exact id)."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", track_id).strip("._-")[:100] or "track"
+    digest = hashlib.sha1(track_id.encode("utf-8")).hexdigest()[:10]
+    return f"{readable}-{digest}.parquet"
+
+
+def existing_outputs(fs, root: str) -> dict[str, str]:
+    """{file name: split} of the window files already in OUTPUT (complete ones only)."""
+    fs.invalidate_cache()
+    done = {}
+    for split in SPLITS:
+        try:
+            names = fs.ls(posixpath.join(root, split), detail=False)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            base = posixpath.basename(name.rstrip("/"))
+            if base.endswith(".parquet") and not base.startswith((".", "_")):
+                done[base] = split
+    return done
+
+
+def remove_stale_temp_files(fs, root: str) -> int:
+    """Delete temp files an interrupted local run left (they never look complete anyway)."""
+    if not is_local_filesystem(fs):
+        return 0
+    removed = 0
+    for split in SPLITS:
+        folder = posixpath.join(root, split)
+        if not fs.exists(folder):
+            continue
+        for name in fs.ls(folder, detail=False):
+            base = posixpath.basename(name)
+            if base.startswith(".") and TEMP_MARK in base:
+                fs.rm(name)
+                removed += 1
+    return removed
+
+
+# ----------------------------------------------------------------- stage helpers
+
+
+def _fail(row: dict, stage: str, err: BaseException | str) -> None:
+    from pipelines.audio import AudioError
+
+    if isinstance(err, (AudioError, FileNotFoundError)):
+        reason = str(err)
+    elif isinstance(err, BaseException):
+        reason = f"{type(err).__name__}: {err}"
+        log.warning("track %s failed in %s", row["track_id"], stage, exc_info=err)
+    else:
+        reason = err
+    row.update(status="failed", stage=stage, reason=reason)
+
+
+def _read_bytes(uri: str, s3_endpoint_url: str | None) -> bytes:
+    fs, path = fsspec_filesystem(uri, s3_endpoint_url)
+    return fs.cat_file(path)
+
+
+def _named_buffer(data: bytes, name: str) -> io.BytesIO:
+    buf = io.BytesIO(data)
+    buf.name = name  # error messages name the file, not "<in-memory audio>"
+    return buf
+
+
+def _check_long_enough(num_samples: int, rate: int, params: MelParams) -> None:
+    from pipelines.audio import AudioError
+
+    needed = params.window_samples / params.sample_rate
+    seconds = num_samples / rate
+    if seconds < needed:
+        raise AudioError(f"too short: {seconds:.2f} s of audio, one window needs {needed:.2f} s")
+
+
+def _decode_mono(uri: str, params: MelParams, s3_endpoint_url: str | None):
+    """File -> mono float32 tensor at the codec's rate; AudioError when unusable."""
+    from pipelines.audio import EmptyAudioError, check_not_silent, read_audio, to_mono_resampled
+
+    data = _read_bytes(uri, s3_endpoint_url)
+    if not data:
+        raise EmptyAudioError(f"{uri}: file is empty (0 bytes)")
+    samples, rate = read_audio(_named_buffer(data, uri))
+    signal = to_mono_resampled(samples, rate, params.sample_rate)
+    check_not_silent(signal, uri)
+    return signal
+
+
+def _audio_bytes(signal) -> bytes:
+    return np.ascontiguousarray(signal.numpy(), dtype=np.float32).tobytes()
+
+
+def _audio_tensor(data: bytes):
+    import torch
+
+    return torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy())
+
+
+# ----------------------------------------------------------------- stages
+
+
+def decode_stems(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) -> pa.Table:
+    """Stems layout: bass and drums files -> mono audio at the codec's rate."""
+    rows = []
+    for row in batch.to_pylist():
+        row.update(bass=b"", drums=b"")
+        if row["status"] == "pending":
+            try:
+                sources = json.loads(row["sources"])
+                bass = _decode_mono(sources["bass"], params, s3_endpoint_url)
+                drums = _decode_mono(sources["drums"], params, s3_endpoint_url)
+                n = min(bass.shape[-1], drums.shape[-1])
+                _check_long_enough(n, params.sample_rate, params)
+                row.update(bass=_audio_bytes(bass[:n]), drums=_audio_bytes(drums[:n]),
+                           seconds=n / params.sample_rate)
+            except Exception as err:  # a bad track becomes an error row; the job goes on
+                _fail(row, "decode", err)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=STEMS_SCHEMA)
+
+
+def decode_mix(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) -> pa.Table:
+    """Mixes layout: song file -> float32 [channels, samples] at its own rate, for Demucs."""
+    from pipelines.audio import SILENCE_PEAK, SilentAudioError, read_audio
+
+    rows = []
+    for row in batch.to_pylist():
+        row.update(mix=b"", mix_rate=0, mix_channels=0)
+        if row["status"] == "pending":
+            try:
+                uri = json.loads(row["sources"])["mix"]
+                samples, rate = read_audio(_named_buffer(_read_bytes(uri, s3_endpoint_url), uri))
+                _check_long_enough(samples.shape[0], rate, params)
+                peak = float(np.abs(samples).max())
+                if peak < SILENCE_PEAK:
+                    raise SilentAudioError(f"{uri}: signal is silent (peak {peak:.2e})")
+                row.update(mix=np.ascontiguousarray(samples.T).tobytes(), mix_rate=rate,
+                           mix_channels=samples.shape[1], seconds=samples.shape[0] / rate)
+            except Exception as err:
+                _fail(row, "decode", err)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=MIX_SCHEMA)
+
+
+class DemucsSeparator:
+    """Ray Data actor: loads the Demucs model once, separates one song per call."""
+
+    def __init__(self, model_spec: str, params: MelParams, use_gpu: bool, cpu_threads: int = 1):
+        import torch
+
+        from pipelines.separation import load_model
+
+        torch.set_num_threads(max(1, int(cpu_threads)))
+        self.params = params
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.model = load_model(model_spec).to(self.device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from pipelines.audio import check_not_silent
+        from pipelines.separation import separate
+
+        rows = []
+        for row in batch.to_pylist():
+            mix = row.pop("mix")
+            rate, channels = row.pop("mix_rate"), row.pop("mix_channels")
+            row.update(bass=b"", drums=b"")
+            if row["status"] == "pending":
+                try:
+                    wav = _audio_tensor(mix).reshape(channels, -1)
+                    stems = separate(self.model, wav, rate, self.params.sample_rate, self.device)
+                    for name in ("bass", "drums"):
+                        check_not_silent(stems[name], f"{row['path']}: separated {name}")
+                    row.update(bass=_audio_bytes(stems["bass"]), drums=_audio_bytes(stems["drums"]))
+                except Exception as err:
+                    _fail(row, "separate", err)
+                finally:
+                    if self.device == "cuda":
+                        torch.cuda.empty_cache()
+            rows.append(row)
+        return pa.Table.from_pylist(rows, schema=STEMS_SCHEMA)
+
+
+class _NoWindows(Exception):
+    """Every window of the track is near silent."""
+
+
+def write_windows(batch: pa.Table, output: str, params: MelParams, min_level_db: float,
+                  s3_endpoint_url: str | None) -> pa.Table:
+    """Bass + drums audio -> the track's window table -> OUTPUT/<split>/<file>.parquet (atomic)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.windows import track_windows
+
+    fs, root = fsspec_filesystem(output, s3_endpoint_url)
+    rows = []
+    for row in batch.to_pylist():
+        bass, drums = row.pop("bass"), row.pop("drums")
+        row.update(windows=0, dropped=0)
+        if row["status"] == "pending":
+            stage = "windows"
+            try:
+                table, dropped = track_windows(row["track_id"], row["split"], _audio_tensor(bass),
+                                               _audio_tensor(drums), params, min_level_db)
+                row["dropped"] = dropped
+                if table.num_rows == 0:
+                    raise _NoWindows(f"no window left: all {dropped} windows have bass or drums "
+                                     f"below {min_level_db:g} dB (near silent)")
+                stage = "write"
+                sink = pa.BufferOutputStream()
+                pq.write_table(table, sink, compression="zstd")
+                name = window_file_name(row["track_id"])
+                write_bytes_atomic(fs, posixpath.join(root, row["split"], name),
+                                   sink.getvalue().to_pybytes())
+                _remove_from_other_splits(fs, root, row["split"], name)
+                row.update(status="ok", windows=table.num_rows)
+            except _NoWindows as err:
+                _fail(row, stage, str(err))
+            except Exception as err:
+                _fail(row, stage, err)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def _remove_from_other_splits(fs, root: str, split: str, name: str) -> None:
+    # A redone track whose split changed (new --test-fraction) must not stay in both splits.
+    for other in SPLITS:
+        if other != split:
+            stale = posixpath.join(root, other, name)
+            if fs.exists(stale):
+                fs.rm(stale)
+
+
+# ----------------------------------------------------------------- the job
+
+
+def _pending_row(track: Track) -> dict:
+    return {"track_id": track.track_id, "split": track.split, "path": track.path,
+            "sources": json.dumps(track.sources), "status": "pending", "stage": "", "reason": "",
+            "seconds": 0.0}
+
+
+def _catalog_failure(track: Track) -> dict:
+    row = _pending_row(track)
+    row.update(status="failed", stage="catalog", reason=track.error, windows=0, dropped=0)
+    return row
+
+
+def _cluster_plan(cfg: PrepareConfig, layout: str) -> dict:
+    """Resources: how many Demucs actors, on GPUs or CPUs, within the CPU cap."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = float(cfg.num_cpus or resources.get("CPU", 1))
+    plan = {"gpus": gpus, "cpus": cpus, "separators": 0, "use_gpu": False}
+    if layout != "mixes":
+        return plan
+    separators = cfg.separators or max(gpus, 1)
+    if separators < 1:
+        raise PrepareError(f"--separators must be at least 1, got {separators}")
+    if gpus and separators > gpus:
+        raise PrepareError(f"--separators {separators} needs {separators} GPUs; the cluster has {gpus}")
+    if separators + 1 > cpus:
+        # Each Demucs actor holds a logical CPU; the decode / window tasks need one more.
+        raise PrepareError(f"{separators} Demucs actor(s) plus the CPU stages need at least "
+                           f"{separators + 1} logical CPUs; {cpus:g} available")
+    plan.update(separators=separators, use_gpu=gpus > 0)
+    return plan
+
+
+def build_dataset(rows: list[dict], cfg: PrepareConfig, layout: str, plan: dict):
+    """The lazy Ray Data pipeline for the pending tracks (one track per block)."""
+    import ray
+
+    common = {"params": cfg.params, "s3_endpoint_url": cfg.s3_endpoint_url}
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    if layout == "stems":
+        ds = ds.map_batches(decode_stems, batch_size=1, batch_format="pyarrow", num_cpus=1,
+                            fn_kwargs=common)
+    else:
+        ds = ds.map_batches(decode_mix, batch_size=1, batch_format="pyarrow", num_cpus=1,
+                            fn_kwargs=common)
+        ds = ds.map_batches(
+            DemucsSeparator,
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=plan["separators"]),
+            num_gpus=1 if plan["use_gpu"] else 0,
+            num_cpus=1,
+            fn_constructor_kwargs={"model_spec": cfg.demucs_model, "params": cfg.params,
+                                   "use_gpu": plan["use_gpu"]},
+        )
+    return ds.map_batches(write_windows, batch_size=1, batch_format="pyarrow", num_cpus=1,
+                          fn_kwargs={"output": cfg.output, "params": cfg.params,
+                                     "min_level_db": cfg.min_level_db,
+                                     "s3_endpoint_url": cfg.s3_endpoint_url})
+
+
+def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> list[dict]:
+    from ray.data import DataContext, ExecutionResources
+
+    from cluster.ray_runtime import init_ray
+
+    init_ray(cfg.address)
+    plan = _cluster_plan(cfg, layout)
+    log.info("processing %d tracks (%s layout) on %g CPUs, %d GPUs%s", len(rows), layout,
+             plan["cpus"], plan["gpus"],
+             f", {plan['separators']} Demucs actor(s) on {'GPU' if plan['use_gpu'] else 'CPU'}"
+             if plan["separators"] else "")
+    ctx = DataContext.get_current()
+    saved = ctx.execution_options.resource_limits, ctx.max_errored_blocks
+    if cfg.num_cpus:
+        ctx.execution_options.resource_limits = ExecutionResources.for_limits(cpu=cfg.num_cpus)
+    # Stages turn bad tracks into rows themselves; a block that still errors (a worker killed
+    # for memory, after Ray's retries) must not end the job: its track is reported below.
+    ctx.max_errored_blocks = -1
+    results = []
+    try:
+        for row in build_dataset(rows, cfg, layout, plan).iter_rows():
+            if row["status"] == "failed":
+                log.warning("%s: failed in %s: %s", row["track_id"], row["stage"], row["reason"])
+            results.append(dict(row))
+    finally:
+        ctx.execution_options.resource_limits, ctx.max_errored_blocks = saved
+    returned = {r["track_id"] for r in results}
+    for row in rows:
+        if row["track_id"] not in returned:
+            lost = dict(row, windows=0, dropped=0)
+            _fail(lost, "pipeline", "the Ray task for this track failed (worker crashed or ran out "
+                  "of memory?); see the Ray Data logs")
+            results.append(lost)
+    return results
+
+
+def summarize(cfg: PrepareConfig, catalog: Catalog, results: list[dict], skipped: int,
+              wall_seconds: float) -> dict:
+    ok = [r for r in results if r["status"] == "ok"]
+    audio_seconds = sum(r["seconds"] for r in ok)
+    splits = {s: {"tracks": sum(r["split"] == s for r in ok),
+                  "windows": sum(r["windows"] for r in ok if r["split"] == s)} for s in SPLITS}
+    return {
+        "input": cfg.input,
+        "output": cfg.output,
+        "layout": catalog.layout,
+        "tracks_in_catalog": len(catalog.tracks),
+        "tracks_filtered": len(catalog.filtered),
+        "tracks_ok": len(ok),
+        "tracks_failed": len(results) - len(ok),
+        "tracks_skipped": skipped,
+        "windows_written": sum(r["windows"] for r in ok),
+        "windows_dropped": sum(r["dropped"] for r in results),
+        "audio_hours": audio_seconds / 3600.0,
+        "wall_seconds": wall_seconds,
+        "audio_seconds_per_second": audio_seconds / wall_seconds if wall_seconds > 0 else 0.0,
+        "splits": splits,
+        "min_level_db": cfg.min_level_db,
+        "test_fraction": cfg.test_fraction,
+        "mel_params": cfg.params.to_dict(),
+        "errors_file": ERRORS_FILE,
+    }
+
+
+def errors_csv(results: list[dict]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(ERROR_COLUMNS)
+    for r in results:
+        if r["status"] == "failed":
+            writer.writerow([r["track_id"], r["path"], r["stage"], r["reason"]])
+    return out.getvalue().encode("utf-8")
+
+
+def run_prepare(cfg: PrepareConfig) -> dict:
+    """Run the whole job; returns the summary (also written to OUTPUT/_summary.json)."""
+    started = time.perf_counter()
+    if cfg.limit is not None and cfg.limit < 0:
+        raise PrepareError(f"--limit must be >= 0, got {cfg.limit}")
+    catalog = build_catalog(cfg.input, cfg.layout, cfg.genres, cfg.tracks_csv, cfg.test_fraction,
+                            cfg.s3_endpoint_url)
+    if catalog.layout == "mixes":
+        from pipelines.separation import resolve_model_spec
+
+        resolve_model_spec(cfg.demucs_model)  # a bad path fails now, not inside an actor
+    out_fs, out_root = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
+    if is_local_filesystem(out_fs):
+        out_fs.makedirs(out_root, exist_ok=True)
+    if remove_stale_temp_files(out_fs, out_root):
+        log.info("removed temp files left by an interrupted run")
+    done = {} if cfg.overwrite else existing_outputs(out_fs, out_root)
+    todo = [t for t in catalog.tracks if window_file_name(t.track_id) not in done]
+    skipped = len(catalog.tracks) - len(todo)
+    if cfg.limit is not None:
+        todo = todo[: cfg.limit]
+    log.info("catalog: %d tracks (%s), %d filtered out, %d already done, %d to do",
+             len(catalog.tracks), catalog.layout, len(catalog.filtered), skipped, len(todo))
+    results = [_catalog_failure(t) for t in todo if t.error]
+    pending = [_pending_row(t) for t in todo if not t.error]
+    if pending:
+        results += _run_pipeline(pending, cfg, catalog.layout)
+    summary = summarize(cfg, catalog, results, skipped, time.perf_counter() - started)
+    write_bytes_atomic(out_fs, posixpath.join(out_root, ERRORS_FILE), errors_csv(results))
+    write_bytes_atomic(out_fs, posixpath.join(out_root, SUMMARY_FILE),
+                       json.dumps(summary, indent=2).encode("utf-8"))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    s = summary
+    return (
+        f"tracks: {s['tracks_ok']} ok, {s['tracks_failed']} failed, {s['tracks_skipped']} skipped "
+        f"(already done), {s['tracks_filtered']} filtered out\n"
+        f"windows: {s['windows_written']} written "
+        f"(train {s['splits']['train']['windows']}, test {s['splits']['test']['windows']}), "
+        f"{s['windows_dropped']} dropped as near silent\n"
+        f"audio: {s['audio_hours']:.3f} h in {s['wall_seconds']:.1f} s wall time = "
+        f"{s['audio_seconds_per_second']:.1f} audio-seconds per second\n"
+        f"output: {s['output']} (errors: {ERRORS_FILE}, summary: {SUMMARY_FILE})"
+    )
