@@ -1,0 +1,181 @@
+"""Training-step benchmark: full-size CycleGAN (paper defaults, batch 1, 256x256 windows).
+
+Baseline: a plain single-process PyTorch loop written the way the reference research
+code runs it (fp32, default memory format, one sample, no DDP, loss values read
+back every step), on the same networks.
+Ours: the Ray Train loop (`cycledrums train`) with 1 and with 2 workers reading
+Ray Data shards; on a GPU it uses bf16 autocast + channels-last (and optionally
+torch.compile).  All in one run, on the same machine; medians of the timed steps.
+
+One full step is about 1.9 TFLOP: on a 2-core CPU that is tens of seconds, so the
+default run is short (1 warm-up + 2 timed steps each).
+
+    .venv/bin/python benchmarks/bench_train_step.py [--steps 2] [--warmup 1]
+        [--workers 1,2] [--gpu] [--compile] [--ngf 64 --ndf 64 --n-blocks 9]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.mel import MelParams, image_to_model
+from pipelines.windows import binary_to_images
+from train.config import TrainConfig
+from train.models import build_networks
+from train.pool import ImagePool
+
+
+def reference_style_loop(bass: np.ndarray, drums: np.ndarray, cfg: TrainConfig, device: str,
+                         steps: int, warmup: int) -> list[float]:
+    """Seconds per step of the plain loop (fp32, batch 1, one process)."""
+    torch.manual_seed(0)
+    nets = {k: v.to(device) for k, v in build_networks(cfg.to_dict()).items()}
+    G, Fb = nets["gen_bass_to_drums"], nets["gen_drums_to_bass"]
+    D_bass, D_drums = nets["critic_bass"], nets["critic_drums"]
+    opt_g = torch.optim.Adam(itertools.chain(G.parameters(), Fb.parameters()), lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(itertools.chain(D_bass.parameters(), D_drums.parameters()),
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    pool_bass, pool_drums = ImagePool(cfg.pool_size), ImagePool(cfg.pool_size)
+    mse = torch.nn.MSELoss()
+
+    def gan(pred, real):
+        return mse(pred, torch.ones_like(pred) if real else torch.zeros_like(pred))
+
+    times = []
+    for i in range(warmup + steps):
+        j = i % len(bass)
+        real_a = image_to_model(torch.from_numpy(bass[j:j + 1])).unsqueeze(1).to(device)
+        real_b = image_to_model(torch.from_numpy(drums[(j * 7 + 3) % len(drums)][None])).unsqueeze(1).to(device)
+        start = time.perf_counter()
+        # forward
+        fake_b = G(real_a)
+        rec_a = Fb(fake_b)
+        fake_a = Fb(real_b)
+        rec_b = G(fake_a)
+        # generators, critics frozen
+        for p in itertools.chain(D_bass.parameters(), D_drums.parameters()):
+            p.requires_grad = False
+        opt_g.zero_grad()
+        idt_a = G(real_b)
+        idt_b = Fb(real_a)
+        loss_idt = (F.l1_loss(idt_a, real_b) + F.l1_loss(idt_b, real_a)) * cfg.lambda_cycle * cfg.lambda_identity
+        loss_g = (gan(D_drums(fake_b), True) + gan(D_bass(fake_a), True)
+                  + (F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)) * cfg.lambda_cycle + loss_idt)
+        loss_g.backward()
+        opt_g.step()
+        # critics
+        for p in itertools.chain(D_bass.parameters(), D_drums.parameters()):
+            p.requires_grad = True
+        opt_d.zero_grad()
+        fb = pool_drums.query(fake_b)
+        loss_db = 0.5 * (gan(D_drums(real_b), True) + gan(D_drums(fb.detach()), False))
+        loss_db.backward()
+        fa = pool_bass.query(fake_a)
+        loss_da = 0.5 * (gan(D_bass(real_a), True) + gan(D_bass(fa.detach()), False))
+        loss_da.backward()
+        opt_d.step()
+        _ = {"G": loss_g.item(), "D_A": loss_da.item(), "D_B": loss_db.item()}  # as the reference logs
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def ray_loop(data: str, cfg_options: dict, workers: int, cpus_per_worker: float, use_gpu: bool,
+             steps: int, warmup: int) -> list[float]:
+    """Seconds per step (per worker step = `workers` samples) of `cycledrums train`."""
+    from train.runlog import read_metrics
+    from train.trainer import train
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as run_dir:
+        options = cfg_options | {"max_steps": warmup + steps, "log_every": 1,
+                                 "checkpoint_every": 10 ** 6, "images_per_epoch": 0}
+        train(data, run_dir, options, num_workers=workers, use_gpu=use_gpu,
+              cpus_per_worker=cpus_per_worker, max_failures=0)
+        rates = [m["samples_per_s"] for m in read_metrics(run_dir) if "event" not in m]
+    return [workers / r for r in rates[warmup:]]
+
+
+def report(name: str, times: list[float], samples_per_step: int, base: float | None) -> float:
+    rate = samples_per_step / statistics.median(times)
+    ratio = f"  x{rate / base:.2f} vs plain loop" if base else ""
+    load = os.getloadavg()[0]
+    print(f"{name:<46} median step {statistics.median(times):7.2f} s  "
+          f"{rate:7.3f} samples/s{ratio}   (steps: {', '.join(f'{t:.2f}' for t in times)}; "
+          f"load avg {load:.1f})", flush=True)
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per variant (default 2)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed first steps (default 1)")
+    ap.add_argument("--workers", default="1,2", help="Ray worker counts to run (default 1,2)")
+    ap.add_argument("--gpu", action="store_true", help="run on CUDA (Ray: one GPU per worker)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile in the Ray loop")
+    ap.add_argument("--ngf", type=int, default=64, help="generator width (default 64, the paper's)")
+    ap.add_argument("--ndf", type=int, default=64, help="critic width (default 64)")
+    ap.add_argument("--n-blocks", type=int, default=9, help="ResNet blocks (default 9)")
+    args = ap.parse_args()
+
+    import ray
+
+    from cluster.ray_runtime import init_ray
+    from train.synth_windows import write_synth_windows
+
+    device = "cuda" if args.gpu else "cpu"
+    cores = os.cpu_count() or 1
+    cfg = TrainConfig(ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks).resolved()
+    print(f"CycleGAN step, batch 1 per worker, 256x256, ngf {cfg.ngf} ndf {cfg.ndf} "
+          f"n_blocks {cfg.n_blocks}; {cores} cores, device {device}, torch {torch.__version__}",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-train-data-") as tmp:
+        data = os.path.join(tmp, "windows")
+        params = MelParams()
+        table = write_synth_windows(data, tracks=4, seconds=30.0, params=params)
+        train_rows = table.filter(np.array(table.column("split").to_pylist()) == "train")
+        bass = np.array(binary_to_images(train_rows.column("bass"), params))
+        drums = np.array(binary_to_images(train_rows.column("drums"), params))
+
+        # The plain loop runs before and after the Ray runs: on a shared machine the load
+        # drifts, and the baseline is the median over both.
+        plain_name = f"plain loop (fp32, 1 process, {torch.get_num_threads()} threads)"
+        plain = reference_style_loop(bass, drums, cfg, device, args.steps, args.warmup)
+        report(plain_name + ", before", plain, 1, None)
+
+        # Logical CPUs: what the workers reserve, plus room for the Ray Data tasks.
+        init_ray(None, num_cpus=max(4, cores + 2))
+        options = {"ngf": cfg.ngf, "ndf": cfg.ndf, "n_blocks": cfg.n_blocks,
+                   "compile": args.compile}
+        rates = {}
+        for workers in [int(w) for w in args.workers.split(",")]:
+            cpus = 1.0 if args.gpu else max(1, cores // workers)
+            times = ray_loop(data, options, workers, cpus, args.gpu, args.steps, args.warmup)
+            precision = "bf16 + channels-last" if args.gpu else "fp32"
+            rates[workers] = (f"Ray Train, {workers} worker(s) x {cpus:g} CPU, {precision}",
+                              times, workers)
+            report(*rates[workers], None)
+        ray.shutdown()
+        after = reference_style_loop(bass, drums, cfg, device, args.steps, args.warmup)
+        report(plain_name + ", after", after, 1, None)
+
+        print("\nsummary (medians; baseline = plain loop, before and after together)")
+        base = report(plain_name, plain + after, 1, None)
+        speeds = {w: report(*r, base) for w, r in rates.items()}
+        if 1 in speeds and 2 in speeds:
+            print(f"scaling 1 -> 2 workers: x{speeds[2] / speeds[1]:.2f} samples/s")
+
+
+if __name__ == "__main__":
+    main()

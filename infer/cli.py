@@ -1,0 +1,199 @@
+"""Subcommands of the inference side: generate (drums for bass lines) and score (automatic evaluation).
+
+Only argparse here: torch and Ray are imported when a subcommand runs, so `--help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_generate(sub)
+    _register_score(sub)
+
+
+# ---------------------------------------------------------------- generate
+
+
+def _register_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate drums for bass lines with a trained checkpoint (Ray Data batch job)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Generate drums for bass lines with a trained CycleGAN (or Pix2Pix) checkpoint.
+
+INPUT is one or more bass audio files or folders of them (any length, any format
+soundfile reads: WAV, FLAC, OGG, MP3), or a Parquet window set written by
+`cycledrums prepare` (its `test` split, `bass` column: one clip per window, id
+"<track_id>/w<window:04d>").  Local paths or s3:// URLs.  In a folder holding
+`<song>/bass.*` files (the musdb18 layout) only the bass files are used and each
+clip is named after its folder; otherwise every audio file is a clip named after
+its path without extension.
+
+Per clip, under OUTPUT/<clip id>/:
+  drums.wav     the generated drums, mono, level-matched to the bass
+  mix.wav       the ORIGINAL bass (its channels, resampled only if --sample-rate
+                asks) plus the drums; scaled down only if it would clip
+  drums_mel.png the stitched drum mel-spectrogram (low frequencies at the bottom)
+and OUTPUT/manifest.parquet + manifest.csv (one row per clip: input, duration,
+windows, seconds per stage), errors.parquet + errors.csv (inputs that could not
+be used, e.g. corrupt or silent, with the reason), summary.json.
+Both WAVs are exactly as long as the input, to the sample, at the output rate.
+For a Parquet input the bass in the mix is re-synthesised from its mel window
+(the Parquet holds no audio), and the output rate defaults to the mel rate.
+
+The job: decode + mel + 256-frame windows (CPU tasks) -> the generator (an actor
+pool: one actor per GPU when the cluster has GPUs, else CPU actors on half the
+cluster's CPUs minus one) -> windows stitched with a raised-cosine cross-fade over
+their 50-frame overlaps (overlap-add of mel power), Griffin-Lim, level match, mix,
+write (CPU tasks).
+
+Randomness: the generator is deterministic.  With --variation S > 0, Gaussian noise
+of standard deviation S (in the model's [-1, 1] input scale) is added to each bass
+window before the generator, drawn from --seed, the clip id and the window index:
+different seeds give different drums, the same seed gives the same drums, and
+with --variation 0 (the default) the seed changes nothing.""",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a checkpoint folder, or a training run folder (its latest checkpoint is used); local or s3://")
+    p.add_argument("inputs", metavar="INPUT", nargs="+",
+                   help="bass audio files / folders, or a prepare Parquet window set; local or s3://")
+    p.add_argument("output", metavar="OUTPUT", help="output folder, local or s3:// (created if missing)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --variation noise (default: 0)")
+    p.add_argument("--variation", type=float, default=0.0,
+                   help="standard deviation of the noise added to the generator's input, in its [-1, 1] "
+                        "scale; 0 turns randomness off (default: 0; try 0.05-0.2)")
+    p.add_argument("--griffin-lim-iters", type=int, default=32,
+                   help="Griffin-Lim iterations of the mel inversion (default: 32)")
+    p.add_argument("--sample-rate", type=int, default=None,
+                   help="output sample rate in Hz (default: each input's own rate; the mel rate, "
+                        "22050, for Parquet input)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="windows per generator forward pass, and clips per batch of the job (default: 8)")
+    p.add_argument("--drums-gain-db", type=float, default=0.0,
+                   help="drums level relative to the bass's level (active RMS), in dB (default: 0)")
+    p.add_argument("--s3-endpoint-url", default=None,
+                   help="S3 endpoint for s3:// paths (MinIO, Ceph, ...) (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on this machine)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from cycledrums_cli import CliError
+
+    from infer.generate import GenerateConfig, GenerateError, run_generate
+
+    cfg = GenerateConfig(
+        checkpoint=args.checkpoint, inputs=list(args.inputs), output=args.output, seed=args.seed,
+        variation=args.variation, griffin_lim_iters=args.griffin_lim_iters, sample_rate=args.sample_rate,
+        batch_size=args.batch_size, drums_gain_db=args.drums_gain_db,
+        s3_endpoint_url=args.s3_endpoint_url, address=args.address)
+    try:
+        summary = run_generate(cfg)
+    except (GenerateError, FileNotFoundError) as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"generated drums for {summary['clips']} clip(s) ({summary['audio_seconds']:.1f} s of audio) "
+              f"in {summary['seconds']['job']:.1f} s, {summary['errors']} error(s); "
+              f"manifest and errors in {args.output}")
+    return 0 if summary["clips"] or not summary["errors"] else 1
+
+
+# ---------------------------------------------------------------- score
+
+
+def _register_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score generated drums against the true drums: STOI-like, Inception-density, rhythm; grader",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Score generated drums against the true drums of the same clips (Ray Data job).
+
+GENERATED  the drums to score: a `cycledrums generate` OUTPUT folder (its manifest
+           lists the clips), or a folder of drum audio (`<clip>/drums.wav` or
+           `<clip>.wav`).  Written `LABEL=PATH` to name the set; more sets with
+           --also (e.g. CycleGAN vs Pix2Pix).  Default label: the model named in the
+           generate summary, else the folder name.
+REFERENCE  the true drums: a `prepare` Parquet window set (its `test` split; clip id
+           "<track_id>/w<window:04d>", matching `generate` run on the same Parquet;
+           the bass comes from its `bass` column), or a folder of drum audio
+           (`<clip>/drums.*`, with `<clip>/bass.*` beside it for the rhythm features,
+           or `<clip>.*`).  Generated clips are matched to reference clips by id.
+           All reference clips are the "real drums" of the density features.
+OUTPUT     folder (local or s3://) for clips.parquet/.csv (per clip: 256 STOI-like
+           correlations, stoi_mean, level_diff_db, rhythm_*, density_<layer>,
+           annotated grade and bucket, predicted bucket and probabilities),
+           errors.parquet/.csv, summary.json (per set: means, Fréchet distance per
+           Inception layer, bucket histograms; grader accuracy and confusion matrix),
+           buckets.png / grades.png (like the paper's figures 4 / 3), features.png,
+           and grader.joblib when a grader is trained.
+
+Annotations CSV (--annotations): header clip_id,rater,quality,contamination,
+credibility,time[,set]; one row per clip and rater; the four grades are integers
+0-9 (9 best; contamination 9 = no contamination).  A clip's grade is the mean over
+raters and dimensions, rounded; buckets 0-3, 4-5, 6-7, 8-9.  `set` is needed only
+when several GENERATED sets share clip ids.""",
+    )
+    p.add_argument("generated", metavar="GENERATED", help="[LABEL=]PATH of the generated drums (see above)")
+    p.add_argument("reference", metavar="REFERENCE", help="Parquet window set or folder of true drums (see above)")
+    p.add_argument("output", metavar="OUTPUT", help="output folder, local or s3:// (created if missing)")
+    p.add_argument("--also", metavar="LABEL=PATH", action="append", default=[],
+                   help="another GENERATED set scored in the same run; repeatable (default: none)")
+    p.add_argument("--annotations", metavar="CSV", default=None,
+                   help="human grades to train (or, with --grader, evaluate) the grader (default: none)")
+    p.add_argument("--grader", metavar="PATH", default=None,
+                   help="apply a saved grader (OUTPUT/grader.joblib of an earlier run; a pickle, load only "
+                        "files you trust) instead of training one (default: none)")
+    p.add_argument("--inception-weights", metavar="PATH", default=None,
+                   help="Inception-v3 state dict (torchvision's inception_v3 layout), local or s3:// "
+                        "(default: torchvision's cache, <torch hub dir>/checkpoints/"
+                        "inception_v3_google-0cc3c7bd.pth; nothing is downloaded)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per Inception batch (default: 16)")
+    p.add_argument("--grader-c", type=float, default=1.0,
+                   help="inverse L2 regularisation strength of the logistic regression (default: 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds (default: 0)")
+    p.add_argument("--s3-endpoint-url", default=None,
+                   help="S3 endpoint for s3:// paths (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on this machine)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args) -> int:
+    from cycledrums_cli import CliError
+
+    from infer.grader import AnnotationError
+    from infer.inception import WeightsNotFound
+    from infer.score import ScoreConfig, ScoreError, run_score
+
+    cfg = ScoreConfig(
+        generated=[args.generated] + list(args.also), reference=args.reference, output=args.output,
+        annotations=args.annotations, grader=args.grader, inception_weights=args.inception_weights,
+        batch_size=args.batch_size, grader_c=args.grader_c, seed=args.seed,
+        s3_endpoint_url=args.s3_endpoint_url, address=args.address)
+    try:
+        summary = run_score(cfg)
+    except (ScoreError, AnnotationError, WeightsNotFound) as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for label, s in summary["sets"].items():
+        line = f"{label}: {s['scored']} clips scored, {s['errors']} errors, mean stoi {s['mean']['stoi_mean']}"
+        if "predicted_bucket_histogram" in s:
+            line += f", predicted buckets (0-3/4-5/6-7/8-9) {s['predicted_bucket_histogram']}"
+        print(line)
+    g = summary["grader"]
+    if g.get("cv_accuracy") is not None:
+        print(f"grader: cross-validated accuracy {g['cv_accuracy']:.3f} on {g['trained_on']} clips "
+              f"(majority baseline {g['majority_baseline']:.3f})")
+    print(f"outputs in {args.output}")
+    return 0

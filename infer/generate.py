@@ -1,0 +1,554 @@
+"""`cycledrums generate CHECKPOINT INPUT... OUTPUT`: drums for bass lines, as a Ray Data job.
+
+Stages (CPU work kept apart from the model, so a GPU never waits on decoding or
+Griffin-Lim):
+  1. decode (CPU tasks): read the bass file, mono at the model's mel rate, mel image,
+     256-frame windows with 50 frames of overlap, the tail padded with silence so
+     every frame is covered (`pipelines.mel.cut_windows(pad_tail=True)`).  For a
+     Parquet window set: its `test` rows' `bass` windows, one clip per window.
+  2. generate (an actor pool; one actor per GPU when the cluster has GPUs, else CPU
+     actors, see `infer.runtime.actor_plan`): the generator is loaded once per actor
+     with `train.checkpoint.load_generator`; windows go through it `batch_size` at a
+     time.
+  3. render (CPU tasks): windows stitched with a cross-faded overlap-add of their mel
+     power (`infer.render` says why power, not dB), batched Griffin-Lim
+     (`pipelines.mel.image_to_audio`),
+     resampled to the output rate, level-matched to the bass, mixed with the ORIGINAL
+     bass audio (re-read from the input; for Parquet input the bass is re-synthesised
+     from its mel window), written as drums.wav, mix.wav and drums_mel.png.
+Then the driver writes manifest.parquet/.csv, errors.parquet/.csv and summary.json.
+
+Controlled randomness (`variation`, `seed`): noise N(0, variation^2) is added to the
+generator's input (the bass window in [-1, 1], clamped back to that range).  The
+noise of window w of clip c comes from a generator seeded with hash(seed, c, w), so
+it does not depend on batching or on which actor runs it: the same seed gives the
+same drums, another seed other drums, and variation 0 gives the deterministic
+output whatever the seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILES = {"drums": "drums.wav", "mix": "mix.wav", "mel": "drums_mel.png"}
+
+
+class GenerateError(ValueError):
+    """A problem with the job as a whole (bad options, no checkpoint, no inputs)."""
+
+
+@dataclass
+class GenerateConfig:
+    checkpoint: str
+    inputs: list[str]
+    output: str
+    seed: int = 0
+    variation: float = 0.0
+    griffin_lim_iters: int = 32
+    sample_rate: int | None = None
+    batch_size: int = 8
+    drums_gain_db: float = 0.0
+    s3_endpoint_url: str | None = None
+    address: str | None = None
+
+    def validate(self) -> None:
+        if self.griffin_lim_iters < 1:
+            raise GenerateError(f"--griffin-lim-iters must be at least 1, got {self.griffin_lim_iters}")
+        if self.batch_size < 1:
+            raise GenerateError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.variation >= 0:
+            raise GenerateError(f"--variation must be >= 0, got {self.variation}")
+        if self.sample_rate is not None and not 4000 <= self.sample_rate <= 384000:
+            raise GenerateError(f"--sample-rate must be within 4000-384000 Hz, got {self.sample_rate}")
+
+
+# ---------------------------------------------------------------- rows between stages
+
+_ROW_DEFAULTS = {
+    "clip_id": "", "input": "", "error": "", "stage": "", "windows": b"", "drum_windows": b"",
+    "n_windows": 0, "n_frames": 0, "model_samples": 0, "input_rate": 0, "input_samples": 0,
+    "channels": 0, "bass_from_mel": False, "seconds_decode": 0.0, "seconds_generate": 0.0,
+}
+
+
+def _columns(rows: list[dict]) -> dict:
+    """List of row dicts -> columnar numpy batch (object arrays for strings and bytes)."""
+    out = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        out[key] = np.array(values, dtype=object) if isinstance(values[0], (str, bytes)) else np.array(values)
+    return out
+
+
+def _rows(batch: dict) -> list[dict]:
+    keys = list(batch)
+    n = len(batch[keys[0]]) if keys else 0
+    return [{k: batch[k][i] for k in keys} for i in range(n)]
+
+
+def _row(**values) -> dict:
+    row = dict(_ROW_DEFAULTS)
+    row.update(values)
+    return row
+
+
+def _read_uri(uri: str, s3_endpoint_url: str | None) -> bytes:
+    from pipelines.storage import fsspec_filesystem
+
+    fs, inner = fsspec_filesystem(uri, s3_endpoint_url)
+    if not fs.exists(inner):
+        raise FileNotFoundError(f"audio file not found: {uri}")
+    with fs.open(inner, "rb") as f:
+        return f.read()
+
+
+def _decode_source(uri: str, s3_endpoint_url: str | None):
+    """(float32 [frames, channels], rate) of an audio file, local or URL."""
+    from pipelines.audio import read_audio
+
+    f = io.BytesIO(_read_uri(uri, s3_endpoint_url))
+    f.name = uri  # error messages name the file
+    return read_audio(f)
+
+
+# ---------------------------------------------------------------- stage 1: decode
+
+
+def decode_batch(batch: dict, params_dict: dict, s3_endpoint_url: str | None) -> dict:
+    """Bass files -> mel windows (one row per clip; a bad file becomes an error row)."""
+    from pipelines.audio import AudioError, check_not_silent, to_mono_resampled
+    from pipelines.mel import MelParams, audio_to_image, cut_windows
+
+    from infer.sources import check_long_enough
+
+    params = MelParams.from_dict(params_dict)
+    rows = []
+    for clip_id, uri in zip(batch["clip_id"], batch["uri"]):
+        start = time.perf_counter()
+        try:
+            data, rate = _decode_source(uri, s3_endpoint_url)
+            mono = to_mono_resampled(data, rate, params.sample_rate)
+            check_not_silent(mono, uri)
+            check_long_enough(mono, params, uri)
+            image = audio_to_image(mono, params)
+            windows, _ = cut_windows(image, params, pad_tail=True)
+        except (AudioError, FileNotFoundError, OSError) as err:
+            rows.append(_row(clip_id=clip_id, input=uri, error=str(err), stage="decode"))
+            continue
+        rows.append(_row(
+            clip_id=clip_id, input=uri, windows=windows.numpy().tobytes(), n_windows=len(windows),
+            n_frames=image.shape[-1], model_samples=mono.shape[-1], input_rate=rate,
+            input_samples=data.shape[0], channels=data.shape[1],
+            seconds_decode=time.perf_counter() - start))
+    return _columns(rows)
+
+
+def parquet_batch(batch, params_dict: dict, source: str) -> dict:
+    """Parquet window rows (pyarrow batch) -> one clip per `test` bass window."""
+    from pipelines.mel import MelParams
+    from pipelines.windows import binary_to_images
+
+    from infer.sources import window_clip_id
+
+    params = MelParams.from_dict(params_dict)
+    batch = batch.filter([s == "test" for s in batch.column("split").to_pylist()])
+    start = time.perf_counter()
+    images = binary_to_images(batch.column("bass"), params)
+    seconds = (time.perf_counter() - start) / max(1, batch.num_rows)
+    rows = [
+        _row(clip_id=window_clip_id(track, window), input=f"{source}#{track}/{window}",
+             windows=np.ascontiguousarray(image).tobytes(), n_windows=1, n_frames=params.window_frames,
+             model_samples=params.window_samples, input_rate=params.sample_rate,
+             input_samples=params.window_samples, channels=1, bass_from_mel=True, seconds_decode=seconds)
+        for track, window, image in zip(batch.column("track_id").to_pylist(),
+                                        batch.column("window").to_pylist(), images)
+    ]
+    if not rows:  # a batch with no test rows still needs the columns
+        return {k: np.array([], dtype=object if isinstance(v, (str, bytes)) else type(v))
+                for k, v in _ROW_DEFAULTS.items()}
+    return _columns(rows)
+
+
+# ---------------------------------------------------------------- stage 2: generate
+
+
+def noise_seed(seed: int, clip_id: str, window: int) -> int:
+    """A 63-bit seed that depends only on (seed, clip, window): independent of batching."""
+    digest = hashlib.sha256(f"{seed}/{clip_id}/{window}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def variation_noise(shape: tuple, seed: int, clip_id: str, window: int, strength: float):
+    import torch
+
+    g = torch.Generator().manual_seed(noise_seed(seed, clip_id, window))
+    return torch.randn(shape, generator=g) * strength
+
+
+class GeneratorActor:
+    """Holds the bass->drums generator (loaded once per actor) and runs windows through it."""
+
+    def __init__(self, checkpoint: str, device: str, batch_size: int, variation: float, seed: int,
+                 s3_endpoint_url: str | None = None):
+        import torch
+
+        from train.checkpoint import load_generator
+
+        if device == "cuda" and not torch.cuda.is_available():
+            device = "cpu"
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 256x256 windows: pick the fastest kernels once
+        self.device = device
+        self.model, self.params, _ = load_generator(checkpoint, device=device, s3_endpoint_url=s3_endpoint_url)
+        self.batch_size, self.variation, self.seed = batch_size, variation, seed
+
+    def model_input(self, windows, clip_id: str):
+        """uint8 windows -> [n, 1, mels, frames] model input, with the seeded variation noise."""
+        import torch
+
+        from pipelines.mel import image_to_model
+
+        x = image_to_model(windows).unsqueeze(1)
+        if self.variation > 0:
+            noise = torch.stack([variation_noise(x.shape[1:], self.seed, clip_id, w, self.variation)
+                                 for w in range(len(x))])
+            x = (x + noise).clamp(-1.0, 1.0)
+        return x
+
+    def generate(self, x):
+        import torch
+
+        from pipelines.mel import model_to_image
+
+        outs = []
+        with torch.inference_mode():
+            for start in range(0, len(x), self.batch_size):
+                outs.append(self.model(x[start:start + self.batch_size].to(self.device)).float().cpu())
+        return model_to_image(torch.cat(outs)).squeeze(1)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        p = self.params
+        rows = _rows(batch)
+        if not rows:
+            return batch
+        # All windows of the batch's clips go through the model together, batch_size at a time.
+        todo = [r for r in rows if not r["error"]]
+        start = time.perf_counter()
+        inputs = [self.model_input(torch.frombuffer(bytearray(r["windows"]), dtype=torch.uint8)
+                                   .reshape(-1, p.n_mels, p.window_frames), str(r["clip_id"]))
+                  for r in todo]
+        if todo:
+            drums = self.generate(torch.cat(inputs))
+            offset = 0
+            for r, x in zip(todo, inputs):
+                r["drum_windows"] = drums[offset:offset + len(x)].numpy().tobytes()
+                offset += len(x)
+        seconds = time.perf_counter() - start
+        total_windows = max(1, sum(int(r["n_windows"]) for r in todo))
+        for r in todo:
+            r["seconds_generate"] = seconds * int(r["n_windows"]) / total_windows
+        return _columns(rows)
+
+
+# ---------------------------------------------------------------- stage 3: render
+
+
+def _stitched_image(row: dict, params):
+    """The clip's generated windows, cross-faded into one uint8 mel image of n_frames frames."""
+    import torch
+
+    from pipelines.mel import dequantize, quantize, window_starts
+
+    from infer.render import stitch_windows
+
+    windows = torch.frombuffer(bytearray(row["drum_windows"]), dtype=torch.uint8) \
+        .reshape(-1, params.n_mels, params.window_frames)
+    n_frames = int(row["n_frames"])
+    starts = window_starts(n_frames, params, pad_tail=True)
+    if len(starts) != len(windows):
+        raise ValueError(f"{len(windows)} windows for {n_frames} frames (expected {len(starts)})")
+    db = stitch_windows(dequantize(windows, params), starts, n_frames, params.overlap_frames)
+    return quantize(db, params)
+
+
+def _bass_audio(row: dict, out_rate: int, bass_mel_audio, params, s3_endpoint_url: str | None) -> np.ndarray:
+    """[channels, n] bass at `out_rate`: the original file (re-read), or the re-synthesised window."""
+    import torch
+    import torchaudio.functional as AF
+
+    if row["bass_from_mel"]:
+        signal, rate = bass_mel_audio.unsqueeze(0), params.sample_rate
+    else:
+        data, rate = _decode_source(str(row["input"]), s3_endpoint_url)
+        signal = torch.from_numpy(np.ascontiguousarray(data.T))
+    if rate != out_rate:
+        signal = AF.resample(signal, rate, out_rate)
+    return signal.numpy()
+
+
+def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sample_rate: int | None,
+                 drums_gain_db: float, s3_endpoint_url: str | None) -> dict:
+    """Generated windows -> drums.wav, mix.wav, drums_mel.png; returns manifest / error rows."""
+    import torch
+    import torchaudio.functional as AF
+
+    from pipelines.mel import MelParams
+
+    from infer import render
+    from infer.runtime import join_uri, remove_quietly, write_bytes
+
+    params = MelParams.from_dict(params_dict)
+    rows = _rows(batch)
+    todo = [r for r in rows if not r["error"]]
+    results = []
+
+    start = time.perf_counter()
+    images, lengths, owners = [], [], []
+    stitch_seconds = {}
+    for r in todo:
+        t0 = time.perf_counter()
+        try:
+            image = _stitched_image(r, params)
+        except ValueError as err:  # windows that do not fit the clip: report, do not stop the job
+            r["error"], r["stage"] = str(err), "stitch"
+            continue
+        stitch_seconds[r["clip_id"]] = time.perf_counter() - t0
+        images.append(image)
+        lengths.append(int(r["model_samples"]))
+        owners.append(("drums", r["clip_id"]))
+        if r["bass_from_mel"]:
+            bass_image = torch.frombuffer(bytearray(r["windows"]), dtype=torch.uint8) \
+                .reshape(params.n_mels, params.window_frames)
+            images.append(bass_image)
+            lengths.append(int(r["model_samples"]))
+            owners.append(("bass", r["clip_id"]))
+    t0 = time.perf_counter()
+    audio = dict(zip(owners, render.invert_images(images, lengths, params, n_iter))) if images else {}
+    invert_total = time.perf_counter() - t0
+    frames_total = max(1, sum(img.shape[-1] for img in images))
+
+    for r in rows:
+        base = {"clip_id": str(r["clip_id"]), "input": str(r["input"])}
+        if r["error"]:
+            results.append({**base, "error": str(r["error"]), "stage": str(r["stage"])})
+            continue
+        cid = r["clip_id"]
+        t0 = time.perf_counter()
+        try:
+            out_rate = sample_rate or int(r["input_rate"])
+            bass = _bass_audio(r, out_rate, audio.get(("bass", cid)), params, s3_endpoint_url)
+            n_out = bass.shape[-1]
+            drums = audio[("drums", cid)].unsqueeze(0)
+            if out_rate != params.sample_rate:
+                drums = AF.resample(drums, params.sample_rate, out_rate)
+            drums = render.fit_length(drums[0].numpy().astype(np.float64), n_out)
+            gain_db = render.level_match_gain_db(drums, bass, drums_gain_db)
+            drums = drums * 10 ** (gain_db / 20)
+            mixed, mix_trim_db = render.peak_safe(render.mix(bass, drums))
+            drums, drums_trim_db = render.peak_safe(drums)
+            image = images[owners.index(("drums", cid))].numpy()
+            contents = {"drums": render.wav_bytes(drums, out_rate), "mix": render.wav_bytes(mixed, out_rate),
+                        "mel": render.mel_png_bytes(image)}
+            for kind, data in contents.items():
+                write_bytes(join_uri(output, cid, OUTPUT_FILES[kind]), data, s3_endpoint_url)
+        except (OSError, ValueError, RuntimeError) as err:
+            for name in OUTPUT_FILES.values():  # no half set of files that looks like a result
+                remove_quietly(join_uri(output, cid, name), s3_endpoint_url)
+            results.append({**base, "error": f"{type(err).__name__}: {err}", "stage": "render"})
+            continue
+        frames = image.shape[-1] * (2 if r["bass_from_mel"] else 1)
+        results.append({
+            **base, "error": "", "stage": "",
+            "duration_s": float(r["input_samples"]) / float(r["input_rate"]),
+            "input_sample_rate": int(r["input_rate"]), "sample_rate": int(out_rate),
+            "channels": int(bass.shape[0]), "samples": int(n_out), "windows": int(r["n_windows"]),
+            "bass_source": "mel window (re-synthesised)" if r["bass_from_mel"] else "original audio",
+            "drums_gain_db": round(gain_db, 3), "drums_trim_db": round(drums_trim_db, 3),
+            "mix_trim_db": round(mix_trim_db, 3),
+            "drums_path": f"{cid}/{OUTPUT_FILES['drums']}", "mix_path": f"{cid}/{OUTPUT_FILES['mix']}",
+            "mel_path": f"{cid}/{OUTPUT_FILES['mel']}",
+            "seconds_decode": float(r["seconds_decode"]), "seconds_generate": float(r["seconds_generate"]),
+            "seconds_stitch": stitch_seconds[cid],
+            "seconds_invert": invert_total * frames / frames_total,
+            "seconds_mix_write": time.perf_counter() - t0,
+        })
+    log.debug("rendered %d clips in %.2f s", len(todo), time.perf_counter() - start)
+    return {"result": np.array([json.dumps(r) for r in results], dtype=object)}
+
+
+# ---------------------------------------------------------------- the job
+
+
+def _checkpoint_info(cfg: GenerateConfig):
+    from pipelines.mel import MelParams
+    from train.checkpoint import CheckpointNotFoundError, read_config, resolve_checkpoint
+
+    try:
+        checkpoint = resolve_checkpoint(cfg.checkpoint, cfg.s3_endpoint_url)
+        config = read_config(checkpoint, cfg.s3_endpoint_url)
+    except (CheckpointNotFoundError, FileNotFoundError) as err:
+        raise GenerateError(str(err)) from err
+    if "mel_params" not in config:
+        raise GenerateError(f"checkpoint {checkpoint} records no mel_params")
+    _check_generator_loads(checkpoint, cfg.s3_endpoint_url)
+    return checkpoint, config, MelParams.from_dict(config["mel_params"])
+
+
+def _check_generator_loads(checkpoint: str, s3_endpoint_url: str | None) -> None:
+    """Load the generator once on the driver: a broken checkpoint is a clear error, not a dead actor."""
+    import pickle
+
+    from train.checkpoint import load_generator
+
+    try:
+        load_generator(checkpoint, device="cpu", s3_endpoint_url=s3_endpoint_url)
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError) as err:
+        raise GenerateError(f"cannot load the generator from {checkpoint}: {type(err).__name__}: {err}") from err
+
+
+def _source_dataset(cfg: GenerateConfig, params):
+    """(Ray dataset of decoded clips, number of clips, kind)."""
+    import ray.data
+
+    from infer.sources import SourceError, is_parquet_source, list_audio
+
+    parquet = [u for u in cfg.inputs if is_parquet_source(u, cfg.s3_endpoint_url)]
+    if parquet:
+        if len(cfg.inputs) != 1:
+            raise GenerateError("give a Parquet window set as the only INPUT (not mixed with audio)")
+        return _parquet_dataset(cfg, params, parquet[0])
+    try:
+        clips = list_audio(cfg.inputs, stem="bass", s3_endpoint_url=cfg.s3_endpoint_url)
+    except SourceError as err:
+        raise GenerateError(str(err)) from err
+    ds = ray.data.from_items([{"clip_id": c.clip_id, "uri": c.uri} for c in clips],
+                             override_num_blocks=max(1, len(clips)))
+    ds = ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=1,
+                        fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
+    return ds, len(clips), "audio"
+
+
+def _parquet_dataset(cfg: GenerateConfig, params, uri: str):
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import ray.data
+    from ray.data.expressions import col
+
+    from pipelines.storage import arrow_filesystem
+    from pipelines.windows import mel_params_from_schema
+
+    fs, path = arrow_filesystem(uri, cfg.s3_endpoint_url)
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    try:
+        data_params = mel_params_from_schema(dataset.schema)
+    except ValueError as err:
+        raise GenerateError(f"{uri}: {err}") from err
+    if data_params != params:
+        raise GenerateError(f"{uri} was made with other mel parameters than the checkpoint was trained on "
+                            f"({data_params} vs {params})")
+    n = dataset.count_rows(filter=pc.field("split") == "test")
+    if n == 0:
+        raise GenerateError(f"{uri}: no rows in the test split")
+    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["track_id", "split", "window", "bass"])
+    ds = ds.filter(expr=col("split") == "test")
+    ds = ds.map_batches(parquet_batch, batch_size=64, batch_format="pyarrow", num_cpus=1,
+                        fn_kwargs={"params_dict": params.to_dict(), "source": uri})
+    return ds, n, "parquet"
+
+
+def run_generate(cfg: GenerateConfig) -> dict:
+    """Run the whole generation job; returns the summary (also written to OUTPUT/summary.json)."""
+    import pyarrow as pa
+
+    from cluster.ray_runtime import init_ray
+
+    from infer.runtime import Progress, actor_plan, join_uri, write_bytes, write_table
+
+    cfg.validate()
+    checkpoint, config, params = _checkpoint_info(cfg)
+    init_ray(cfg.address)
+    start = time.perf_counter()
+    ds, n_clips, kind = _source_dataset(cfg, params)
+    plan = actor_plan()
+    log.info("generating drums for %d %s clip(s) with %s (%s) on %s x%d", n_clips, kind, checkpoint,
+             config.get("model"), plan.device, plan.size)
+    ds = ds.map_batches(
+        GeneratorActor, batch_size=cfg.batch_size, batch_format="numpy", compute=plan.compute(),
+        fn_constructor_kwargs={"checkpoint": checkpoint, "device": plan.device, "batch_size": cfg.batch_size,
+                               "variation": cfg.variation, "seed": cfg.seed,
+                               "s3_endpoint_url": cfg.s3_endpoint_url},
+        **plan.remote_args())
+    ds = ds.map_batches(
+        render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
+        fn_kwargs={"params_dict": params.to_dict(), "output": cfg.output, "n_iter": cfg.griffin_lim_iters,
+                   "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
+                   "s3_endpoint_url": cfg.s3_endpoint_url})
+
+    progress = Progress("generate", n_clips)
+    manifest, errors = [], []
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=16):
+        rows = [json.loads(s) for s in batch["result"]]
+        bad = [r for r in rows if r["error"]]
+        errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"], "reason": r["error"]}
+                   for r in bad]
+        manifest += [{k: v for k, v in r.items() if k not in ("error", "stage")} for r in rows if not r["error"]]
+        progress.update(len(rows), len(bad))
+    seconds = time.perf_counter() - start
+
+    manifest.sort(key=lambda r: r["clip_id"])
+    errors.sort(key=lambda r: r["clip_id"])
+    outputs = write_table(pa.Table.from_pylist(manifest, schema=_manifest_schema()), cfg.output, "manifest",
+                          cfg.s3_endpoint_url)
+    outputs += write_table(pa.Table.from_pylist(errors, schema=_errors_schema()), cfg.output, "errors",
+                           cfg.s3_endpoint_url)
+    stage_totals = {k[len("seconds_"):]: round(sum(r[k] for r in manifest), 3)
+                    for k in ("seconds_decode", "seconds_generate", "seconds_stitch", "seconds_invert",
+                              "seconds_mix_write")}
+    audio_seconds = sum(r["duration_s"] for r in manifest)
+    summary = {
+        "checkpoint": checkpoint, "model": config.get("model"), "input_kind": kind, "inputs": cfg.inputs,
+        "clips": len(manifest), "errors": len(errors), "audio_seconds": round(audio_seconds, 3),
+        "windows": sum(r["windows"] for r in manifest),
+        "seconds": {"job": round(seconds, 3), **stage_totals},
+        "clips_per_second": round(len(manifest) / seconds, 4) if seconds > 0 else None,
+        "realtime_factor": round(audio_seconds / seconds, 3) if seconds > 0 else None,
+        "device": plan.device, "generator_actors": plan.size,
+        "options": {k: v for k, v in asdict(cfg).items() if k not in ("inputs", "output", "checkpoint")},
+        "mel_params": params.to_dict(), "outputs": outputs,
+    }
+    summary_path = join_uri(cfg.output, "summary.json")
+    write_bytes(summary_path, json.dumps(summary, indent=2).encode(), cfg.s3_endpoint_url)
+    log.info("generate: %d clip(s) done, %d error(s), %.1f s of audio in %.1f s", len(manifest), len(errors),
+             audio_seconds, seconds)
+    return summary
+
+
+def _manifest_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("clip_id", pa.string()), ("input", pa.string()), ("duration_s", pa.float64()),
+        ("input_sample_rate", pa.int64()), ("sample_rate", pa.int64()), ("channels", pa.int64()),
+        ("samples", pa.int64()), ("windows", pa.int64()), ("bass_source", pa.string()),
+        ("drums_gain_db", pa.float64()), ("drums_trim_db", pa.float64()), ("mix_trim_db", pa.float64()),
+        ("drums_path", pa.string()), ("mix_path", pa.string()), ("mel_path", pa.string()),
+        ("seconds_decode", pa.float64()), ("seconds_generate", pa.float64()), ("seconds_stitch", pa.float64()),
+        ("seconds_invert", pa.float64()), ("seconds_mix_write", pa.float64()),
+    ])
+
+
+def _errors_schema():
+    import pyarrow as pa
+
+    return pa.schema([("clip_id", pa.string()), ("input", pa.string()), ("stage", pa.string()),
+                      ("reason", pa.string())])

@@ -1,0 +1,145 @@
+"""From generated drum windows to audio files: stitch, invert, level-match, mix, encode.
+
+Stitching: windows overlap by `overlap_frames` (50).  Each window is weighted by a
+raised-cosine fade over its overlapping edges (sin^2 in, cos^2 out: the two weights
+of an overlap sum to one), and the weighted windows are summed as mel *power*
+(the dB images converted back to power) and divided by the summed weights.  Two
+neighbouring windows that disagree in level therefore meet in a 50-frame (~1.2 s)
+cross-fade, not a step.  Power, not dB: the generator's output textures in an
+overlap are largely uncorrelated between the two windows, and a weighted mean of dB
+values is a geometric mean of powers, which dips (by ~3 dB in the mel, more after
+Griffin-Lim) in the middle of every overlap; the arithmetic mean of powers keeps
+the level.
+
+Level matching: the drums are scaled so that their active RMS (RMS over the
+2048-sample blocks within 30 dB of the loudest block) equals the bass's active RMS
+plus `drums_gain_db`; the gain change is capped to [-40, +30] dB so a near-silent
+generation is not blown up into noise.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+ACTIVE_RANGE_DB = 30.0
+BLOCK = 2048
+GAIN_LIMITS_DB = (-40.0, 30.0)
+PEAK_LIMIT = 0.999
+
+
+def crossfade_weights(n_windows: int, window_frames: int, overlap: int) -> torch.Tensor:
+    """[n_windows, window_frames] weights: 1 inside, raised-cosine fades over inner overlaps."""
+    weights = torch.ones(n_windows, window_frames, dtype=torch.float64)
+    if overlap <= 0 or n_windows < 2:
+        return weights
+    t = (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap
+    fade_in = torch.sin(0.5 * torch.pi * t) ** 2
+    weights[1:, :overlap] = fade_in
+    weights[:-1, window_frames - overlap:] = 1.0 - fade_in
+    return weights
+
+
+def stitch_windows(windows_db: torch.Tensor, starts: list[int], n_frames: int, overlap: int) -> torch.Tensor:
+    """[n, n_mels, W] dB windows at `starts` -> [n_mels, n_frames] dB, cross-faded overlap-add of power."""
+    n, n_mels, width = windows_db.shape
+    if n == 0:
+        raise ValueError("no windows to stitch")
+    total = max(starts[-1] + width, n_frames)
+    acc = torch.zeros(n_mels, total, dtype=torch.float64)
+    norm = torch.zeros(total, dtype=torch.float64)
+    weights = crossfade_weights(n, width, overlap)
+    power = torch.pow(10.0, windows_db.double() / 10.0)
+    for i, start in enumerate(starts):
+        acc[:, start:start + width] += power[i] * weights[i]
+        norm[start:start + width] += weights[i]
+    mixed = acc / norm.clamp_min(1e-12)
+    return (10.0 * torch.log10(mixed.clamp_min(1e-30)))[:, :n_frames].float()
+
+
+def invert_images(images: list[torch.Tensor], lengths: list[int], params, n_iter: int,
+                  max_batch_frames: int = 20000) -> list[torch.Tensor]:
+    """uint8 mel images -> audio at the mel rate, in batched Griffin-Lim calls.
+
+    Only images of the same size share a call: padding a shorter image would change
+    its Griffin-Lim result near its end, and a clip's audio must not depend on which
+    other clips happen to share its batch.  Calls are capped at `max_batch_frames`
+    frames so long songs do not exhaust memory.
+    """
+    from pipelines.mel import image_to_audio
+
+    out: list[torch.Tensor | None] = [None] * len(images)
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault((tuple(image.shape), lengths[i]), []).append(i)
+    for (shape, length), members in groups.items():
+        per_call = max(1, max_batch_frames // max(1, shape[-1]))
+        for start in range(0, len(members), per_call):
+            chunk = members[start:start + per_call]
+            audio = image_to_audio(torch.stack([images[i] for i in chunk]), params, n_iter=n_iter, length=length)
+            for row, i in enumerate(chunk):
+                out[i] = audio[row]
+    return out  # type: ignore[return-value]
+
+
+def active_rms(signal: np.ndarray) -> float:
+    """RMS over the blocks within ACTIVE_RANGE_DB of the loudest block (mono or [channels, n])."""
+    x = np.asarray(signal, np.float64)
+    if x.ndim == 2:
+        x = x.mean(axis=0)
+    n = len(x) // BLOCK * BLOCK
+    blocks = x[:n].reshape(-1, BLOCK) if n else x.reshape(1, -1)
+    power = (blocks ** 2).mean(axis=1)
+    if power.max() <= 0:
+        return 0.0
+    active = power >= power.max() * 10 ** (-ACTIVE_RANGE_DB / 10)
+    return float(np.sqrt(power[active].mean()))
+
+
+def level_match_gain_db(drums: np.ndarray, bass: np.ndarray, drums_gain_db: float = 0.0) -> float:
+    """Gain (dB) that brings the drums' active RMS to the bass's plus `drums_gain_db`, capped."""
+    d, b = active_rms(drums), active_rms(bass)
+    if d <= 0 or b <= 0:
+        return 0.0
+    gain = 20 * np.log10(b / d) + drums_gain_db
+    return float(np.clip(gain, *GAIN_LIMITS_DB))
+
+
+def peak_safe(signal: np.ndarray) -> tuple[np.ndarray, float]:
+    """Scale down (never up) so the peak stays below PEAK_LIMIT; returns (signal, gain in dB)."""
+    peak = float(np.abs(signal).max()) if signal.size else 0.0
+    if peak <= PEAK_LIMIT:
+        return signal, 0.0
+    scale = PEAK_LIMIT / peak
+    return signal * scale, float(20 * np.log10(scale))
+
+
+def fit_length(signal: np.ndarray, n: int) -> np.ndarray:
+    """Crop or zero-pad the last axis to exactly n samples."""
+    if signal.shape[-1] >= n:
+        return signal[..., :n]
+    pad = [(0, 0)] * (signal.ndim - 1) + [(0, n - signal.shape[-1])]
+    return np.pad(signal, pad)
+
+
+def mix(bass: np.ndarray, drums: np.ndarray) -> np.ndarray:
+    """[channels, n] bass + [n] drums (added to every channel)."""
+    return bass + drums[None, :]
+
+
+def wav_bytes(signal: np.ndarray, sample_rate: int) -> bytes:
+    from pipelines.audio import save_wav
+
+    buf = io.BytesIO()
+    save_wav(buf, signal, sample_rate)
+    return buf.getvalue()
+
+
+def mel_png_bytes(image: np.ndarray) -> bytes:
+    """uint8 [n_mels, frames] -> grey PNG with low frequencies at the bottom."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.flipud(image))).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,297 @@
+"""`cycledrums score`: the features, the density models, the grader, and the Ray job end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from infer import features as F
+from infer.density import fit_gaussian, frechet_distance
+from infer.grader import AnnotationError, grade_to_bucket, read_annotations
+from pipelines.mel import MelParams, audio_to_image
+
+DATA = Path(__file__).parent / "data"
+RATE = 22050
+PARAMS = MelParams()
+
+
+def _mel(path_or_audio) -> np.ndarray:
+    """uint8 mel image of a file (mono, 22,050 Hz) or an audio array."""
+    if isinstance(path_or_audio, (str, Path)):
+        from pipelines.audio import load_audio
+
+        audio = load_audio(str(path_or_audio), RATE)
+    else:
+        audio = torch.as_tensor(np.asarray(path_or_audio, np.float32))
+    return audio_to_image(audio, PARAMS).numpy()
+
+
+def _db(image: np.ndarray) -> np.ndarray:
+    return PARAMS.db_min + image.astype(np.float64) * PARAMS.db_step
+
+
+@pytest.fixture(scope="module")
+def lithium():
+    return _mel(DATA / "lithium_drums_8s.flac"), _mel(DATA / "lithium_bass_8s.flac")
+
+
+# ---------------------------------------------------------------- features
+
+
+def test_stoi_identical_real_drums_is_one_on_active_bins(lithium):
+    drums, _ = lithium
+    stoi = F.stoi_like(_db(drums), _db(drums))
+    active = F.active_bins(_db(drums))
+    assert stoi.shape == (256,)
+    assert active.sum() > 200  # real drums excite most of the mel bins
+    np.testing.assert_allclose(stoi[active], 1.0, atol=1e-9)
+    assert np.all(stoi[~active] == 0.0)
+
+
+def test_stoi_noise_is_about_zero_and_constant_rows_are_zero_not_nan(lithium):
+    drums, _ = lithium
+    rng = np.random.default_rng(0)
+    noise = _mel(0.1 * rng.standard_normal(8 * RATE))
+    stoi = F.stoi_like(_db(drums), _db(noise))
+    assert abs(stoi.mean()) < 0.05
+    assert np.abs(stoi).max() < 0.5
+    silent = np.zeros_like(drums)
+    for a, b in ((drums, silent), (silent, drums), (silent, silent)):
+        s = F.stoi_like(_db(a), _db(b))
+        assert np.isfinite(s).all() and np.all(s == 0.0)
+    assert F.stoi_mean(F.stoi_like(_db(silent), _db(silent)), _db(silent)) == 0.0
+
+
+def test_rhythm_features_reward_the_true_timing_and_never_nan(lithium):
+    drums, bass = lithium
+    fps = RATE / PARAMS.hop_length
+    true = F.rhythm_features(_db(drums), _db(drums), _db(bass), fps)
+    shifted = F.rhythm_features(np.roll(_db(drums), 9, axis=1), _db(drums), _db(bass), fps)  # ~0.2 s late
+    assert true["rhythm_true_onsets"] == pytest.approx(1.0)
+    assert shifted["rhythm_true_onsets"] < 0.5
+    assert true["rhythm_bass_onsets"] > shifted["rhythm_bass_onsets"]
+    silent = np.full_like(_db(drums), PARAMS.db_min)
+    for gen, bass_mel in ((silent, _db(bass)), (silent, None), (_db(drums), silent)):
+        values = F.rhythm_features(gen, _db(drums), bass_mel, fps)
+        assert set(values) == set(F.RHYTHM_FEATURES)
+        assert all(np.isfinite(v) for v in values.values())
+
+
+def test_beat_period_finds_the_tempo_of_a_click_track():
+    fps = RATE / PARAMS.hop_length
+    env = np.zeros(400)
+    period = 21  # ~0.49 s: 123 BPM
+    env[::period] = 1.0
+    assert F.beat_period(env, fps) == period
+
+
+# ---------------------------------------------------------------- density models
+
+
+def test_gaussian_density_prefers_samples_like_the_real_ones_and_frechet_is_zero_for_same_set():
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((60, 32)) * 0.5 + 1.0
+    close = rng.standard_normal((20, 32)) * 0.5 + 1.0
+    far = rng.standard_normal((20, 32)) * 0.5 + 4.0
+    g = fit_gaussian(real)
+    assert g.log_likelihood(close).mean() > g.log_likelihood(far).mean() + 1.0
+    assert np.isfinite(g.log_likelihood(far)).all()
+    # More dimensions than samples (Inception's 2048 vs a few clips): still finite (shrinkage).
+    wide = fit_gaussian(rng.standard_normal((5, 300)))
+    assert np.isfinite(wide.log_likelihood(rng.standard_normal((3, 300)))).all()
+    assert frechet_distance(real, real) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(real, far) > 10 * frechet_distance(real, close)
+
+
+def test_density_and_frechet_match_the_textbook_formulas():
+    """The low-rank implementations agree with full-matrix ones (sklearn / scipy)."""
+    from scipy.linalg import sqrtm
+    from scipy.stats import multivariate_normal
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(1)
+    for n, d in ((12, 40), (80, 20)):            # fewer samples than dimensions, and more
+        real = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) * 0.3 + 2.0
+        gen = rng.standard_normal((n + 5, d)) * 0.7 + 1.5
+        lw = LedoitWolf().fit(real)
+        expected = multivariate_normal(lw.location_, lw.covariance_).logpdf(gen) / d
+        np.testing.assert_allclose(fit_gaussian(real).log_likelihood(gen), expected, rtol=1e-6)
+        s_r, s_g = np.cov(real, rowvar=False), np.cov(gen, rowvar=False)
+        fid = (((real.mean(0) - gen.mean(0)) ** 2).sum()
+               + np.trace(s_r + s_g - 2 * np.real(sqrtm(s_r @ s_g))))
+        assert frechet_distance(real, gen) == pytest.approx(fid, rel=1e-6)
+
+
+# ---------------------------------------------------------------- grader basics
+
+
+def test_grade_buckets_follow_the_paper():
+    assert [grade_to_bucket(g) for g in range(10)] == [0, 0, 0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError):
+        grade_to_bucket(10)
+
+
+def test_annotations_csv_is_checked(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("clip_id,rater,quality,contamination,credibility,time\na,r1,7,8,6,9\n")
+    assert len(read_annotations(str(good))) == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("clip_id,rater,quality,contamination,credibility,time\na,r1,7,8,6,10\n")
+    with pytest.raises(AnnotationError, match="time"):
+        read_annotations(str(bad))
+    missing = tmp_path / "missing.csv"
+    missing.write_text("clip_id,rater,quality\na,r1,7\n")
+    with pytest.raises(AnnotationError, match="missing columns"):
+        read_annotations(str(missing))
+
+
+# ---------------------------------------------------------------- the job, on a synthetic grading
+
+BUCKET_RANGES = {0: (0, 3), 1: (4, 5), 2: (6, 7), 3: (8, 9)}
+CLIP_SECONDS = 3.0
+
+
+def _true_clips(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """n (drums, bass) pairs of CLIP_SECONDS from procedural songs (tempo, key, pattern vary)."""
+    from pipelines.synth import SongPlan, render_song
+
+    rng = np.random.default_rng(seed)
+    clip = int(CLIP_SECONDS * RATE)
+    per_song = 4
+    clips = []
+    for song in range((n + per_song - 1) // per_song):
+        plan = SongPlan(name=f"s{song}", split="test", bpm=float(rng.integers(90, 141)),
+                        root_midi=int(rng.integers(28, 40)), seed=int(rng.integers(2**31)))
+        stems = render_song(plan, per_song * CLIP_SECONDS, rate=RATE)
+        for k in range(per_song):
+            sl = slice(k * clip, (k + 1) * clip)
+            clips.append((stems["drums"][sl].astype(np.float32), stems["bass"][sl].astype(np.float32)))
+    return clips[:n]
+
+
+def _degrade(drums: np.ndarray, bass: np.ndarray, bucket: int, rng) -> np.ndarray:
+    """A known grading: how the "generated" drums were made decides their bucket."""
+    peak = np.abs(drums).max()
+    if bucket == 3:   # near perfect: the true drums, a faint hiss
+        return drums + 0.003 * peak * rng.standard_normal(len(drums))
+    if bucket == 2:   # good sounds, off the beat: shifted by 150-350 ms
+        return np.roll(drums, int(rng.uniform(0.15, 0.35) * RATE))
+    if bucket == 1:   # contaminated: bass leaking in over quieter drums
+        return 0.3 * drums + 1.5 * bass
+    if rng.random() < 0.5:   # bad: silence or loud noise
+        return np.zeros_like(drums)
+    return 0.5 * peak * rng.standard_normal(len(drums))
+
+
+def _write_graded_set(root: Path, n_per_bucket: int, seed: int) -> tuple[Path, Path, pd.DataFrame]:
+    """REFERENCE (<clip>/drums.wav + bass.wav) and GENERATED (<clip>.wav) folders and the clips' buckets."""
+    rng = np.random.default_rng(seed)
+    ref, gen = root / "reference", root / "generated"
+    rows = []
+    buckets = np.repeat(np.arange(4), n_per_bucket)
+    rng.shuffle(buckets)
+    for i, ((drums, bass), bucket) in enumerate(zip(_true_clips(len(buckets), seed), buckets)):
+        clip_id = f"clip{seed}-{i:03d}"
+        (ref / clip_id).mkdir(parents=True)
+        gen.mkdir(exist_ok=True)
+        sf.write(ref / clip_id / "drums.wav", drums, RATE, subtype="FLOAT")
+        sf.write(ref / clip_id / "bass.wav", bass, RATE, subtype="FLOAT")
+        sf.write(gen / f"{clip_id}.wav", np.clip(_degrade(drums, bass, int(bucket), rng), -1, 1), RATE,
+                 subtype="FLOAT")
+        rows.append({"clip_id": clip_id, "bucket": int(bucket)})
+    return ref, gen, pd.DataFrame(rows)
+
+
+def _annotations(truth: pd.DataFrame, path: Path, seed: int) -> Path:
+    """4 raters x 4 dimensions, each grade inside the clip's bucket range (so the mean is too)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for clip_id, bucket in zip(truth["clip_id"], truth["bucket"]):
+        lo, hi = BUCKET_RANGES[bucket]
+        for rater in ("guitarist", "drummer", "producer1", "producer2"):
+            grades = rng.integers(lo, hi + 1, size=4)
+            rows.append({"clip_id": clip_id, "rater": rater, "quality": grades[0],
+                         "contamination": grades[1], "credibility": grades[2], "time": grades[3]})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    from infer.inception import save_random_weights
+
+    return str(save_random_weights(str(tmp_path_factory.mktemp("inception") / "inception_seed0.pth"), seed=0))
+
+
+@pytest.mark.timeout(400)
+def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp_path, inception_file):
+    from cycledrums_cli import main
+
+    ref, gen, truth = _write_graded_set(tmp_path / "train", n_per_bucket=8, seed=1)
+    (gen / "broken.wav").write_bytes(b"RIFF not really a wav file")
+    annotations = _annotations(truth, tmp_path / "annotations.csv", seed=1)
+    out = tmp_path / "scores"
+    assert main(["score", f"synthetic={gen}", str(ref), str(out), "--annotations", str(annotations),
+                 "--inception-weights", inception_file, "--batch-size", "8"]) == 0
+
+    clips = pd.read_parquet(out / "clips.parquet")
+    assert len(clips) == len(truth) == len(pd.read_csv(out / "clips.csv"))
+    numeric = clips.select_dtypes("number")
+    assert not numeric.isna().to_numpy().any()
+    assert {f"stoi_{i:03d}" for i in range(256)} <= set(clips.columns)
+    assert {"density_mixed_5d", "density_mixed_6e", "density_pool3", "bucket_pred", "prob_3"} <= set(clips.columns)
+    np.testing.assert_allclose(clips[[f"prob_{b}" for b in range(4)]].sum(axis=1), 1.0, atol=1e-6)
+    merged = clips.merge(truth, on="clip_id", suffixes=("", "_truth"))
+    assert (merged["bucket"] == merged["bucket_truth"]).all()  # annotations averaged into the right bucket
+    # Near-perfect clips correlate with the truth far better than noise / silence.
+    by_bucket = merged.groupby("bucket_truth")["stoi_mean"].mean()
+    assert by_bucket[3] > 0.7 and by_bucket[0] < 0.2
+
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors["clip_id"]) == ["broken"]  # corrupt file: an error row, the rest scored
+    summary = json.loads((out / "summary.json").read_text())
+    grader = summary["grader"]
+    print(f"\ngrader cross-validated accuracy: {grader['cv_accuracy']:.3f} "
+          f"(chance 0.25), confusion {grader['confusion_matrix']}")
+    assert grader["cv_accuracy"] >= 0.7
+    assert summary["sets"]["synthetic"]["scored"] == len(truth)
+    assert all(v is not None and v >= 0 for v in summary["sets"]["synthetic"]["frechet_distance"].values())
+    for png in ("buckets.png", "grades.png", "features.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The saved grader, applied to clips it has never seen (other songs, other degradations).
+    # A second set scored in the same run (as CycleGAN vs Pix2Pix would be): the true drums.
+    ref2, gen2, truth2 = _write_graded_set(tmp_path / "heldout", n_per_bucket=3, seed=2)
+    true2 = tmp_path / "heldout" / "true"
+    true2.mkdir()
+    for clip_id in truth2["clip_id"]:
+        (true2 / f"{clip_id}.wav").write_bytes((ref2 / clip_id / "drums.wav").read_bytes())
+    out2 = tmp_path / "scores2"
+    assert main(["score", str(gen2), str(ref2), str(out2), "--also", f"truth={true2}",
+                 "--grader", str(out / "grader.joblib"), "--inception-weights", inception_file]) == 0
+    scored = pd.read_csv(out2 / "clips.csv")
+    held = scored[scored["set"] == "generated"].merge(truth2, on="clip_id")
+    accuracy = float((held["bucket_pred"] == held["bucket"]).mean())
+    print(f"held-out accuracy of the saved grader: {accuracy:.3f} on {len(held)} clips (chance 0.25)")
+    assert len(held) == len(truth2)
+    assert accuracy >= 0.6
+    summary2 = json.loads((out2 / "summary.json").read_text())
+    assert set(summary2["sets"]) == {"generated", "truth"}
+    true_hist = summary2["sets"]["truth"]["predicted_bucket_histogram"]
+    assert true_hist[3] >= 0.75 * len(truth2)     # the true drums grade as near-perfect
+    assert summary2["sets"]["truth"]["mean"]["stoi_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert (out2 / "buckets.png").exists()
+
+
+def test_score_without_weights_is_a_clear_error(tmp_path, monkeypatch):
+    from cycledrums_cli import main
+
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "empty-hub"))
+    (tmp_path / "g").mkdir()
+    rc = main(["score", str(tmp_path / "g"), str(tmp_path / "g"), str(tmp_path / "o")])
+    assert rc == 2
