@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pipelines.storage import read_bytes, write_bytes
+
 log = logging.getLogger(__name__)
 
 OUTPUT_FILES = {"drums": "drums.wav", "mix": "mix.wav", "mel": "drums_mel.png"}
@@ -100,21 +102,11 @@ def _row(**values) -> dict:
     return row
 
 
-def _read_uri(uri: str, s3_endpoint_url: str | None) -> bytes:
-    from pipelines.storage import fsspec_filesystem
-
-    fs, inner = fsspec_filesystem(uri, s3_endpoint_url)
-    if not fs.exists(inner):
-        raise FileNotFoundError(f"audio file not found: {uri}")
-    with fs.open(inner, "rb") as f:
-        return f.read()
-
-
 def _decode_source(uri: str, s3_endpoint_url: str | None):
     """(float32 [frames, channels], rate) of an audio file, local or URL."""
     from pipelines.audio import read_audio
 
-    f = io.BytesIO(_read_uri(uri, s3_endpoint_url))
+    f = io.BytesIO(read_bytes(uri, s3_endpoint_url))
     f.name = uri  # error messages name the file
     return read_audio(f)
 
@@ -305,7 +297,7 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
     from pipelines.mel import MelParams
 
     from infer import render
-    from infer.runtime import join_uri, remove_quietly, write_bytes
+    from infer.runtime import join_uri, remove_quietly
 
     params = MelParams.from_dict(params_dict)
     rows = _rows(batch)
@@ -472,7 +464,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
 
     from cluster.ray_runtime import init_ray
 
-    from infer.runtime import Progress, actor_plan, join_uri, write_bytes, write_table
+    from infer.runtime import Progress, actor_plan, join_uri, write_table
 
     cfg.validate()
     checkpoint, config, params = _checkpoint_info(cfg)

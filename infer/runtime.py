@@ -6,6 +6,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from pipelines.storage import write_bytes
+
 log = logging.getLogger(__name__)
 
 ACTOR_MEMORY = 2 << 30  # bytes of RAM reserved per model actor (Inception-v3 on CPU peaks near 0.9 GiB)
@@ -77,27 +79,6 @@ class Progress:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
-
-
-def write_bytes(uri: str, data: bytes, s3_endpoint_url: str | None = None) -> None:
-    """Write a file locally (via a temporary name, so no half-written file looks complete) or to a URL."""
-    from pipelines.storage import fsspec_filesystem, is_remote
-
-    if not is_remote(uri):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.partial-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return
-    fs, inner = fsspec_filesystem(uri, s3_endpoint_url)
-    with fs.open(inner, "wb") as f:  # an object store publishes the object only when complete
-        f.write(data)
 
 
 def remove_quietly(uri: str, s3_endpoint_url: str | None = None) -> None:

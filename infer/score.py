@@ -55,6 +55,7 @@ import numpy as np
 
 from infer.features import RHYTHM_FEATURES, stoi_names
 from infer.inception import LAYERS
+from pipelines.storage import read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -171,16 +172,6 @@ def load_reference(uri: str, s3_endpoint_url: str | None) -> ReferenceSet:
 # ---------------------------------------------------------------- Ray stages
 
 
-def _read_uri(uri: str, s3_endpoint_url: str | None) -> bytes:
-    from pipelines.storage import fsspec_filesystem
-
-    fs, inner = fsspec_filesystem(uri, s3_endpoint_url)
-    if not fs.exists(inner):
-        raise FileNotFoundError(f"audio file not found: {uri}")
-    with fs.open(inner, "rb") as f:
-        return f.read()
-
-
 def load_mel_image(uri: str, params, s3_endpoint_url: str | None = None) -> np.ndarray:
     """Audio file (local or URL) -> uint8 mel image [n_mels, frames]; silence allowed (it is a valid clip)."""
     import io
@@ -190,7 +181,7 @@ def load_mel_image(uri: str, params, s3_endpoint_url: str | None = None) -> np.n
 
     from infer.sources import check_long_enough
 
-    data = _read_uri(uri, s3_endpoint_url)
+    data = read_bytes(uri, s3_endpoint_url)
     f = io.BytesIO(data)
     f.name = uri  # for error messages
     audio = load_audio(f, params.sample_rate, allow_silent=True)
@@ -485,7 +476,7 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
     import pyarrow as pa
 
     from infer.density import centred_svd, fit_gaussian, frechet_distance
-    from infer.runtime import write_bytes, write_table
+    from infer.runtime import write_table
 
     cols = collected.columns
     params = reference.params
@@ -651,7 +642,7 @@ def _apply_grader(table, sets, grader, annotations, cfg: ScoreConfig, n_mels: in
 
 def _write_plots(table, sets: list[GeneratedSet], cfg: ScoreConfig) -> list[str]:
     from infer.report import bucket_histogram_png, feature_histograms_png, grade_histogram_png
-    from infer.runtime import join_uri, write_bytes
+    from infer.runtime import join_uri
 
     written = []
     labels = [s.label for s in sets]

@@ -39,7 +39,7 @@ import pyarrow as pa
 from pipelines.catalog import DEFAULT_TEST_FRACTION, Catalog, Track, build_catalog
 from pipelines.mel import MelParams
 from pipelines.separation import DEFAULT_MODEL
-from pipelines.storage import TEMP_MARK, fsspec_filesystem, is_local_filesystem, write_bytes_atomic
+from pipelines.storage import TEMP_MARK, fsspec_filesystem, is_local_filesystem, read_bytes, write_bytes_atomic
 from pipelines.windows import DEFAULT_MIN_LEVEL_DB, SPLITS
 
 log = logging.getLogger(__name__)
@@ -153,11 +153,6 @@ def _fail(row: dict, stage: str, err: BaseException | str) -> None:
     row.update(status="failed", stage=stage, reason=reason)
 
 
-def _read_bytes(uri: str, s3_endpoint_url: str | None) -> bytes:
-    fs, path = fsspec_filesystem(uri, s3_endpoint_url)
-    return fs.cat_file(path)
-
-
 def _named_buffer(data: bytes, name: str) -> io.BytesIO:
     buf = io.BytesIO(data)
     buf.name = name  # error messages name the file, not "<in-memory audio>"
@@ -177,7 +172,7 @@ def _decode_mono(uri: str, params: MelParams, s3_endpoint_url: str | None):
     """File -> mono float32 tensor at the codec's rate; AudioError when unusable."""
     from pipelines.audio import EmptyAudioError, check_not_silent, read_audio, to_mono_resampled
 
-    data = _read_bytes(uri, s3_endpoint_url)
+    data = read_bytes(uri, s3_endpoint_url)
     if not data:
         raise EmptyAudioError(f"{uri}: file is empty (0 bytes)")
     samples, rate = read_audio(_named_buffer(data, uri))
@@ -229,7 +224,7 @@ def decode_mix(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) 
         if row["status"] == "pending":
             try:
                 uri = json.loads(row["sources"])["mix"]
-                samples, rate = read_audio(_named_buffer(_read_bytes(uri, s3_endpoint_url), uri))
+                samples, rate = read_audio(_named_buffer(read_bytes(uri, s3_endpoint_url), uri))
                 _check_long_enough(samples.shape[0], rate, params)
                 peak = float(np.abs(samples).max())
                 if peak < SILENCE_PEAK:

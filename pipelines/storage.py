@@ -83,3 +83,18 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
         if fs.exists(temp):
             fs.rm(temp)
         raise
+
+
+def read_bytes(uri: str, s3_endpoint_url: str | None = None) -> bytes:
+    """The whole content of a local file or object; FileNotFoundError names the URI."""
+    fs, path = fsspec_filesystem(uri, s3_endpoint_url)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"file not found: {uri}") from err
+
+
+def write_bytes(uri: str, data: bytes, s3_endpoint_url: str | None = None) -> None:
+    """Write a local file or object atomically (see `write_bytes_atomic`)."""
+    fs, path = fsspec_filesystem(uri, s3_endpoint_url)
+    write_bytes_atomic(fs, path, data)

@@ -25,7 +25,7 @@ import posixpath
 import torch
 
 from pipelines.mel import MelParams
-from pipelines.storage import fsspec_filesystem
+from pipelines.storage import fsspec_filesystem, read_bytes
 
 WEIGHTS = "weights.pt"
 STATE = "state.pt"
@@ -103,28 +103,22 @@ def resolve_checkpoint(path: str, s3_endpoint_url: str | None = None) -> str:
     return found[-1]
 
 
-def _read_bytes(uri: str, s3_endpoint_url: str | None) -> bytes:
-    fs, fs_path = fsspec_filesystem(uri, s3_endpoint_url)
-    with fs.open(fs_path, "rb") as f:
-        return f.read()
-
-
 def read_config(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
-    return json.loads(_read_bytes(posixpath.join(checkpoint, CONFIG), s3_endpoint_url))
+    return json.loads(read_bytes(posixpath.join(checkpoint, CONFIG), s3_endpoint_url))
 
 
 def read_progress(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
-    return json.loads(_read_bytes(posixpath.join(checkpoint, PROGRESS), s3_endpoint_url))
+    return json.loads(read_bytes(posixpath.join(checkpoint, PROGRESS), s3_endpoint_url))
 
 
 def read_weights(checkpoint: str, s3_endpoint_url: str | None = None,
                  map_location="cpu") -> dict:
-    data = _read_bytes(posixpath.join(checkpoint, WEIGHTS), s3_endpoint_url)
+    data = read_bytes(posixpath.join(checkpoint, WEIGHTS), s3_endpoint_url)
     return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
 
 def read_state(checkpoint: str, s3_endpoint_url: str | None = None, map_location="cpu") -> dict:
-    data = _read_bytes(posixpath.join(checkpoint, STATE), s3_endpoint_url)
+    data = read_bytes(posixpath.join(checkpoint, STATE), s3_endpoint_url)
     return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
 
