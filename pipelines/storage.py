@@ -78,7 +78,9 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     temp = posixpath.join(folder, f".{name}{TEMP_MARK}{uuid.uuid4().hex[:12]}")
     try:
         fs.pipe_file(temp, data)
-        fs.mv(temp, path)
+        # os.replace, not fs.mv: it is atomic, and it fails when `path` is a folder
+        # instead of moving the file into it.
+        os.replace(temp, path)
     except BaseException:
         if fs.exists(temp):
             fs.rm(temp)

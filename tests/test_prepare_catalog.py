@@ -148,9 +148,17 @@ def test_atomic_write_leaves_nothing_partial(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(fs, "mv", crash)
+    # A folder where the file must go is an error, not a file moved into the folder.
+    (tmp_path / "train" / "d.parquet").mkdir()
     with pytest.raises(OSError):
-        write_bytes_atomic(fs, str(tmp_path / "train" / "u.parquet"), b"half")
+        write_bytes_atomic(fs, str(tmp_path / "train" / "d.parquet"), b"data")
+    assert list((tmp_path / "train" / "d.parquet").iterdir()) == []
+    (tmp_path / "train" / "d.parquet").rmdir()
+
+    with monkeypatch.context() as m:
+        m.setattr("pipelines.storage.os.replace", crash)
+        with pytest.raises(OSError):
+            write_bytes_atomic(fs, str(tmp_path / "train" / "u.parquet"), b"half")
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["t.parquet"]
 
     # A temp file from a killed run is never counted as done, and is cleaned up.
