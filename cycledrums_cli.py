@@ -19,6 +19,15 @@ class CliError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+def add_job_options(parser) -> None:
+    """The options every Ray job (prepare, train, generate, score) shares."""
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on this machine)")
+    parser.add_argument("--s3-endpoint-url", default=None,
+                        help="S3-compatible endpoint for s3:// paths, e.g. MinIO or Ceph "
+                        "(default: $AWS_ENDPOINT_URL, else AWS)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cycledrums",

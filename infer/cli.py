@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cycledrums_cli import add_job_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_generate(sub)
@@ -74,10 +76,7 @@ with --variation 0 (the default) the seed changes nothing.""",
                    help="windows per generator forward pass, and clips per batch of the job (default: 8)")
     p.add_argument("--drums-gain-db", type=float, default=0.0,
                    help="drums level relative to the bass's level (active RMS), in dB (default: 0)")
-    p.add_argument("--s3-endpoint-url", default=None,
-                   help="S3 endpoint for s3:// paths (MinIO, Ceph, ...) (default: $AWS_ENDPOINT_URL, else AWS)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on this machine)")
+    add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_generate)
 
@@ -159,10 +158,7 @@ when several GENERATED sets share clip ids.""",
     p.add_argument("--grader-c", type=float, default=1.0,
                    help="inverse L2 regularisation strength of the logistic regression (default: 1.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds (default: 0)")
-    p.add_argument("--s3-endpoint-url", default=None,
-                   help="S3 endpoint for s3:// paths (default: $AWS_ENDPOINT_URL, else AWS)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on this machine)")
+    add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_score)
 

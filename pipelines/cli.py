@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cycledrums_cli import add_job_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_synth(sub)
@@ -120,10 +122,7 @@ def _register_prepare(sub) -> None:
                    help="process at most this many tracks in this run (default: all)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo tracks already in OUTPUT (default: skip them)")
-    p.add_argument("--s3-endpoint-url", default=None,
-                   help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_prepare)
 

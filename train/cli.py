@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cycledrums_cli import add_job_options
+
 from train.config import GAN_MODES, MODELS, NORMS, PRECISIONS, SHUFFLES, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -36,10 +38,7 @@ def register(subparsers) -> None:
                      help="logical CPUs each worker reserves; leave some for Ray Data (default: 1)")
     run.add_argument("--max-failures", type=int, default=3,
                      help="worker-group restarts from the last checkpoint before giving up (default: 3)")
-    run.add_argument("--address", default=None,
-                     help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--s3-endpoint-url", default=None,
-                     help="S3-compatible endpoint for s3:// paths (default: AWS / $AWS_ENDPOINT_URL)")
+    add_job_options(run)
 
     length = p.add_argument_group("run length and checkpoints")
     excl = length.add_mutually_exclusive_group()
