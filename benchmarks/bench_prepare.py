@@ -1,9 +1,14 @@
 """Throughput of `cycledrums prepare`, in audio-seconds processed per wall second.
 
+0. The two hot kernels against stock torchaudio on one stem, one thread: resampling
+   (torchaudio.functional.resample vs pipelines.audio.resample, same filter) and the mel
+   (torchaudio.transforms.MelSpectrogram vs pipelines.mel.mel_power, same numbers).
 1. CPU part (decode + resample + mel + windows + Parquet) on a stems data set:
    - baseline: the same per-track work in this process, one thread, no Ray;
-   - the Ray Data pipeline (`run_prepare`) on a fresh local Ray with 1 and 2 logical CPUs
-     (workers warmed up first, so Ray's start and torch imports are not counted).
+   - the Ray Data pipeline (`run_prepare`) on a fresh local Ray with N logical CPUs, the
+     whole Ray instance (driver, raylet, workers) pinned to N cores with sched_setaffinity,
+     so "per core" means per physical core, Ray's own processes included (workers warmed
+     up first, so Ray's start and torch imports are not counted).
    Target: >= 200x real time per core.
 2. Separation with the given Demucs model (a tiny random one by default; `--demucs-model`
    for a real one): `separate()` in this process, and the whole mixes pipeline on Ray.
@@ -14,9 +19,14 @@ Prints medians and ratios vs the baseline measured in the same run.
 """
 from __future__ import annotations
 
+import os
+
+# One OpenMP / BLAS thread, as Ray gives a 1-CPU task: idle OpenMP threads otherwise spin
+# on the second core and the per-CPU-second figure counts their busy-waiting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import logging
-import os
 import shutil
 import statistics
 import tempfile
@@ -80,13 +90,54 @@ def baseline(root: Path, out: Path) -> dict[str, float]:
     return steps
 
 
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: kernels and filter banks are built on the first call
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def kernels(stem: Path, repeats: int) -> None:
+    """Stock torchaudio vs the codec's fast paths on one stem (decoded once), one thread."""
+    import torch
+    import torchaudio.functional as AF
+    import torchaudio.transforms as T
+
+    from pipelines.audio import read_audio, resample
+    from pipelines.mel import MelParams, mel_power
+
+    torch.set_num_threads(1)
+    p = MelParams()
+    data, rate = read_audio(stem)
+    mono = torch.from_numpy(data.mean(axis=1))
+    seconds = mono.shape[0] / rate
+    stock_mel = T.MelSpectrogram(sample_rate=p.sample_rate, n_fft=p.n_fft, win_length=p.n_fft,
+                                 hop_length=p.hop_length, n_mels=p.n_mels, power=2.0)
+    at_codec_rate = resample(mono, rate, p.sample_rate)
+    pairs = {
+        f"resample {rate} -> {p.sample_rate} Hz": (lambda: AF.resample(mono, rate, p.sample_rate),
+                                                   lambda: resample(mono, rate, p.sample_rate)),
+        "mel power": (lambda: stock_mel(at_codec_rate), lambda: mel_power(at_codec_rate, p)),
+    }
+    for name, (stock, ours) in pairs.items():
+        a, b = median_seconds(stock, repeats), median_seconds(ours, repeats)
+        print(f"{name:32s} torchaudio {1000 * a:6.1f} ms, ours {1000 * b:6.1f} ms for {seconds:.0f} s "
+              f"of audio -> {a / b:.1f}x faster")
+
+
 def ray_runs(root: Path, tmp: Path, cpus: int, repeats: int, **config) -> list[float]:
-    """Wall seconds of `run_prepare` on a fresh local Ray with `cpus` logical CPUs."""
+    """Wall seconds of `run_prepare` on a fresh local Ray with `cpus` logical CPUs, pinned to
+    `cpus` cores (where the machine has them): Ray's processes inherit the affinity."""
     import ray
     from ray.data import DataContext
 
     from pipelines.prepare import PrepareConfig, run_prepare
 
+    all_cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(all_cores)[:cpus])  # the driver (Ray Data's executor) too
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
              object_store_memory=1 << 30)
     DataContext.get_current().enable_progress_bars = False
@@ -102,6 +153,7 @@ def ray_runs(root: Path, tmp: Path, cpus: int, repeats: int, **config) -> list[f
         return walls
     finally:
         ray.shutdown()
+        os.sched_setaffinity(0, all_cores)
 
 
 def separation_direct(model_spec: str, mix_path: Path, repeats: int) -> dict[str, float]:
@@ -147,6 +199,9 @@ def main() -> None:
         print(f"data: {root} ({audio:.0f} s of audio in {len(list(root.rglob('bass.wav')))} tracks); "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (other jobs slow every figure)")
 
+        print("\n== kernels, one stem, one thread (median of 5) ==")
+        kernels(sorted(root.rglob("bass.wav"))[0], 5)
+
         print("\n== CPU part: decode + resample + mel + windows + Parquet ==")
         baseline(root, tmp / "base_warm")  # first calls build the resampling / mel kernels
         runs = [baseline(root, tmp / f"base{r}") for r in range(args.repeats)]
@@ -161,7 +216,9 @@ def main() -> None:
             walls = ray_runs(root, tmp, cpus, args.repeats)
             wall = statistics.median(walls)
             rate = audio / wall
-            print(f"Ray Data, {cpus} logical CPU(s): median {wall:.2f} s of {[round(w, 2) for w in walls]} -> "
+            cores = min(cpus, len(os.sched_getaffinity(0)))
+            print(f"Ray Data, {cpus} logical CPU(s) on {cores} core(s): median {wall:.2f} s of "
+                  f"{[round(w, 2) for w in walls]} -> "
                   f"{rate:.0f}x real time, {rate / cpus:.0f}x per CPU "
                   f"(ratio vs baseline {rate / base_rate:.2f}; target >= 200x per core)")
 

@@ -276,7 +276,8 @@ def _stitched_image(row: dict, params):
 def _bass_audio(row: dict, out_rate: int, bass_mel_audio, params, s3_endpoint_url: str | None) -> np.ndarray:
     """[channels, n] bass at `out_rate`: the original file (re-read), or the re-synthesised window."""
     import torch
-    import torchaudio.functional as AF
+
+    from pipelines.audio import resample
 
     if row["bass_from_mel"]:
         signal, rate = bass_mel_audio.unsqueeze(0), params.sample_rate
@@ -284,7 +285,7 @@ def _bass_audio(row: dict, out_rate: int, bass_mel_audio, params, s3_endpoint_ur
         data, rate = _decode_source(str(row["input"]), s3_endpoint_url)
         signal = torch.from_numpy(np.ascontiguousarray(data.T))
     if rate != out_rate:
-        signal = AF.resample(signal, rate, out_rate)
+        signal = resample(signal, rate, out_rate)
     return signal.numpy()
 
 
@@ -292,8 +293,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
                  drums_gain_db: float, s3_endpoint_url: str | None) -> dict:
     """Generated windows -> drums.wav, mix.wav, drums_mel.png; returns manifest / error rows."""
     import torch
-    import torchaudio.functional as AF
 
+    from pipelines.audio import resample
     from pipelines.mel import MelParams
 
     from infer import render
@@ -342,7 +343,7 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
             n_out = bass.shape[-1]
             drums = audio[("drums", cid)].unsqueeze(0)
             if out_rate != params.sample_rate:
-                drums = AF.resample(drums, params.sample_rate, out_rate)
+                drums = resample(drums, params.sample_rate, out_rate)
             drums = render.fit_length(drums[0].numpy().astype(np.float64), n_out)
             gain_db = render.level_match_gain_db(drums, bass, drums_gain_db)
             drums = drums * 10 ** (gain_db / 20)

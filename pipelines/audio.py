@@ -6,7 +6,9 @@ batch jobs can turn it into an error row and carry on.
 """
 from __future__ import annotations
 
+import functools
 import io
+import math
 import os
 from typing import BinaryIO, Union
 
@@ -66,14 +68,66 @@ def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
     return data, rate
 
 
+# Output phases per polyphase block that `resample` aims for (see there).
+_MIN_RESAMPLE_PHASES = 8
+
+
+def _resample_block(orig_rate: int, new_rate: int) -> int:
+    """Common divisor of the two rates that gives torchaudio's kernel >= 8 output phases.
+
+    torchaudio reduces orig/new by their gcd, so 44.1 kHz -> 22.05 kHz becomes 2 -> 1:
+    a conv1d with ONE output channel and stride 2, which runs at a fraction of the
+    machine's speed.  Reducing by gcd / B instead describes the very same filter as
+    B phases of 2B -> B (same sinc, same window, same taps per output sample; a few
+    extra zero taps per phase), which runs as a dense multi-channel conv1d.
+    """
+    gcd = math.gcd(orig_rate, new_rate)
+    new_phases = new_rate // gcd
+    if new_phases >= _MIN_RESAMPLE_PHASES:
+        return 1
+    for block in range(-(-_MIN_RESAMPLE_PHASES // new_phases), 4 * _MIN_RESAMPLE_PHASES):
+        if gcd % block == 0:
+            return block
+    return 1
+
+
+@functools.lru_cache(maxsize=16)
+def _resample_kernel(orig_rate: int, new_rate: int, reduced_by: int, device: str):
+    from torchaudio.functional.functional import _get_sinc_resample_kernel
+
+    # torchaudio.functional.resample's defaults: Hann-windowed sinc, 6 zero crossings, rolloff 0.99.
+    return _get_sinc_resample_kernel(orig_rate, new_rate, reduced_by, 6, 0.99, "sinc_interp_hann",
+                                     None, torch.device(device), torch.float32)
+
+
+def resample(signal: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """[..., samples] float32 -> [..., samples'] at `new_rate`: torchaudio.functional.resample's
+    output (to float rounding), 5-10x faster for ratios such as 44.1 -> 22.05 kHz.
+
+    It uses torchaudio's own kernel builder and kernel application, with the gcd
+    split described in `_resample_block`.  Falls back to the public function if a
+    torchaudio release changes those helpers (tests compare the two).
+    """
+    if orig_rate == new_rate:
+        return signal
+    if signal.dtype != torch.float32:
+        return AF.resample(signal, orig_rate, new_rate)
+    try:
+        from torchaudio.functional.functional import _apply_sinc_resample_kernel
+
+        reduced_by = math.gcd(orig_rate, new_rate) // _resample_block(orig_rate, new_rate)
+        kernel, width = _resample_kernel(orig_rate, new_rate, reduced_by, str(signal.device))
+        return _apply_sinc_resample_kernel(signal, orig_rate, new_rate, reduced_by, kernel, width)
+    except (ImportError, TypeError):
+        return AF.resample(signal, orig_rate, new_rate)
+
+
 def to_mono_resampled(data: np.ndarray, rate: int, target_rate: int) -> torch.Tensor:
     """[frames, channels] float array -> mono float32 tensor [samples] at `target_rate`."""
     # A matrix-vector product is several times faster than data.mean(axis=1) on [n, 2].
     weights = np.full(data.shape[1], 1.0 / data.shape[1], dtype=np.float32)
     mono = torch.from_numpy(np.ascontiguousarray(data @ weights))
-    if rate != target_rate:
-        mono = AF.resample(mono, rate, target_rate)
-    return mono
+    return resample(mono, rate, target_rate)
 
 
 def check_not_silent(signal: torch.Tensor, name: str = "signal") -> None:

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import torch
-import torchaudio.functional as AF
 
 DEFAULT_MODEL = "htdemucs"
 KEPT_SOURCES = ("bass", "drums")
@@ -85,6 +84,8 @@ def separate(model, wav: torch.Tensor, sample_rate: int, target_rate: int,
     from demucs.apply import apply_model
     from demucs.audio import convert_audio
 
+    from pipelines.audio import resample
+
     wav = convert_audio(wav.float(), sample_rate, model.samplerate, model.audio_channels)
     ref = wav.mean(0)
     mean, std = ref.mean(), ref.std() + 1e-8
@@ -95,7 +96,7 @@ def separate(model, wav: torch.Tensor, sample_rate: int, target_rate: int,
     for name in KEPT_SOURCES:
         mono = estimates[model.sources.index(name)].mean(0)
         if model.samplerate != target_rate:
-            mono = AF.resample(mono, model.samplerate, target_rate)
+            mono = resample(mono, model.samplerate, target_rate)
         out[name] = mono.contiguous().cpu()
     return out
 

@@ -53,6 +53,20 @@ def test_cut_windows_are_slices_of_the_image():
     assert (padded[-1, :, 1000 - 824:] == 0).all()
 
 
+def test_mel_power_is_torchaudios_mel_spectrogram():
+    # mel_power computes the power as re^2 + im^2 for speed; the numbers must stay torchaudio's.
+    import torchaudio.transforms as T
+
+    p = MelParams()
+    audio = load_audio(DATA / "lithium_bass_8s.flac", p.sample_rate)
+    batch = torch.stack([audio, 0.01 * audio])
+    reference = T.MelSpectrogram(sample_rate=p.sample_rate, n_fft=p.n_fft, win_length=p.n_fft,
+                                 hop_length=p.hop_length, n_mels=p.n_mels, power=2.0)(batch)
+    ours = mel_power(batch, p)
+    assert ours.shape == reference.shape == (2, p.n_mels, num_frames(audio.shape[-1], p))
+    assert float(((ours - reference).abs() / (reference + 1e-12)).max()) < 1e-4
+
+
 def test_quantization_error_is_at_most_half_a_step():
     db = torch.linspace(P.db_min, P.db_max, 100_003)
     err = (dequantize(quantize(db)) - db).abs().max().item()
