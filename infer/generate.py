@@ -284,9 +284,7 @@ def _bass_audio(row: dict, out_rate: int, bass_mel_audio, params, s3_endpoint_ur
     else:
         data, rate = _decode_source(str(row["input"]), s3_endpoint_url)
         signal = torch.from_numpy(np.ascontiguousarray(data.T))
-    if rate != out_rate:
-        signal = resample(signal, rate, out_rate)
-    return signal.numpy()
+    return resample(signal, rate, out_rate).numpy()
 
 
 def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sample_rate: int | None,
@@ -341,9 +339,7 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
             out_rate = sample_rate or int(r["input_rate"])
             bass = _bass_audio(r, out_rate, audio.get(("bass", cid)), params, s3_endpoint_url)
             n_out = bass.shape[-1]
-            drums = audio[("drums", cid)].unsqueeze(0)
-            if out_rate != params.sample_rate:
-                drums = resample(drums, params.sample_rate, out_rate)
+            drums = resample(audio[("drums", cid)].unsqueeze(0), params.sample_rate, out_rate)
             drums = render.fit_length(drums[0].numpy().astype(np.float64), n_out)
             gain_db = render.level_match_gain_db(drums, bass, drums_gain_db)
             drums = drums * 10 ** (gain_db / 20)

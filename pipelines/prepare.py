@@ -415,7 +415,7 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> list[dic
     if layout == "stems":
         # The stems pipeline is ONE fused CPU operator.  Ray Data's per-operator reservation
         # (half the cluster split among operators, input included) held it to a single task
-        # on a 2-CPU Ray: 1 -> 2 CPUs gave 1.1x.  Without it: 1.9x (benchmarks/bench_prepare.py).
+        # on a 2-CPU Ray: 1 -> 2 CPUs gave 1.1x.  Without it: 2.1x (benchmarks/bench_prepare.py).
         ctx.op_resource_reservation_enabled = False
     results = []
     try:

@@ -94,9 +94,7 @@ def separate(model, wav: torch.Tensor, sample_rate: int, target_rate: int,
     estimates = estimates * std + mean
     out = {}
     for name in KEPT_SOURCES:
-        mono = estimates[model.sources.index(name)].mean(0)
-        if model.samplerate != target_rate:
-            mono = resample(mono, model.samplerate, target_rate)
+        mono = resample(estimates[model.sources.index(name)].mean(0), model.samplerate, target_rate)
         out[name] = mono.contiguous().cpu()
     return out
 
