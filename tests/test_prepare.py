@@ -1,9 +1,9 @@
 """`cycledrums prepare` end to end on a local Ray: stems (synth data set), mixes (real songs through
 a tiny Demucs), bad input, re-runs, and S3 (moto server).
 
-The mixes test cuts short excerpts, in a temp folder, from two songs in ../shared/data/cc-by-songs:
+The mixes test uses 13 s excerpts of two songs kept in tests/data (see its README):
 "Vibe Ace" by Kevin MacLeod, CC BY 3.0, and "Let's Go Fishin'" by Karissa Hobbs, CC BY 3.0
-(both via Free Music Archive).  Nothing of them is stored in the repository.
+(both via Free Music Archive).
 """
 from __future__ import annotations
 
@@ -27,9 +27,7 @@ from pipelines.mel import MelParams, audio_to_image, cut_windows, num_frames, wi
 from pipelines.prepare import ERRORS_FILE, SUMMARY_FILE, PrepareConfig, run_prepare, window_file_name
 from pipelines.windows import binary_to_images, mel_params_from_schema, window_schema
 
-SONGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cc-by-songs"
-if not SONGS.is_dir():
-    SONGS = Path("/work/shared/data/cc-by-songs")
+DATA = Path(__file__).resolve().parent / "data"
 PARAMS = MelParams()
 
 
@@ -233,10 +231,9 @@ def test_demucs_actors_are_sized_to_the_cluster(ray_local):
 # ----------------------------------------------------------------- mixes: real songs, tiny Demucs
 
 
-def excerpt(name: str, start_s: float, seconds: float) -> tuple[np.ndarray, int]:
-    with sf.SoundFile(SONGS / f"{name}.hq.ogg") as f:
-        f.seek(int(start_s * f.samplerate))
-        return f.read(int(seconds * f.samplerate), dtype="float32"), f.samplerate
+def excerpt(file_name: str) -> tuple[np.ndarray, int]:
+    audio, rate = sf.read(DATA / file_name, dtype="float32")
+    return audio, rate
 
 
 @pytest.mark.timeout(300)
@@ -244,8 +241,8 @@ def test_mixes_are_separated_filtered_and_split_by_hash(ray_local, tmp_path):
     from pipelines.separation import load_model, save_local_model, separate, tiny_model
     from pipelines.windows import track_windows
 
-    vibe, rate = excerpt("Kevin_MacLeod_-_Vibe_Ace", 20.0, 13.0)
-    fishin, rate2 = excerpt("Karissa_Hobbs_-_Lets_Go_Fishin", 40.0, 13.0)
+    vibe, rate = excerpt("vibe_ace_13s.ogg")
+    fishin, rate2 = excerpt("lets_go_fishin_13s.ogg")
     songs = tmp_path / "fma"
     write_wav(songs / "000" / "000002.ogg", vibe, rate, "OGG")
     write_wav(songs / "000" / "000003.wav", fishin, rate2)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,6 +149,21 @@ def test_init_from_into_a_new_run_on_s3(first_run, ray_local, s3_endpoint, s3_bu
     assert [m["step"] for m in metrics if "event" not in m] == [1, 2]
 
 
+def crash_hook(crash_rank: int, crash_step: int):
+    """Fault injection for train(on_step=...): a worker dies hard (no exception, no cleanup),
+    as a lost node would.  A closure, so Ray ships it by value to workers that cannot import
+    this test module."""
+
+    def on_step(rank: int, step: int, resumed: bool) -> None:
+        if rank == crash_rank and step == crash_step and not resumed:
+            # Ray Train's controller collects reports on its health-check poll (2 s); wait past
+            # it so the last checkpoint is registered, as it would be for a crash much later.
+            time.sleep(5.0)
+            os._exit(1)
+
+    return on_step
+
+
 @pytest.mark.timeout(300)
 def test_killed_worker_is_recovered_from_last_checkpoint(windows, ray_local, tmp_path):
     """Pix2Pix this time: rank 1 dies hard at step 3; Ray Train restarts from step 2."""
@@ -154,9 +171,8 @@ def test_killed_worker_is_recovered_from_last_checkpoint(windows, ray_local, tmp
 
     run_dir = str(tmp_path / "crash")
     summary = train(windows, run_dir, {"model": "pix2pix", "ngf": 8, "ndf": 8, "unet_downs": 6,
-                                       "max_steps": 4, "checkpoint_every": 2, "log_every": 1,
-                                       "crash_at_step": 3, "crash_rank": 1},
-                    num_workers=2, max_failures=1)
+                                       "max_steps": 4, "checkpoint_every": 2, "log_every": 1},
+                    num_workers=2, max_failures=1, on_step=crash_hook(crash_rank=1, crash_step=3))
     assert summary.step == 4
     metrics = read_metrics(run_dir)
     starts = [(m["step"], m["resumed"]) for m in metrics if m.get("event") == "start"]
@@ -165,6 +181,8 @@ def test_killed_worker_is_recovered_from_last_checkpoint(windows, ray_local, tmp
     assert [r["step"] for r in reports] == [2, 4] and all(r["replicas_in_sync"] for r in reports)
     weights = read_weights(summary.checkpoint)
     assert set(weights) == {"gen_bass_to_drums", "critic_drums"}
+    saved = json.loads(Path(summary.checkpoint, "config.json").read_text())
+    assert not {"crash_at_step", "crash_rank", "on_step"} & set(saved)  # user options only
     generator, _, config = load_generator(run_dir)
     assert config["model"] == "pix2pix" and config["norm"] == "batch"
     assert generator(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)

@@ -1,10 +1,16 @@
 """The training configuration: one dataclass, defaults = the paper's settings.
 
-A `TrainConfig` is written into every checkpoint as `config.json` (plus the data's
-mel parameters), so a checkpoint alone says how to rebuild its networks.
-Fields left as None take the chosen model's paper default (`resolved()`):
-CycleGAN uses instance norm, no dropout and the LSGAN loss; Pix2Pix uses batch
-norm, dropout 0.5 and the vanilla (BCE) GAN loss.
+Each field is the one definition of a training option: its default, its help
+text, its command-line group and what `--resume` may do with it live in the
+field's metadata (`option()`), and train/cli.py builds the `train` flags from
+them; the resume and fine-tuning checks in train/trainer.py read the same
+metadata.  A `TrainConfig` is written into every checkpoint as `config.json`
+(plus the data's mel parameters), so a checkpoint alone says how to rebuild its
+networks.  Fields left as None take the chosen model's paper default
+(`resolved()`): CycleGAN uses instance norm, no dropout and the LSGAN loss;
+Pix2Pix uses batch norm, dropout 0.5 and the vanilla (BCE) GAN loss.
+
+This module imports nothing heavy, so the CLI can read defaults instantly.
 """
 from __future__ import annotations
 
@@ -18,56 +24,96 @@ GAN_MODES = ("lsgan", "vanilla")
 PRECISIONS = ("auto", "fp32", "bf16")
 SHUFFLES = ("full", "local")
 
+# What `--resume` may do with an option: FIXED ones must equal the run's saved value,
+# FREE ones (run length, logging, speed) may change, KEPT ones keep the saved value.
+FIXED, FREE, KEPT = "fixed", "free", "kept"
+
 # Per-model paper defaults for the fields that differ between the two models.
 _MODEL_DEFAULTS = {
     "cyclegan": {"norm": "instance", "dropout": False, "gan_mode": "lsgan"},
     "pix2pix": {"norm": "batch", "dropout": True, "gan_mode": "vanilla"},
 }
+# Fields that older checkpoints carry and this version no longer has (dropped on load).
+_RETIRED_FIELDS = {"crash_at_step", "crash_rank", "extra"}
+# Keys written into config.json beside the options.
+_CHECKPOINT_KEYS = {"mel_params", "steps_per_epoch", "total_steps"}
+
+
+def option(default, help: str, group: str, *, on_resume: str = FIXED, choices=None,
+           architecture: bool = False, metavar: str | None = None):
+    """A TrainConfig field that is also a `cycledrums train` flag.
+
+    `architecture` marks the fields a fine-tuning run (--init-from) takes from
+    its source run, because they shape the networks' weights.
+    """
+    return field(default=default, metadata={
+        "help": help, "group": group, "on_resume": on_resume, "choices": choices,
+        "architecture": architecture, "metavar": metavar})
 
 
 @dataclass
 class TrainConfig:
-    model: str = "cyclegan"
+    model: str = option("cyclegan", "cyclegan (unpaired, the paper's) or pix2pix (paired baseline)",
+                        "model", choices=MODELS, architecture=True)
     # Architecture (paper: resnet_9blocks ngf 64; 70x70 PatchGAN ndf 64 n_layers 3; unet_256).
-    ngf: int = 64
-    ndf: int = 64
-    n_blocks: int = 9
-    n_layers_d: int = 3
-    unet_downs: int = 8
-    norm: str | None = None
-    dropout: bool | None = None
+    ngf: int = option(64, "generator width", "architecture", architecture=True)
+    ndf: int = option(64, "critic width", "architecture", architecture=True)
+    n_blocks: int = option(9, "ResNet generator blocks", "architecture", architecture=True)
+    n_layers_d: int = option(3, "PatchGAN layers (3 = 70x70 patches)", "architecture",
+                             architecture=True)
+    unet_downs: int = option(8, "U-Net levels for pix2pix (8 = unet_256)", "architecture",
+                             architecture=True)
+    norm: str | None = option(None, "normalisation (default: instance for cyclegan, batch for "
+                              "pix2pix)", "architecture", choices=NORMS, architecture=True)
+    dropout: bool | None = option(None, "dropout 0.5 in the generator (default: on for pix2pix, "
+                                  "off for cyclegan)", "architecture", architecture=True)
     # Losses.
-    gan_mode: str | None = None
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
-    lambda_l1: float = 100.0
-    pool_size: int = 50
+    gan_mode: str | None = option(None, "adversarial loss (default: lsgan for cyclegan, vanilla "
+                                  "for pix2pix)", "losses and optimiser", choices=GAN_MODES)
+    lambda_cycle: float = option(10.0, "cycle-consistency weight, both ways",
+                                 "losses and optimiser")
+    lambda_identity: float = option(0.5, "identity loss weight, relative to the cycle weight",
+                                    "losses and optimiser")
+    lambda_l1: float = option(100.0, "pix2pix L1 weight", "losses and optimiser")
+    pool_size: int = option(50, "image pool of past fakes per critic", "losses and optimiser")
     # Optimisation: Adam, constant lr then linear decay to zero over the last part.
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    decay_fraction: float = 0.5
-    batch_size: int = 1  # per worker
-    epochs: int = 12
-    max_steps: int | None = None  # when set, the run's length in steps (overrides epochs)
-    # Run control.
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 10
-    images_per_epoch: int = 3
-    stop_after_steps: int | None = None  # end this invocation early (resumable), e.g. a time slot
-    init_from: str | None = None
-    seed: int = 0
-    shuffle: str = "full"  # full: Ray Data random_shuffle per epoch; local: block order + buffer
-    shuffle_buffer: int = 256
+    lr: float = option(2e-4, "Adam learning rate", "losses and optimiser")
+    beta1: float = option(0.5, "Adam beta1", "losses and optimiser")
+    beta2: float = option(0.999, "Adam beta2", "losses and optimiser")
+    decay_fraction: float = option(0.5, "share of the run over which lr decays linearly to 0",
+                                   "losses and optimiser")
+    batch_size: int = option(1, "windows per worker per step", "losses and optimiser")
+    seed: int = option(0, "random seed", "losses and optimiser")
+    shuffle: str = option("full", "full: a global shuffle per epoch (Ray Data random_shuffle); "
+                          "local: block order + a per-worker buffer, cheaper on huge data",
+                          "losses and optimiser", choices=SHUFFLES)
+    shuffle_buffer: int = option(256, "windows in the local shuffle buffer",
+                                 "losses and optimiser", on_resume=FREE)
+    # Run length and checkpoints.
+    epochs: int = option(12, "passes over the data", "run length and checkpoints", on_resume=FREE)
+    max_steps: int | None = option(None, "run length in optimizer steps, instead of --epochs",
+                                   "run length and checkpoints", on_resume=FREE)
+    stop_after_steps: int | None = option(
+        None, "end this invocation after this many steps with a checkpoint; continue later "
+        "with --resume (default: run to the end)", "run length and checkpoints", on_resume=FREE)
+    checkpoint_every: int = option(1000, "steps between checkpoints, and one at the end",
+                                   "run length and checkpoints", on_resume=FREE)
+    keep_checkpoints: int = option(3, "checkpoints kept in RUN_DIR", "run length and checkpoints",
+                                   on_resume=FREE)
+    init_from: str | None = option(
+        None, "start a new run from the weights of a checkpoint or run folder (fine-tuning); "
+        "the architecture is taken from it (default: random init)", "run length and checkpoints",
+        on_resume=KEPT, metavar="CKPT")
+    log_every: int = option(10, "steps between progress lines", "run length and checkpoints",
+                            on_resume=FREE)
+    images_per_epoch: int = option(3, "windows in the preview PNG drawn each epoch",
+                                   "run length and checkpoints", on_resume=FREE)
     # Speed.
-    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
-    channels_last: bool | None = None  # None = on GPU only
-    compile: bool = False
-    # Testing aid: a worker of this rank exits hard at this step of the first attempt.
-    crash_at_step: int | None = None
-    crash_rank: int = 1
-    extra: dict = field(default_factory=dict)
+    precision: str = option("auto", "auto = bf16 autocast on GPU, fp32 on CPU", "speed",
+                            on_resume=FREE, choices=PRECISIONS)
+    channels_last: bool | None = option(None, "channels-last memory format (default: on GPU only)",
+                                        "speed", on_resume=FREE)
+    compile: bool = option(False, "torch.compile the networks", "speed", on_resume=FREE)
 
     def resolved(self) -> "TrainConfig":
         """A copy with the model's paper defaults filled in, validated."""
@@ -95,10 +141,14 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
+            (self.images_per_epoch >= 0, "images_per_epoch must be >= 0"),
             (self.lr >= 0, "lr must be >= 0"),
+            (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "beta1 and beta2 must be in [0, 1)"),
             (0.0 <= self.decay_fraction <= 1.0, "decay_fraction must be in [0, 1]"),
             (self.pool_size >= 0, "pool_size must be >= 0"),
+            (self.shuffle_buffer >= 1, "shuffle_buffer must be >= 1"),
             (self.stop_after_steps is None or self.stop_after_steps >= 1,
              "stop_after_steps must be >= 1"),
         ]
@@ -131,7 +181,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names - {"mel_params", "steps_per_epoch", "total_steps"}
+        unknown = set(d) - names - _CHECKPOINT_KEYS - _RETIRED_FIELDS
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def options_where(**metadata) -> tuple[str, ...]:
+    """Names of the TrainConfig fields whose metadata has these values, in field order."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig)
+                 if all(f.metadata[k] == v for k, v in metadata.items()))
+
+
+def option_fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(TrainConfig)

@@ -6,7 +6,7 @@ step through the worker's data shard, logging, checkpointing and drawing
 previews on the way.  The two models' update rules are `cyclegan_step` and
 `pix2pix_step`.
 
-DDP notes (see RAY_NOTES): each network is wrapped once.  The generator update
+DDP notes (docs/design.md, "Training"): each network is wrapped once.  The generator update
 feeds fakes through the *plain* critic modules with their gradients switched
 off, so no critic DDP forward is pending without a backward; the critic update
 goes through the DDP-wrapped critics.  `ray.train.report` is a barrier, so every
@@ -50,6 +50,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = TrainConfig.from_dict(loop_config["config"])
     params = MelParams.from_dict(loop_config["mel_params"])
     steps_per_epoch, total_steps = loop_config["steps_per_epoch"], loop_config["total_steps"]
+    on_step = loop_config.get("on_step")
     checkpoint_config = cfg.to_dict() | {"mel_params": params.to_dict(),
                                          "steps_per_epoch": steps_per_epoch,
                                          "total_steps": total_steps}
@@ -196,8 +197,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         wanted = min(steps_per_epoch - step % steps_per_epoch, stop_at - step)
         taken = 0
         for bass, drums in itertools.islice(batches(epoch), wanted):
-            if (cfg.crash_at_step == step + 1 and rank == cfg.crash_rank and not restored):
-                _crash(rank, step + 1)
+            if on_step is not None:  # an observer given to train(), e.g. a test's fault
+                on_step(rank=rank, step=step + 1, resumed=bool(restored))
             if rank == 0 and len(preview[0]) < cfg.images_per_epoch:  # fixed preview windows
                 preview = [torch.cat([preview[0], bass])[:cfg.images_per_epoch],
                            torch.cat([preview[1], drums])[:cfg.images_per_epoch]]
@@ -370,15 +371,6 @@ def _load_weights(nets: dict[str, nn.Module], weights: dict) -> None:
         except RuntimeError as err:
             raise ValueError(f"checkpoint weights for {name} do not fit this architecture "
                              f"(ngf/ndf/n_blocks/norm differ?): {err}") from err
-
-
-def _crash(rank: int, step: int) -> None:
-    """Testing aid: die hard, as a lost node would (no exception, no cleanup)."""
-    # Ray Train's controller collects reports on its health-check poll (2 s); wait past
-    # it so the last checkpoint is registered, as it would be for a crash much later.
-    time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
-    _say(f"rank {rank}: crashing at step {step} on purpose")
-    os._exit(1)
 
 
 def _say(message: str) -> None:

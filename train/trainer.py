@@ -15,18 +15,16 @@ from pipelines.mel import MelParams
 from pipelines.storage import arrow_filesystem, is_remote
 from pipelines.windows import mel_params_from_schema
 from train.checkpoint import list_checkpoints, read_config, read_progress, resolve_checkpoint
-from train.config import TrainConfig
+from train.config import FREE, FIXED, TrainConfig, options_where
 
 log = logging.getLogger(__name__)
 
 RUN_NAME = "train"
-ARCHITECTURE_FIELDS = ("model", "ngf", "ndf", "n_blocks", "n_layers_d", "unet_downs", "norm",
-                       "dropout")
-# What may change when a run is resumed; everything else must match the saved config.
-RUN_CONTROL_FIELDS = ("epochs", "max_steps", "stop_after_steps", "checkpoint_every",
-                      "keep_checkpoints", "log_every", "images_per_epoch", "precision",
-                      "channels_last", "compile", "crash_at_step", "crash_rank",
-                      "shuffle_buffer")
+# Both read off the options' metadata in train/config.py, the one place they are defined.
+ARCHITECTURE_FIELDS = options_where(architecture=True)
+# What may change when a run is resumed; FIXED options must match the saved config.
+RUN_CONTROL_FIELDS = options_where(on_resume=FREE)
+_FIXED_FIELDS = options_where(on_resume=FIXED)
 WINDOW_COLUMNS = ("split", "bass", "drums")
 
 
@@ -96,7 +94,7 @@ def plan_config(options: dict, run_dir: str, resume: bool,
         for key, value in options.items():
             if key in RUN_CONTROL_FIELDS:
                 setattr(config, key, value)
-            elif key != "init_from" and getattr(config, key) != value:
+            elif key in _FIXED_FIELDS and getattr(config, key) != value:
                 raise TrainSetupError(
                     f"--resume: option {key}={value!r} differs from the run's saved {key}="
                     f"{getattr(config, key)!r}; only run-control options may change")
@@ -138,8 +136,13 @@ def build_datasets(data: str, cfg: TrainConfig, s3_endpoint_url: str | None = No
 
 def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_gpu: bool = False,
           cpus_per_worker: float = 1.0, resume: bool = False, max_failures: int = 3,
-          s3_endpoint_url: str | None = None) -> TrainSummary:
-    """Train (or resume) a run in RUN_DIR on the windows in DATA.  Ray must be initialised."""
+          s3_endpoint_url: str | None = None, on_step=None) -> TrainSummary:
+    """Train (or resume) a run in RUN_DIR on the windows in DATA.  Ray must be initialised.
+
+    `on_step(rank=, step=, resumed=)`, when given, is called on every worker before each
+    optimizer step (1-based): a hook for observers and for tests that inject faults.
+    It is not part of the run's config and never reaches a checkpoint.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -177,7 +180,7 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_g
             "config": cfg.to_dict(), "mel_params": params.to_dict(),
             "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
             "run_dir": run_dir, "s3_endpoint_url": s3_endpoint_url,
-            "cpus_per_worker": cpus_per_worker,
+            "cpus_per_worker": cpus_per_worker, "on_step": on_step,
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
