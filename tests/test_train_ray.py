@@ -189,16 +189,27 @@ def test_killed_worker_is_recovered_from_last_checkpoint(windows, ray_local, tmp
 
 
 @pytest.mark.timeout(120)
-def test_cyclegan_streams_are_unpaired(windows, ray_local):
-    """Bass and drums are shuffled independently: the original pairs are broken up."""
+@pytest.mark.parametrize("shuffle", ["local", "full"])
+def test_cyclegan_streams_are_unpaired(windows, ray_local, shuffle):
+    """Bass and drums are shuffled independently: the original pairs are broken up.
+
+    local (the default): random block order plus a per-worker buffer, read the way a worker
+    reads its shard; full: a global shuffle per stream."""
     import pyarrow.parquet as pq
 
+    from train.loop import _iter_arrow
     from train.trainer import build_datasets
 
-    datasets = build_datasets(windows, TrainConfig().resolved())
+    cfg = TrainConfig(shuffle=shuffle, shuffle_buffer=64).resolved()
+    assert TrainConfig().shuffle == "local"
+    datasets = build_datasets(windows, cfg)
     assert set(datasets) == {"bass", "drums"}
-    bass = [row["bass"] for row in datasets["bass"].take_all()]
-    drums = [row["drums"] for row in datasets["drums"].take_all()]
+
+    def stream(column: str, seed: tuple) -> list[bytes]:
+        return [v.as_py() for batch in _iter_arrow(datasets[column], cfg, seed)
+                for v in batch.column(column)]
+
+    bass, drums = stream("bass", (0, 0, 0, 1)), stream("drums", (0, 0, 0, 2))
     table = pq.read_table(windows)
     train_rows = [i for i, s in enumerate(table.column("split").to_pylist()) if s == "train"]
     original = {(table.column("bass")[i].as_py(), table.column("drums")[i].as_py())
