@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import os
 
+from cluster.console import quiet_ray_logs
+
 log = logging.getLogger(__name__)
 
 
@@ -23,11 +25,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, log_to_driver=True)
+        quiet_ray_logs(verbose=log.isEnabledFor(logging.DEBUG))
         return
     cpus = num_cpus or max(4, os.cpu_count() or 1)
     log.info("starting a local Ray with %d logical CPUs", cpus)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
              object_store_memory=_local_object_store_bytes())
+    quiet_ray_logs(verbose=log.isEnabledFor(logging.DEBUG))
 
 
 def _local_object_store_bytes() -> int:

@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from cluster.console import Progress  # noqa: F401  (the jobs' progress lines live there)
 from pipelines.storage import write_bytes
 
 log = logging.getLogger(__name__)
@@ -56,29 +57,6 @@ def actor_plan(cpu_actors: int | None = None, max_gpu_actors: int | None = None)
     if cpu_actors is None:
         cpu_actors = int(resources.get("CPU", 1)) // 2 - 1
     return ActorPlan(size=max(1, cpu_actors), num_gpus=0, num_cpus=1, device="cpu")
-
-
-class Progress:
-    """Log lines as rows come back: count, rate, errors (readable in CI and `ray job submit` logs)."""
-
-    def __init__(self, what: str, total: int | None, every_s: float = 10.0):
-        self.what, self.total, self.every_s = what, total, every_s
-        self.done = self.errors = 0
-        self.start = self._last = time.perf_counter()
-
-    def update(self, done: int, errors: int = 0) -> None:
-        self.done += done
-        self.errors += errors
-        now = time.perf_counter()
-        if now - self._last >= self.every_s or (self.total and self.done >= self.total):
-            self._last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            of = f"/{self.total}" if self.total else ""
-            log.info("%s: %d%s done, %d errors, %.2f per s", self.what, self.done, of, self.errors, rate)
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
 
 
 def remove_quietly(uri: str, s3_endpoint_url: str | None = None) -> None:

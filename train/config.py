@@ -107,8 +107,9 @@ class TrainConfig:
         None, "start a new run from the weights of a checkpoint or run folder (fine-tuning); "
         "the architecture is taken from it (default: random init)", "run length and checkpoints",
         on_resume=KEPT, metavar="CKPT")
-    log_every: int = option(10, "steps between progress lines", "run length and checkpoints",
-                            on_resume=FREE)
+    log_every: int | None = option(None, "steps between progress lines (default: a line about "
+                                   "every 30 s of training)", "run length and checkpoints",
+                                   on_resume=FREE)
     images_per_epoch: int = option(3, "windows in the preview PNG drawn each epoch",
                                    "run length and checkpoints", on_resume=FREE)
     # Speed.
@@ -145,7 +146,7 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.log_every is None or self.log_every >= 1, "log_every must be >= 1"),
             (self.images_per_epoch >= 0, "images_per_epoch must be >= 0"),
             (self.lr >= 0, "lr must be >= 0"),
             (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "beta1 and beta2 must be in [0, 1)"),

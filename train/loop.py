@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cluster.console import format_duration
 from pipelines.mel import MelParams, image_to_model, model_to_image
 from pipelines.windows import binary_to_images
 from train.checkpoint import WEIGHTS, STATE, read_weights, resolve_checkpoint, write_checkpoint
@@ -160,8 +161,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     **dict(zip(loss_names, v)), "samples_per_s": samples_per_s}
                    for (s, lr, _), v in zip(pending, values)])
         summary = " ".join(f"{k} {x:.3f}" for k, x in zip(loss_names, values[-1]))
-        _say(f"step {pending[-1][0]}/{total_steps} epoch {(pending[-1][0] - 1) // steps_per_epoch} "
-             f"{summary} lr {pending[-1][1]:.3g} {samples_per_s:.2f} samples/s")
+        done = pending[-1][0]
+        steps_per_s = samples_per_s / (cfg.batch_size * world)
+        _say(f"step {done}/{total_steps} epoch {(done - 1) // steps_per_epoch} {summary} "
+             f"lr {pending[-1][1]:.3g} {samples_per_s:.2f} samples/s "
+             f"ETA {format_duration((stop_at - done) / max(steps_per_s, 1e-9))}")
         last.update(time=now, losses=dict(zip(loss_names, values[-1])),
                     samples_per_s=samples_per_s)
         pending.clear()
@@ -212,7 +216,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             step += 1
             taken += 1
             pending.append((step, lr, torch.stack([losses[k] for k in loss_names])))
-            if step % cfg.log_every == 0:
+            if _log_due(cfg.log_every, step, last["time"]):
                 flush_log()
             if step % cfg.checkpoint_every == 0 and step < stop_at:
                 save_and_report()
@@ -371,6 +375,15 @@ def _load_weights(nets: dict[str, nn.Module], weights: dict) -> None:
         except RuntimeError as err:
             raise ValueError(f"checkpoint weights for {name} do not fit this architecture "
                              f"(ngf/ndf/n_blocks/norm differ?): {err}") from err
+
+
+LOG_INTERVAL_S = 30.0  # a progress line about this often when --log-every is not given
+
+
+def _log_due(log_every: int | None, step: int, last_log_time: float) -> bool:
+    if log_every is not None:
+        return step % log_every == 0
+    return time.perf_counter() - last_log_time >= LOG_INTERVAL_S
 
 
 def _say(message: str) -> None:

@@ -125,7 +125,13 @@ def build_datasets(data: str, cfg: TrainConfig, s3_endpoint_url: str | None = No
 
     def shuffled(ds):
         # full: a new global order every epoch; local: block order + a buffer in the worker.
-        return ds.random_shuffle() if cfg.shuffle == "full" else ds.randomize_block_order()
+        ds = ds.random_shuffle() if cfg.shuffle == "full" else ds.randomize_block_order()
+        # These pipelines run inside Ray Train, once per epoch and stream: their progress
+        # bars would print from the split coordinator on every pass.  Training reports its
+        # own progress (steps, rate, ETA) instead.
+        ds.context.enable_progress_bars = False
+        ds.context.enable_operator_progress_bars = False
+        return ds
 
     if cfg.model == "cyclegan":
         # Unpaired, as CycleGAN requires: bass and drums are drawn independently.

@@ -1,0 +1,149 @@
+"""What a person sees while a job runs: one plan line, progress lines with an ETA, warnings that
+matter, a summary; Ray's internal chatter filtered out (`-v` shows everything).
+
+Ray forwards every worker's stdout/stderr to the driver.  Much of it is Ray talking to itself:
+Ray Train's controller narrating worker-group start-up, a placement-group cleaner that cannot
+reach the state API of a local Ray started without a dashboard (a traceback per run, then a
+warning every few seconds), the raylet counting worker processes on a small machine, the core
+worker's note about restartable actors.  None of it is actionable for a user of this project,
+so the driver drops those lines before they are printed.  Everything else from workers, and all
+warnings and errors of our own code, still reach the console.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+log = logging.getLogger(__name__)
+
+# Actors of Ray's own whose output is never useful on our console.
+NOISY_ACTORS = ("PlacementGroupCleaner",)
+# Lines from Ray's internals, by pattern (matched anywhere in the line).
+NOISY_LINES = tuple(re.compile(p) for p in (
+    r"Requesting resources: \{",
+    r"Attempting to start training worker group",
+    r"Started training worker group of size",
+    r"^- \(ip=\S+, pid=\d+\) world_rank=",
+    r"Setting up process group for:",
+    r"Moving model to device:",
+    r"Wrapping provided model in DistributedDataParallel",
+    r"Reporting training result \d+: TrainingReport",
+    r"Checkpoint successfully created at:",
+    r"Failed to query Ray Train Controller actor state",
+    r"PlacementGroupCleaner",
+    r"core_worker\.cc:\d+: Actor with class name: .* max_restarts > 0",
+    r"PYTHON worker processes have been started on node",
+    r"Progress will be logged because stdout is a non-interactive terminal",
+))
+# Driver-side log records of Ray's that say nothing a user can act on for a local run.
+NOISY_RECORDS = (
+    re.compile(r"Token authentication is enabled for this Ray cluster"),
+)
+
+_installed = False
+
+
+def is_noise(line: str) -> bool:
+    return any(p.search(line) for p in NOISY_LINES)
+
+
+def filter_batch(batch: dict) -> dict | None:
+    """A worker-log batch (Ray's dict: pid, actor_name, lines, ...) without Ray's noise, or None."""
+    if (batch.get("actor_name") or "") in NOISY_ACTORS:
+        return None
+    lines = [line for line in batch.get("lines", []) if not is_noise(line)]
+    if not lines:
+        return None
+    return dict(batch, lines=lines)
+
+
+class _RecordFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(p.search(message) for p in NOISY_RECORDS)
+
+
+def quiet_ray_logs(verbose: bool = False) -> None:
+    """Filter Ray's internal chatter from this driver's console (no-op with -v).
+
+    Call once Ray is initialised (the worker-log handler exists then); safe to call twice.
+    Ray Data's periodic progress blocks are left to INFO only with -v: our jobs print their
+    own progress lines (done/total, rate, ETA) and in a terminal Ray Data draws its bars.
+    """
+    global _installed
+    if verbose or _installed:
+        return
+    for name in ("ray", "ray.data", "ray.train"):
+        logging.getLogger(name).addFilter(_RecordFilter())
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    _installed = _wrap_worker_log_handler()
+
+
+def _wrap_worker_log_handler() -> bool:
+    try:  # a private hook of Ray's driver: if it moves, the console is only noisier
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return False
+    with dispatcher._lock:
+        handlers = list(dispatcher.handlers)
+        for i, (name, handler) in enumerate(handlers):
+            if name == "ray_print_logs":
+                handlers[i] = (name, _filtered(handler))
+        dispatcher.handlers = handlers
+    return True
+
+
+def _filtered(handler):
+    def handle(batch: dict) -> None:
+        kept = filter_batch(batch)
+        if kept is not None:
+            handler(kept)
+    return handle
+
+
+# ---------------------------------------------------------------- progress
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Progress:
+    """Progress lines as work completes: done/total, errors, rate and ETA, at most every
+    `every_s` seconds and once at the end (readable in CI and `ray job submit` logs)."""
+
+    def __init__(self, what: str, total: int | None, every_s: float = 10.0, unit: str = ""):
+        self.what, self.total, self.every_s, self.unit = what, total, every_s, unit
+        self.done = self.errors = 0
+        self.start = self._last = time.perf_counter()
+
+    def update(self, done: int = 1, errors: int = 0) -> None:
+        self.done += done
+        self.errors += errors
+        now = time.perf_counter()
+        finished = bool(self.total) and self.done >= self.total
+        if now - self._last >= self.every_s or finished:
+            self._last = now
+            log.info("%s", self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max((now or time.perf_counter()) - self.start, 1e-9)
+        rate = self.done / elapsed
+        of = f"/{self.total}" if self.total else ""
+        text = f"{self.what}: {self.done}{of}{' ' + self.unit if self.unit else ''} done"
+        if self.errors:
+            text += f", {self.errors} errors"
+        text += f", {rate:.2f}/s, elapsed {format_duration(elapsed)}"
+        if self.total:
+            left = max(self.total - self.done, 0)
+            text += f", ETA {format_duration(left / rate) if rate > 0 else '?'}"
+        return text
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
