@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cycledrums_cli import UserError
+
 from pipelines.storage import read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 OUTPUT_FILES = {"drums": "drums.wav", "mix": "mix.wav", "mel": "drums_mel.png"}
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     """A problem with the job as a whole (bad options, no checkpoint, no inputs)."""
 
 

@@ -17,13 +17,15 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from cycledrums_cli import UserError
+
 AudioSource = Union[str, os.PathLike, bytes, BinaryIO]
 
 # A signal whose peak stays below this is treated as silence (-100 dBFS).
 SILENCE_PEAK = 1e-5
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """Base class for every 'this input is not usable audio' error."""
 
 

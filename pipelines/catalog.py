@@ -22,6 +22,8 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
+from cycledrums_cli import UserError
+
 from pipelines.storage import fsspec_filesystem, is_remote
 
 LAYOUTS = ("stems", "mixes")
@@ -33,7 +35,7 @@ DEFAULT_TEST_FRACTION = 0.1
 LIVE_ALBUM = re.compile(r"\blive\b", re.IGNORECASE)
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError):
     """INPUT cannot be turned into a catalog (nothing there, bad metadata, bad option)."""
 
 

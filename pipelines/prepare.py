@@ -24,17 +24,17 @@ reads as the window table.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
 import posixpath
-import re
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+
+from cycledrums_cli import UserError
 
 from pipelines.catalog import DEFAULT_TEST_FRACTION, Catalog, Track, build_catalog
 from pipelines.mel import MelParams
@@ -71,7 +71,7 @@ RESULT_SCHEMA = pa.schema(TRACK_FIELDS + [pa.field("windows", pa.int64()),
                                           pa.field("dropped", pa.int64())])
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError):
     """A user error in the job's inputs or options (reported without a traceback)."""
 
 
@@ -99,9 +99,9 @@ class PrepareConfig:
 
 def window_file_name(track_id: str) -> str:
     """Track id -> a safe, unique, stable file name (readable part + hash of the exact id)."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", track_id).strip("._-")[:100] or "track"
-    digest = hashlib.sha1(track_id.encode("utf-8")).hexdigest()[:10]
-    return f"{readable}-{digest}.parquet"
+    from pipelines.clip_ids import file_stem
+
+    return f"{file_stem(track_id)}.parquet"
 
 
 def existing_outputs(fs, root: str) -> dict[str, str]:

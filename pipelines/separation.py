@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 
+from cycledrums_cli import UserError
+
 DEFAULT_MODEL = "htdemucs"
 KEPT_SOURCES = ("bass", "drums")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UserError):
     """--demucs-model names nothing Demucs can load, or a model without bass/drums sources."""
 
 

@@ -24,6 +24,8 @@ import posixpath
 
 import torch
 
+from cycledrums_cli import UserError
+
 from pipelines.mel import MelParams
 from pipelines.storage import fsspec_filesystem, read_bytes
 
@@ -34,8 +36,8 @@ PROGRESS = "progress.json"
 REQUIRED = (WEIGHTS, STATE, CONFIG)
 
 
-class CheckpointNotFoundError(FileNotFoundError):
-    pass
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """No checkpoint where one was asked for (a user error; still a FileNotFoundError)."""
 
 
 def write_checkpoint(directory: str, weights: dict, state: dict, config: dict, step: int,

@@ -11,6 +11,8 @@ import logging
 import posixpath
 from dataclasses import dataclass
 
+from cycledrums_cli import UserError
+
 from pipelines.mel import MelParams
 from pipelines.storage import arrow_filesystem, is_remote
 from pipelines.windows import mel_params_from_schema
@@ -30,7 +32,7 @@ RUN_CONTROL_FIELDS = ("epochs", "max_steps", "stop_after_steps", "checkpoint_eve
 WINDOW_COLUMNS = ("split", "bass", "drums")
 
 
-class TrainSetupError(ValueError):
+class TrainSetupError(UserError):
     """The run cannot start as asked (bad data, RUN_DIR state, conflicting options)."""
 
 
