@@ -64,14 +64,13 @@ def _register_roundtrip(sub) -> None:
 
 def _run_roundtrip(args) -> int:
     from cycledrums_cli import CliError
-    from pipelines.audio import AudioError
     from pipelines.roundtrip import roundtrip_file
 
     if args.iterations < 1:
         raise CliError(f"--iterations must be at least 1, got {args.iterations}")
     try:
         result = roundtrip_file(args.input, args.output, iterations=args.iterations)
-    except (FileNotFoundError, AudioError) as err:
+    except FileNotFoundError as err:
         raise CliError(str(err)) from err
     if args.json:
         print(json.dumps(result))

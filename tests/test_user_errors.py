@@ -37,3 +37,26 @@ def test_every_job_error_class_is_a_user_error():
                 ModelSpecError, CheckpointNotFoundError, TrainSetupError):
         assert issubclass(cls, UserError), cls
     assert issubclass(CheckpointNotFoundError, FileNotFoundError)
+
+
+def test_roundtrip_refuses_to_replace_its_input_and_explains_bad_paths(tmp_path, capsys):
+    song = tmp_path / "song.wav"
+    _tone(song)
+    original = song.read_bytes()
+    assert main(["roundtrip", str(song), str(song)]) == 2
+    assert main(["roundtrip", str(song), str(tmp_path / "." / "song.wav")]) == 2
+    (tmp_path / "link.wav").symlink_to(song)
+    assert main(["roundtrip", str(tmp_path / "link.wav"), str(song)]) == 2
+    assert song.read_bytes() == original  # the original is untouched
+    err = capsys.readouterr().err
+    assert "is IN" in err and "Traceback" not in err
+
+    assert main(["roundtrip", str(song), str(tmp_path)]) == 2  # OUT is a folder
+    assert "folder" in capsys.readouterr().err
+    short = tmp_path / "short.wav"
+    _tone(short, seconds=0.01)
+    assert main(["roundtrip", str(short), str(tmp_path / "o.wav")]) == 2
+    err = capsys.readouterr().err
+    assert "too short" in err and "Traceback" not in err
+    assert not (tmp_path / "o.wav").exists()
+    assert main(["roundtrip", str(song), str(tmp_path / "o.wav"), "--iterations", "2"]) == 0
