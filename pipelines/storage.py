@@ -16,6 +16,18 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def local_path_resolved(uri: str) -> str:
+    """A local path made absolute (with ~ expanded); URLs unchanged.
+
+    Jobs resolve their paths before Ray starts: Ray workers run in folders of their own,
+    where a relative path means somewhere else.
+    """
+    if is_remote(uri):
+        return uri
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def endpoint_url(explicit: str | None = None) -> str | None:
     """The S3 endpoint to use: the explicit option, else the AWS environment, else AWS."""
     return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
