@@ -17,13 +17,10 @@ Paths may be local or `s3://`.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import pickle
 import posixpath
-import zipfile
 
 import torch
 
@@ -116,22 +113,25 @@ def resolve_checkpoint(path: str, s3_endpoint_url: str | None = None) -> str:
 
 
 def read_config(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
-    return json.loads(read_bytes(posixpath.join(checkpoint, CONFIG), s3_endpoint_url))
+    """The checkpoint's config.json (CheckpointCorruptError naming the file when it is not JSON)."""
+    try:
+        return _load_file(checkpoint, CONFIG, s3_endpoint_url)
+    except CheckpointCorruptError as err:
+        if isinstance(err.__cause__, FileNotFoundError):
+            raise err.__cause__
+        raise
 
 
 def read_progress(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
     return json.loads(read_bytes(posixpath.join(checkpoint, PROGRESS), s3_endpoint_url))
 
 
-def read_weights(checkpoint: str, s3_endpoint_url: str | None = None,
-                 map_location="cpu") -> dict:
-    data = read_bytes(posixpath.join(checkpoint, WEIGHTS), s3_endpoint_url)
-    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+def read_weights(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
+    return _load_file(checkpoint, WEIGHTS, s3_endpoint_url)
 
 
-def read_state(checkpoint: str, s3_endpoint_url: str | None = None, map_location="cpu") -> dict:
-    data = read_bytes(posixpath.join(checkpoint, STATE), s3_endpoint_url)
-    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+def read_state(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
+    return _load_file(checkpoint, STATE, s3_endpoint_url)
 
 
 def load_generator(path: str, device: str | torch.device = "cpu",
@@ -157,12 +157,9 @@ def load_generator(path: str, device: str | torch.device = "cpu",
 
 # ----------------------------------------------------------------- validation (pre-flight)
 
-# What a damaged torch file raises while loading (truncated zip, foreign bytes, bad pickle).
-_LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError,
-                zipfile.BadZipFile)
-
-
 def _load_file(checkpoint: str, name: str, s3_endpoint_url: str | None):
+    from pipelines.model_files import UnsafeModelFileError, safe_torch_load
+
     uri = posixpath.join(checkpoint, name)
     try:
         data = read_bytes(uri, s3_endpoint_url)
@@ -174,11 +171,9 @@ def _load_file(checkpoint: str, name: str, s3_endpoint_url: str | None):
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise CheckpointCorruptError(f"{uri}: not valid JSON ({err})") from err
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except _LOAD_ERRORS as err:
-        raise CheckpointCorruptError(
-            f"{uri}: not a readable weights-only torch file ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        return safe_torch_load(data, name=uri)
+    except UnsafeModelFileError as err:
+        raise CheckpointCorruptError(str(err)) from err
 
 
 def validate_checkpoint(checkpoint: str, s3_endpoint_url: str | None = None,
