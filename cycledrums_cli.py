@@ -25,6 +25,12 @@ class UserError(ValueError):
     """
 
 
+class JobFailure(Exception):
+    """The job could not finish for a reason outside the user's input (storage or network
+    faults after retries).  `main` prints it without a traceback and exits 1; its message
+    names what failed and says that a re-run retries."""
+
+
 class CliError(UserError):
     """A user-facing error raised by the command-line layer itself."""
 
@@ -71,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"cycledrums {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except JobFailure as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"cycledrums {args.command}: failed: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cycledrums {args.command}: interrupted", file=sys.stderr)
         return 130

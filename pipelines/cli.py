@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from cycledrums_cli import add_job_options
 
@@ -111,8 +112,11 @@ def _register_prepare(sub) -> None:
                    help="drop windows whose bass or drums mean mel power is below this many dB "
                    "(near silent; default: -10)")
     p.add_argument("--demucs-model", default="htdemucs",
-                   help="mixes: Demucs pretrained name (needs internet once) or local model folder / "
-                   ".th / .yaml file (default: htdemucs)")
+                   help="mixes: Demucs pretrained name (downloaded once from Demucs' repository, "
+                   "checksummed) or a local model folder / .th / .yaml file (default: htdemucs). "
+                   "Local .th files are read weights-only: tensors and the Demucs model classes, "
+                   "nothing that runs code; a file that needs more is refused. Use local files "
+                   "only from a source you trust")
     p.add_argument("--separators", type=int, default=None,
                    help="mixes: Demucs actors (default: one per GPU in the cluster, or 1 on CPU)")
     p.add_argument("--num-cpus", type=float, default=None,
@@ -129,7 +133,7 @@ def _register_prepare(sub) -> None:
 def _run_prepare(args) -> int:
     from cycledrums_cli import CliError
     from pipelines.catalog import CatalogError
-    from pipelines.prepare import PrepareConfig, PrepareError, format_summary, run_prepare
+    from pipelines.prepare import PrepareConfig, PrepareError, exit_problem, format_summary, run_prepare
     from pipelines.separation import ModelSpecError
 
     genres = [g.strip() for g in args.genres.split(",") if g.strip()] if args.genres else None
@@ -145,4 +149,8 @@ def _run_prepare(args) -> int:
     except (CatalogError, PrepareError, ModelSpecError) as err:
         raise CliError(str(err)) from err
     print(json.dumps(summary) if args.json else format_summary(summary))
+    problem = exit_problem(summary)
+    if problem:
+        print(f"cycledrums prepare: {problem}", file=sys.stderr)
+        return 1
     return 0

@@ -39,14 +39,16 @@ from cycledrums_cli import UserError
 from pipelines.catalog import DEFAULT_TEST_FRACTION, Catalog, Track, build_catalog
 from pipelines.mel import MelParams
 from pipelines.separation import DEFAULT_MODEL
-from pipelines.storage import TEMP_MARK, fsspec_filesystem, is_local_filesystem, read_bytes, write_bytes_atomic
+from pipelines.storage import (TEMP_MARK, fsspec_filesystem, is_local_filesystem, read_bytes,
+                               storage_errors, write_bytes_atomic)
 from pipelines.windows import DEFAULT_MIN_LEVEL_DB, SPLITS
 
 log = logging.getLogger(__name__)
 
 ERRORS_FILE = "_errors.csv"
 SUMMARY_FILE = "_summary.json"
-ERROR_COLUMNS = ("track", "path", "stage", "reason")
+# outcome: "failed", "failed (transient: a re-run retries)", or "kept (warning)".
+ERROR_COLUMNS = ("track", "path", "stage", "reason", "outcome")
 
 # What travels between stages.  Audio is raw float32 bytes (large_binary), never a Ray
 # tensor column, and every stage keeps the bookkeeping columns so a failed track flows
@@ -60,6 +62,8 @@ TRACK_FIELDS = [
     pa.field("stage", pa.string()),  # where it failed
     pa.field("reason", pa.string()),
     pa.field("seconds", pa.float64()),  # audio duration
+    pa.field("transient", pa.bool_()),  # failed on a storage / network fault: a re-run retries
+    pa.field("warning", pa.string()),  # kept, but with a problem worth knowing (truncated file)
 ]
 TRACK_SCHEMA = pa.schema(TRACK_FIELDS)
 STEMS_SCHEMA = pa.schema(TRACK_FIELDS + [pa.field("bass", pa.large_binary()),
@@ -142,15 +146,17 @@ def remove_stale_temp_files(fs, root: str) -> int:
 
 def _fail(row: dict, stage: str, err: BaseException | str) -> None:
     from pipelines.audio import AudioError
+    from pipelines.storage import is_transient
 
-    if isinstance(err, (AudioError, FileNotFoundError)):
-        reason = str(err)
+    transient = isinstance(err, BaseException) and is_transient(err)
+    if isinstance(err, (AudioError, FileNotFoundError)) or transient:
+        reason = str(err)  # these name the file or object themselves
     elif isinstance(err, BaseException):
         reason = f"{type(err).__name__}: {err}"
-        log.warning("track %s failed in %s", row["track_id"], stage, exc_info=err)
+        log.debug("track %s failed in %s", row["track_id"], stage, exc_info=err)
     else:
         reason = err
-    row.update(status="failed", stage=stage, reason=reason)
+    row.update(status="failed", stage=stage, reason=reason, transient=transient)
 
 
 def _named_buffer(data: bytes, name: str) -> io.BytesIO:
@@ -308,14 +314,24 @@ def write_windows(batch: pa.Table, output: str, params: MelParams, min_level_db:
                 name = window_file_name(row["track_id"])
                 write_bytes_atomic(fs, posixpath.join(root, row["split"], name),
                                    sink.getvalue().to_pybytes())
-                _remove_from_other_splits(fs, root, row["split"], name)
+                # Written means done: what follows must not turn the track into a failure.
                 row.update(status="ok", windows=table.num_rows)
+                try:
+                    _remove_from_other_splits(fs, root, row["split"], name)
+                except Exception as err:  # noqa: BLE001 - a stale copy is reported, not fatal
+                    row["warning"] = _join_warnings(
+                        row["warning"], f"could not check {name} in the other split ({err}); "
+                        "a re-run with --overwrite removes a stale copy")
             except _NoWindows as err:
                 _fail(row, stage, str(err))
             except Exception as err:
                 _fail(row, stage, err)
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def _join_warnings(*texts: str) -> str:
+    return "; ".join(t for t in texts if t)
 
 
 def _remove_from_other_splits(fs, root: str, split: str, name: str) -> None:
@@ -333,7 +349,7 @@ def _remove_from_other_splits(fs, root: str, split: str, name: str) -> None:
 def _pending_row(track: Track) -> dict:
     return {"track_id": track.track_id, "split": track.split, "path": track.path,
             "sources": json.dumps(track.sources), "status": "pending", "stage": "", "reason": "",
-            "seconds": 0.0}
+            "seconds": 0.0, "transient": False, "warning": ""}
 
 
 def _catalog_failure(track: Track) -> dict:
@@ -431,7 +447,8 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> list[dic
         if row["track_id"] not in returned:
             lost = dict(row, windows=0, dropped=0)
             _fail(lost, "pipeline", "the Ray task for this track failed (worker crashed or ran out "
-                  "of memory?); see the Ray Data logs")
+                  "of memory?); see the Ray Data logs; a re-run retries it")
+            lost["transient"] = True
             results.append(lost)
     return results
 
@@ -450,6 +467,9 @@ def summarize(cfg: PrepareConfig, catalog: Catalog, results: list[dict], skipped
         "tracks_filtered": len(catalog.filtered),
         "tracks_ok": len(ok),
         "tracks_failed": len(results) - len(ok),
+        "tracks_failed_transient": sum(bool(r.get("transient")) for r in results
+                                       if r["status"] == "failed"),
+        "tracks_with_warnings": sum(bool(r.get("warning")) for r in ok),
         "tracks_skipped": skipped,
         "windows_written": sum(r["windows"] for r in ok),
         "windows_dropped": sum(r["dropped"] for r in results),
@@ -470,27 +490,71 @@ def errors_csv(results: list[dict]) -> bytes:
     writer.writerow(ERROR_COLUMNS)
     for r in results:
         if r["status"] == "failed":
-            writer.writerow([r["track_id"], r["path"], r["stage"], r["reason"]])
+            outcome = "failed (transient: a re-run retries)" if r.get("transient") else "failed"
+            writer.writerow([r["track_id"], r["path"], r["stage"], r["reason"], outcome])
+        elif r.get("warning"):
+            writer.writerow([r["track_id"], r["path"], "warning", r["warning"], "kept (warning)"])
     return out.getvalue().encode("utf-8")
+
+
+def dataset_totals(output: str, s3_endpoint_url: str | None) -> dict:
+    """What OUTPUT holds now, over every run: tracks and windows per split (Parquet footers only)."""
+    import pyarrow.dataset as pads
+
+    from pipelines.storage import arrow_filesystem, storage_errors
+
+    fs, root = arrow_filesystem(output, s3_endpoint_url)
+    totals = {}
+    with storage_errors("reading the window files of", output):
+        for split in SPLITS:
+            try:
+                files = pads.dataset(posixpath.join(root, split), filesystem=fs, format="parquet").files
+            except FileNotFoundError:
+                files = []
+            windows = sum(pads.dataset(f, filesystem=fs, format="parquet").count_rows() for f in files)
+            totals[split] = {"tracks": len(files), "windows": windows}
+    return totals
+
+
+def preflight(cfg: PrepareConfig) -> tuple[PrepareConfig, Catalog]:
+    """Every check that needs no Ray: options, paths (made absolute), OUTPUT, the Demucs
+    model, the catalog.  Returns the config with resolved paths and the catalog."""
+    from dataclasses import replace
+
+    from pipelines.storage import local_path_resolved
+
+    if cfg.limit is not None and cfg.limit < 0:
+        raise PrepareError(f"--limit must be >= 0, got {cfg.limit}")
+    if cfg.num_cpus is not None and not cfg.num_cpus > 0:
+        raise PrepareError(f"--num-cpus must be positive, got {cfg.num_cpus:g}")
+    if cfg.separators is not None and cfg.separators < 1:
+        raise PrepareError(f"--separators must be at least 1, got {cfg.separators}")
+    cfg = replace(cfg, input=local_path_resolved(cfg.input), output=local_path_resolved(cfg.output),
+                  tracks_csv=local_path_resolved(cfg.tracks_csv) if cfg.tracks_csv else None)
+    out_fs, out_root = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
+    if out_fs.isfile(out_root):
+        raise PrepareError(f"OUTPUT {cfg.output} is an existing file; give a folder (or s3:// prefix)")
+    catalog = build_catalog(cfg.input, cfg.layout, cfg.genres, cfg.tracks_csv, cfg.test_fraction,
+                            cfg.s3_endpoint_url)
+    if catalog.layout == "mixes":
+        from pipelines.separation import check_model
+
+        # A bad path or an unreadable / unsafe model file fails now, not inside an actor.
+        cfg = replace(cfg, demucs_model=check_model(cfg.demucs_model))
+    return cfg, catalog
 
 
 def run_prepare(cfg: PrepareConfig) -> dict:
     """Run the whole job; returns the summary (also written to OUTPUT/_summary.json)."""
     started = time.perf_counter()
-    if cfg.limit is not None and cfg.limit < 0:
-        raise PrepareError(f"--limit must be >= 0, got {cfg.limit}")
-    catalog = build_catalog(cfg.input, cfg.layout, cfg.genres, cfg.tracks_csv, cfg.test_fraction,
-                            cfg.s3_endpoint_url)
-    if catalog.layout == "mixes":
-        from pipelines.separation import resolve_model_spec
-
-        resolve_model_spec(cfg.demucs_model)  # a bad path fails now, not inside an actor
+    cfg, catalog = preflight(cfg)
     out_fs, out_root = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
     if is_local_filesystem(out_fs):
         out_fs.makedirs(out_root, exist_ok=True)
-    if remove_stale_temp_files(out_fs, out_root):
-        log.info("removed temp files left by an interrupted run")
-    done = {} if cfg.overwrite else existing_outputs(out_fs, out_root)
+    with storage_errors("listing", cfg.output):
+        if remove_stale_temp_files(out_fs, out_root):
+            log.info("removed temp files left by an interrupted run")
+        done = {} if cfg.overwrite else existing_outputs(out_fs, out_root)
     todo = [t for t in catalog.tracks if window_file_name(t.track_id) not in done]
     skipped = len(catalog.tracks) - len(todo)
     if cfg.limit is not None:
@@ -502,6 +566,8 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     if pending:
         results += _run_pipeline(pending, cfg, catalog.layout)
     summary = summarize(cfg, catalog, results, skipped, time.perf_counter() - started)
+    # The counts above are this run's; `dataset` is what OUTPUT holds after it (all runs).
+    summary["dataset"] = dataset_totals(cfg.output, cfg.s3_endpoint_url)
     write_bytes_atomic(out_fs, posixpath.join(out_root, ERRORS_FILE), errors_csv(results))
     write_bytes_atomic(out_fs, posixpath.join(out_root, SUMMARY_FILE),
                        json.dumps(summary, indent=2).encode("utf-8"))
@@ -510,13 +576,35 @@ def run_prepare(cfg: PrepareConfig) -> dict:
 
 def format_summary(summary: dict) -> str:
     s = summary
+    d = s.get("dataset") or {}
+    held = " + ".join(f"{split} {v['tracks']} tracks / {v['windows']} windows" for split, v in d.items())
     return (
-        f"tracks: {s['tracks_ok']} ok, {s['tracks_failed']} failed, {s['tracks_skipped']} skipped "
-        f"(already done), {s['tracks_filtered']} filtered out\n"
+        f"tracks this run: {s['tracks_ok']} ok, {s['tracks_failed']} failed"
+        f"{' (' + str(s['tracks_failed_transient']) + ' on storage faults: a re-run retries them)' if s.get('tracks_failed_transient') else ''}, "
+        f"{s['tracks_skipped']} skipped (already done), {s['tracks_filtered']} filtered out\n"
         f"windows: {s['windows_written']} written "
         f"(train {s['splits']['train']['windows']}, test {s['splits']['test']['windows']}), "
         f"{s['windows_dropped']} dropped as near silent\n"
         f"audio: {s['audio_hours']:.3f} h in {s['wall_seconds']:.1f} s wall time = "
         f"{s['audio_seconds_per_second']:.1f} audio-seconds per second\n"
         f"output: {s['output']} (errors: {ERRORS_FILE}, summary: {SUMMARY_FILE})"
+        + (f"\ndata set now: {held}" if held else "")
     )
+
+
+def exit_problem(summary: dict) -> str | None:
+    """Why the job must exit non-zero, or None: nothing in OUTPUT at all, or tracks that
+    failed on storage faults (the data set is incomplete; a re-run retries them)."""
+    d = summary.get("dataset") or {}
+    if not sum(v["windows"] for v in d.values()):
+        if summary["tracks_failed"]:
+            why = ("every track failed" if not summary["windows_dropped"] else
+                   "every track failed or had all its windows dropped as near silent "
+                   "(see --min-level-db)")
+        else:
+            why = "no track to prepare"
+        return f"nothing prepared: {why}; reasons in {ERRORS_FILE}"
+    if summary.get("tracks_failed_transient"):
+        return (f"{summary['tracks_failed_transient']} track(s) failed on storage / network faults "
+                f"(see {ERRORS_FILE}); a re-run retries them")
+    return None
