@@ -381,16 +381,11 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
 
 
 def _checkpoint_info(cfg: GenerateConfig):
+    """(checkpoint, config, MelParams): the newest readable checkpoint CHECKPOINT names, loaded once."""
     from pipelines.mel import MelParams
-    from train.checkpoint import CheckpointNotFoundError, read_config, resolve_checkpoint
+    from train.checkpoint import usable_checkpoint
 
-    try:
-        checkpoint = resolve_checkpoint(cfg.checkpoint, cfg.s3_endpoint_url)
-        config = read_config(checkpoint, cfg.s3_endpoint_url)
-    except (CheckpointNotFoundError, FileNotFoundError) as err:
-        raise GenerateError(str(err)) from err
-    if "mel_params" not in config:
-        raise GenerateError(f"checkpoint {checkpoint} records no mel_params")
+    checkpoint, config, _ = usable_checkpoint(cfg.checkpoint, cfg.s3_endpoint_url, with_state=False)
     _check_generator_loads(checkpoint, cfg.s3_endpoint_url)
     return checkpoint, config, MelParams.from_dict(config["mel_params"])
 
@@ -407,42 +402,68 @@ def _check_generator_loads(checkpoint: str, s3_endpoint_url: str | None) -> None
         raise GenerateError(f"cannot load the generator from {checkpoint}: {type(err).__name__}: {err}") from err
 
 
-def _source_dataset(cfg: GenerateConfig, params):
-    """(Ray dataset of decoded clips, number of clips, kind)."""
-    import ray.data
+def preflight(cfg: GenerateConfig) -> tuple[GenerateConfig, dict]:
+    """Every check that needs no Ray: options, paths (made absolute), OUTPUT, checkpoint, inputs.
+
+    Returns the config with resolved paths and the plan `run_generate` carries out.
+    """
+    from dataclasses import replace
+
+    from pipelines.storage import fsspec_filesystem, local_path_resolved
 
     from infer.sources import SourceError, is_parquet_source, list_audio
 
+    cfg.validate()
+    cfg = replace(cfg, checkpoint=local_path_resolved(cfg.checkpoint),
+                  inputs=[local_path_resolved(u) for u in cfg.inputs],
+                  output=local_path_resolved(cfg.output))
+    fs, inner = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
+    if fs.isfile(inner):
+        raise GenerateError(f"OUTPUT {cfg.output} is an existing file; give a folder")
+    checkpoint, config, params = _checkpoint_info(cfg)
+    plan = {"checkpoint": checkpoint, "config": config, "params": params}
     parquet = [u for u in cfg.inputs if is_parquet_source(u, cfg.s3_endpoint_url)]
     if parquet:
         if len(cfg.inputs) != 1:
             raise GenerateError("give a Parquet window set as the only INPUT (not mixed with audio)")
-        return _parquet_dataset(cfg, params, parquet[0])
+        plan.update(kind="parquet", source=parquet[0],
+                    n_clips=_parquet_test_rows(parquet[0], params, cfg.s3_endpoint_url))
+        return cfg, plan
     try:
         clips = list_audio(cfg.inputs, stem="bass", s3_endpoint_url=cfg.s3_endpoint_url)
     except SourceError as err:
         raise GenerateError(str(err)) from err
+    plan.update(kind="audio", clips=clips, n_clips=len(clips))
+    return cfg, plan
+
+
+def _source_dataset(cfg: GenerateConfig, plan: dict):
+    """Ray dataset of decoded clips (the plan's audio clips or Parquet test windows)."""
+    import ray.data
+
+    params = plan["params"]
+    if plan["kind"] == "parquet":
+        return _parquet_dataset(cfg, params, plan["source"])
+    clips = plan["clips"]
     ds = ray.data.from_items([{"clip_id": c.clip_id, "uri": c.uri} for c in clips],
                              override_num_blocks=max(1, len(clips)))
-    ds = ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=1,
-                        fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
-    return ds, len(clips), "audio"
+    return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=1,
+                          fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
-def _parquet_dataset(cfg: GenerateConfig, params, uri: str):
+def _parquet_test_rows(uri: str, params, s3_endpoint_url: str | None) -> int:
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
-    import ray.data
-    from ray.data.expressions import col
 
     from pipelines.storage import arrow_filesystem
     from pipelines.windows import mel_params_from_schema
 
-    fs, path = arrow_filesystem(uri, cfg.s3_endpoint_url)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    fs, path = arrow_filesystem(uri, s3_endpoint_url)
     try:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
         data_params = mel_params_from_schema(dataset.schema)
-    except ValueError as err:
+    except (ValueError, pa.ArrowInvalid) as err:
         raise GenerateError(f"{uri}: {err}") from err
     if data_params != params:
         raise GenerateError(f"{uri} was made with other mel parameters than the checkpoint was trained on "
@@ -450,11 +471,20 @@ def _parquet_dataset(cfg: GenerateConfig, params, uri: str):
     n = dataset.count_rows(filter=pc.field("split") == "test")
     if n == 0:
         raise GenerateError(f"{uri}: no rows in the test split")
+    return n
+
+
+def _parquet_dataset(cfg: GenerateConfig, params, uri: str):
+    import ray.data
+    from ray.data.expressions import col
+
+    from pipelines.storage import arrow_filesystem
+
+    fs, path = arrow_filesystem(uri, cfg.s3_endpoint_url)
     ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["track_id", "split", "window", "bass"])
     ds = ds.filter(expr=col("split") == "test")
-    ds = ds.map_batches(parquet_batch, batch_size=64, batch_format="pyarrow", num_cpus=1,
-                        fn_kwargs={"params_dict": params.to_dict(), "source": uri})
-    return ds, n, "parquet"
+    return ds.map_batches(parquet_batch, batch_size=64, batch_format="pyarrow", num_cpus=1,
+                          fn_kwargs={"params_dict": params.to_dict(), "source": uri})
 
 
 def run_generate(cfg: GenerateConfig) -> dict:
@@ -465,11 +495,12 @@ def run_generate(cfg: GenerateConfig) -> dict:
 
     from infer.runtime import Progress, actor_plan, join_uri, write_table
 
-    cfg.validate()
-    checkpoint, config, params = _checkpoint_info(cfg)
+    cfg, job = preflight(cfg)
+    checkpoint, config, params = job["checkpoint"], job["config"], job["params"]
+    n_clips, kind = job["n_clips"], job["kind"]
     init_ray(cfg.address)
     start = time.perf_counter()
-    ds, n_clips, kind = _source_dataset(cfg, params)
+    ds = _source_dataset(cfg, job)
     plan = actor_plan()
     log.info("generating drums for %d %s clip(s) with %s (%s) on %s x%d", n_clips, kind, checkpoint,
              config.get("model"), plan.device, plan.size)
