@@ -111,12 +111,18 @@ def _walk_local(root: str) -> list[str]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir(follow_symlinks=True):
-                stack.append(entry.path)
-            elif entry.is_file(follow_symlinks=True):
-                files.append(entry.path)
-            elif entry.is_symlink():
-                log.warning("%s: broken or looping symlink, skipped", entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(entry.path)
+                    continue
+                if entry.is_file(follow_symlinks=True):
+                    files.append(entry.path)
+                    continue
+            except OSError as err:  # ELOOP: a symlink to itself
+                log.warning("%s: %s, skipped", entry.path, err.strerror or err)
+                continue
+            if entry.is_symlink():
+                log.warning("%s: broken symlink, skipped", entry.path)
     return files
 
 

@@ -175,16 +175,17 @@ def _check_long_enough(num_samples: int, rate: int, params: MelParams) -> None:
 
 
 def _decode_mono(uri: str, params: MelParams, s3_endpoint_url: str | None):
-    """File -> mono float32 tensor at the codec's rate; AudioError when unusable."""
-    from pipelines.audio import EmptyAudioError, check_not_silent, read_audio, to_mono_resampled
+    """File -> (mono float32 tensor at the codec's rate, warning); AudioError when unusable."""
+    from pipelines.audio import EmptyAudioError, check_not_silent, read_audio, to_mono_resampled, truncation_warning
 
     data = read_bytes(uri, s3_endpoint_url)
     if not data:
         raise EmptyAudioError(f"{uri}: file is empty (0 bytes)")
     samples, rate = read_audio(_named_buffer(data, uri))
+    warning = truncation_warning(data, samples.shape[0], rate, uri)
     signal = to_mono_resampled(samples, rate, params.sample_rate)
     check_not_silent(signal, uri)
-    return signal
+    return signal, warning
 
 
 def _audio_bytes(signal) -> bytes:
@@ -208,12 +209,13 @@ def decode_stems(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None
         if row["status"] == "pending":
             try:
                 sources = json.loads(row["sources"])
-                bass = _decode_mono(sources["bass"], params, s3_endpoint_url)
-                drums = _decode_mono(sources["drums"], params, s3_endpoint_url)
+                bass, bass_warning = _decode_mono(sources["bass"], params, s3_endpoint_url)
+                drums, drums_warning = _decode_mono(sources["drums"], params, s3_endpoint_url)
                 n = min(bass.shape[-1], drums.shape[-1])
                 _check_long_enough(n, params.sample_rate, params)
                 row.update(bass=_audio_bytes(bass[:n]), drums=_audio_bytes(drums[:n]),
-                           seconds=n / params.sample_rate)
+                           seconds=n / params.sample_rate,
+                           warning=_join_warnings(bass_warning, drums_warning))
             except Exception as err:  # a bad track becomes an error row; the job goes on
                 _fail(row, "decode", err)
         rows.append(row)
@@ -222,7 +224,7 @@ def decode_stems(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None
 
 def decode_mix(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) -> pa.Table:
     """Mixes layout: song file -> float32 [channels, samples] at its own rate, for Demucs."""
-    from pipelines.audio import SILENCE_PEAK, SilentAudioError, read_audio
+    from pipelines.audio import SILENCE_PEAK, SilentAudioError, read_audio, truncation_warning
 
     rows = []
     for row in batch.to_pylist():
@@ -230,7 +232,9 @@ def decode_mix(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) 
         if row["status"] == "pending":
             try:
                 uri = json.loads(row["sources"])["mix"]
-                samples, rate = read_audio(_named_buffer(read_bytes(uri, s3_endpoint_url), uri))
+                raw = read_bytes(uri, s3_endpoint_url)
+                samples, rate = read_audio(_named_buffer(raw, uri))
+                row["warning"] = truncation_warning(raw, samples.shape[0], rate, uri)
                 _check_long_enough(samples.shape[0], rate, params)
                 peak = float(np.abs(samples).max())
                 if peak < SILENCE_PEAK:
@@ -438,6 +442,8 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> list[dic
         for row in build_dataset(rows, cfg, layout, plan).iter_rows():
             if row["status"] == "failed":
                 log.warning("%s: failed in %s: %s", row["track_id"], row["stage"], row["reason"])
+            elif row["warning"]:
+                log.warning("%s: %s", row["track_id"], row["warning"])
             results.append(dict(row))
     finally:
         (ctx.execution_options.resource_limits, ctx.max_errored_blocks,
