@@ -80,6 +80,7 @@ _ROW_DEFAULTS = {
     "clip_id": "", "input": "", "error": "", "stage": "", "windows": b"", "drum_windows": b"",
     "n_windows": 0, "n_frames": 0, "model_samples": 0, "input_rate": 0, "input_samples": 0,
     "channels": 0, "bass_from_mel": False, "seconds_decode": 0.0, "seconds_generate": 0.0,
+    "transient": False,
 }
 
 
@@ -120,6 +121,7 @@ def decode_batch(batch: dict, params_dict: dict, s3_endpoint_url: str | None) ->
     """Bass files -> mel windows (one row per clip; a bad file becomes an error row)."""
     from pipelines.audio import AudioError, check_not_silent, to_mono_resampled
     from pipelines.mel import MelParams, audio_to_image, cut_windows
+    from pipelines.storage import is_transient
 
     from infer.sources import check_long_enough
 
@@ -135,7 +137,8 @@ def decode_batch(batch: dict, params_dict: dict, s3_endpoint_url: str | None) ->
             image = audio_to_image(mono, params)
             windows, _ = cut_windows(image, params, pad_tail=True)
         except (AudioError, FileNotFoundError, OSError) as err:
-            rows.append(_row(clip_id=clip_id, input=uri, error=str(err), stage="decode"))
+            rows.append(_row(clip_id=clip_id, input=uri, error=str(err), stage="decode",
+                             transient=is_transient(err)))
             continue
         rows.append(_row(
             clip_id=clip_id, input=uri, windows=windows.numpy().tobytes(), n_windows=len(windows),
@@ -191,17 +194,29 @@ class GeneratorActor:
     """Holds the bass->drums generator (loaded once per actor) and runs windows through it."""
 
     def __init__(self, checkpoint: str, device: str, batch_size: int, variation: float, seed: int,
-                 s3_endpoint_url: str | None = None):
+                 s3_endpoint_url: str | None = None, generator: tuple[dict, dict] | None = None):
+        """`generator` = (checkpoint config, generator state dict), as the driver read them:
+        the actors then need no storage access (fewer places for an S3 fault to kill one)."""
         import torch
 
+        from pipelines.mel import MelParams
         from train.checkpoint import load_generator
+        from train.models import build_generator
 
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
         if device == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed 256x256 windows: pick the fastest kernels once
         self.device = device
-        self.model, self.params, _ = load_generator(checkpoint, device=device, s3_endpoint_url=s3_endpoint_url)
+        if generator is not None:
+            config, state = generator
+            self.model = build_generator(config)
+            self.model.load_state_dict(state)
+            self.model.to(device).eval()
+            self.params = MelParams.from_dict(config["mel_params"])
+        else:
+            self.model, self.params, _ = load_generator(checkpoint, device=device,
+                                                        s3_endpoint_url=s3_endpoint_url)
         self.batch_size, self.variation, self.seed = batch_size, variation, seed
 
     def model_input(self, windows, clip_id: str):
@@ -297,6 +312,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
     from pipelines.audio import resample
     from pipelines.mel import MelParams
 
+    from pipelines.storage import is_transient
+
     from infer import render
     from infer.runtime import join_uri, remove_quietly
 
@@ -333,7 +350,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
     for r in rows:
         base = {"clip_id": str(r["clip_id"]), "input": str(r["input"])}
         if r["error"]:
-            results.append({**base, "error": str(r["error"]), "stage": str(r["stage"])})
+            results.append({**base, "error": str(r["error"]), "stage": str(r["stage"]),
+                            "transient": bool(r["transient"])})
             continue
         cid = r["clip_id"]
         t0 = time.perf_counter()
@@ -355,7 +373,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
         except (OSError, ValueError, RuntimeError) as err:
             for name in OUTPUT_FILES.values():  # no half set of files that looks like a result
                 remove_quietly(join_uri(output, cid, name), s3_endpoint_url)
-            results.append({**base, "error": f"{type(err).__name__}: {err}", "stage": "render"})
+            results.append({**base, "error": str(err) if is_transient(err) else f"{type(err).__name__}: {err}",
+                            "stage": "render", "transient": is_transient(err)})
             continue
         frames = image.shape[-1] * (2 if r["bass_from_mel"] else 1)
         results.append({
@@ -390,6 +409,12 @@ def _checkpoint_info(cfg: GenerateConfig):
     return checkpoint, config, MelParams.from_dict(config["mel_params"])
 
 
+def _generator_state(checkpoint: str, s3_endpoint_url: str | None) -> dict:
+    from train.checkpoint import read_weights
+
+    return read_weights(checkpoint, s3_endpoint_url)["gen_bass_to_drums"]
+
+
 def _check_generator_loads(checkpoint: str, s3_endpoint_url: str | None) -> None:
     """Load the generator once on the driver: a broken checkpoint is a clear error, not a dead actor."""
     import pickle
@@ -409,32 +434,41 @@ def preflight(cfg: GenerateConfig) -> tuple[GenerateConfig, dict]:
     """
     from dataclasses import replace
 
-    from pipelines.storage import fsspec_filesystem, local_path_resolved
-
-    from infer.sources import SourceError, is_parquet_source, list_audio
+    from pipelines.storage import fsspec_filesystem, local_path_resolved, storage_errors
 
     cfg.validate()
     cfg = replace(cfg, checkpoint=local_path_resolved(cfg.checkpoint),
                   inputs=[local_path_resolved(u) for u in cfg.inputs],
                   output=local_path_resolved(cfg.output))
     fs, inner = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
-    if fs.isfile(inner):
-        raise GenerateError(f"OUTPUT {cfg.output} is an existing file; give a folder")
-    checkpoint, config, params = _checkpoint_info(cfg)
-    plan = {"checkpoint": checkpoint, "config": config, "params": params}
+    with storage_errors("checking", cfg.output):
+        if fs.isfile(inner):
+            raise GenerateError(f"OUTPUT {cfg.output} is an existing file; give a folder")
+    with storage_errors("reading the checkpoint", cfg.checkpoint):
+        checkpoint, config, params = _checkpoint_info(cfg)
+        plan = {"checkpoint": checkpoint, "config": config, "params": params,
+                "generator": (config, _generator_state(checkpoint, cfg.s3_endpoint_url))}
+    with storage_errors("listing", " ".join(cfg.inputs)):
+        return cfg, _plan_sources(cfg, plan)
+
+
+def _plan_sources(cfg: GenerateConfig, plan: dict) -> dict:
+    from infer.sources import SourceError, is_parquet_source, list_audio
+
+    params = plan["params"]
     parquet = [u for u in cfg.inputs if is_parquet_source(u, cfg.s3_endpoint_url)]
     if parquet:
         if len(cfg.inputs) != 1:
             raise GenerateError("give a Parquet window set as the only INPUT (not mixed with audio)")
         plan.update(kind="parquet", source=parquet[0],
                     n_clips=_parquet_test_rows(parquet[0], params, cfg.s3_endpoint_url))
-        return cfg, plan
+        return plan
     try:
         clips = list_audio(cfg.inputs, stem="bass", s3_endpoint_url=cfg.s3_endpoint_url)
     except SourceError as err:
         raise GenerateError(str(err)) from err
     plan.update(kind="audio", clips=clips, n_clips=len(clips))
-    return cfg, plan
+    return plan
 
 
 def _source_dataset(cfg: GenerateConfig, plan: dict):
@@ -508,7 +542,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         GeneratorActor, batch_size=cfg.batch_size, batch_format="numpy", compute=plan.compute(),
         fn_constructor_kwargs={"checkpoint": checkpoint, "device": plan.device, "batch_size": cfg.batch_size,
                                "variation": cfg.variation, "seed": cfg.seed,
-                               "s3_endpoint_url": cfg.s3_endpoint_url},
+                               "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"]},
         **plan.remote_args())
     ds = ds.map_batches(
         render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
@@ -521,9 +555,10 @@ def run_generate(cfg: GenerateConfig) -> dict:
     for batch in ds.iter_batches(batch_format="numpy", batch_size=16):
         rows = [json.loads(s) for s in batch["result"]]
         bad = [r for r in rows if r["error"]]
-        errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"], "reason": r["error"]}
-                   for r in bad]
-        manifest += [{k: v for k, v in r.items() if k not in ("error", "stage")} for r in rows if not r["error"]]
+        errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"], "reason": r["error"],
+                    "transient": bool(r.get("transient"))} for r in bad]
+        manifest += [{k: v for k, v in r.items() if k not in ("error", "stage", "transient")}
+                     for r in rows if not r["error"]]
         progress.update(len(rows), len(bad))
     seconds = time.perf_counter() - start
 
@@ -539,7 +574,9 @@ def run_generate(cfg: GenerateConfig) -> dict:
     audio_seconds = sum(r["duration_s"] for r in manifest)
     summary = {
         "checkpoint": checkpoint, "model": config.get("model"), "input_kind": kind, "inputs": cfg.inputs,
-        "clips": len(manifest), "errors": len(errors), "audio_seconds": round(audio_seconds, 3),
+        "clips": len(manifest), "errors": len(errors),
+        "errors_transient": sum(e["transient"] for e in errors),  # storage faults: a re-run retries
+        "audio_seconds": round(audio_seconds, 3),
         "windows": sum(r["windows"] for r in manifest),
         "seconds": {"job": round(seconds, 3), **stage_totals},
         "clips_per_second": round(len(manifest) / seconds, 4) if seconds > 0 else None,
@@ -573,4 +610,4 @@ def _errors_schema():
     import pyarrow as pa
 
     return pa.schema([("clip_id", pa.string()), ("input", pa.string()), ("stage", pa.string()),
-                      ("reason", pa.string())])
+                      ("reason", pa.string()), ("transient", pa.bool_())])

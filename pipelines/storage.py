@@ -102,6 +102,10 @@ def fsspec_filesystem(uri: str, s3_endpoint_url: str | None = None) -> tuple[fss
             options["client_kwargs"] = {"endpoint_url": url}
         options["config_kwargs"] = {"retries": {"mode": "standard", "max_attempts": s3_max_attempts()}}
     fs, path = fsspec.core.url_to_fs(uri, **options)
+    if uri.startswith("s3://"):
+        # botocore's policy is THE retry policy: s3fs's own loop (5 tries of every call,
+        # each with botocore's retries inside) would multiply it to 50 attempts.
+        fs.retries = 1
     return fs, path
 
 

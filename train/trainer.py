@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cycledrums_cli import UserError
 
 from pipelines.mel import MelParams
-from pipelines.storage import arrow_filesystem, is_remote, local_path_resolved
+from pipelines.storage import arrow_filesystem, is_remote, local_path_resolved, storage_errors
 from pipelines.windows import mel_params_from_schema
 from train.checkpoint import (CheckpointCorruptError, list_checkpoints, read_config, read_progress,
                               resolve_checkpoint, usable_checkpoint)
@@ -188,8 +188,10 @@ def preflight(data: str, run_dir: str, options: dict, *, num_workers: int = 1,
     data, run_dir = local_path_resolved(data), local_path_resolved(run_dir)
     if not is_remote(run_dir) and os.path.isfile(run_dir):
         raise TrainSetupError(f"RUN_DIR {run_dir} is an existing file; give a folder")
-    data_summary = inspect_data(data, s3_endpoint_url)
-    cfg, saved, (resume_checkpoint, damaged) = _plan(options, run_dir, resume, s3_endpoint_url)
+    with storage_errors("reading", data):
+        data_summary = inspect_data(data, s3_endpoint_url)
+    with storage_errors("reading the run in", run_dir):
+        cfg, saved, (resume_checkpoint, damaged) = _plan(options, run_dir, resume, s3_endpoint_url)
     params = data_summary.mel_params
     if saved is not None and MelParams.from_dict(saved["mel_params"]) != params:
         raise TrainSetupError("--resume: the data's mel parameters differ from the run's")
