@@ -93,8 +93,10 @@ def _register_prepare(sub) -> None:
         "track id, optionally filtered with FMA's tracks.csv (albums with the word 'live' in the "
         "title are dropped). Writes OUTPUT/{train,test}/<track>.parquet (one file per track, 256x256 uint8 "
         "windows, 50 frames overlap, mel parameters in the file metadata), OUTPUT/_errors.csv "
-        "(track, path, stage, reason) and OUTPUT/_summary.json. Tracks already in OUTPUT are "
-        "skipped unless --overwrite. S3 credentials come from the standard AWS environment.",
+        "(track, path, stage, reason, outcome: failures and truncated files kept with a warning) and "
+        "OUTPUT/_summary.json (this run, and what OUTPUT holds). Tracks already in OUTPUT are "
+        "skipped unless --overwrite. Exit status 1 when OUTPUT holds no window after the run, or "
+        "when tracks failed on storage faults (a re-run retries them). S3 credentials come from the standard AWS environment.",
     )
     p.add_argument("input", metavar="INPUT", help="folder or s3:// prefix holding the catalog")
     p.add_argument("output", metavar="OUTPUT", help="folder or s3:// prefix for the window data set")

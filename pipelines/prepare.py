@@ -13,8 +13,9 @@ Output (local folder or s3:// prefix):
 
     OUTPUT/train/<track>-<hash>.parquet    one file per track (the window contract of
     OUTPUT/test/<track>-<hash>.parquet     pipelines/windows.py), written atomically
-    OUTPUT/_errors.csv                     track, path, stage, reason (this run's failures)
-    OUTPUT/_summary.json                   the final summary
+    OUTPUT/_errors.csv                     track, path, stage, reason, outcome (this run's
+                                           failures, and tracks kept with a warning)
+    OUTPUT/_summary.json                   this run's counts, plus `dataset`: what OUTPUT holds
 
 A track's Parquet file is its "done" marker: a re-run skips tracks whose file exists
 (`overwrite=True` redoes them); failed tracks have no file and are tried again.  Readers
@@ -582,11 +583,13 @@ def run_prepare(cfg: PrepareConfig) -> dict:
 
 def format_summary(summary: dict) -> str:
     s = summary
-    d = s.get("dataset") or {}
-    held = " + ".join(f"{split} {v['tracks']} tracks / {v['windows']} windows" for split, v in d.items())
+    held = " + ".join(f"{split} {v['tracks']} tracks / {v['windows']} windows"
+                      for split, v in (s.get("dataset") or {}).items())
+    transient = s.get("tracks_failed_transient")
+    retry = f" ({transient} on storage faults: a re-run retries them)" if transient else ""
+    warned = f", {s['tracks_with_warnings']} with warnings" if s.get("tracks_with_warnings") else ""
     return (
-        f"tracks this run: {s['tracks_ok']} ok, {s['tracks_failed']} failed"
-        f"{' (' + str(s['tracks_failed_transient']) + ' on storage faults: a re-run retries them)' if s.get('tracks_failed_transient') else ''}, "
+        f"tracks this run: {s['tracks_ok']} ok{warned}, {s['tracks_failed']} failed{retry}, "
         f"{s['tracks_skipped']} skipped (already done), {s['tracks_filtered']} filtered out\n"
         f"windows: {s['windows_written']} written "
         f"(train {s['splits']['train']['windows']}, test {s['splits']['test']['windows']}), "
