@@ -80,7 +80,7 @@ def _run_driver(args: list[str], address: str, attempts: int) -> subprocess.Comp
 
 
 def _tables(fs, prefix: str) -> dict:
-    return {p.rsplit("/", 1)[1]: pq.read_table(fs.open(p, "rb")).drop_columns([])
+    return {p.rsplit("/", 1)[1]: pq.read_table(fs.open(p, "rb"))
             for p in fs.find(prefix) if p.endswith(".parquet")}
 
 

@@ -17,7 +17,7 @@ from cycledrums_cli import UserError
 from pipelines.mel import MelParams
 from pipelines.storage import arrow_filesystem, is_remote, local_path_resolved, storage_errors
 from pipelines.windows import mel_params_from_schema
-from train.checkpoint import (CheckpointCorruptError, list_checkpoints, read_config, read_progress,
+from train.checkpoint import (CheckpointCorruptError, list_checkpoints, read_progress,
                               resolve_checkpoint, usable_checkpoint)
 from train.config import TrainConfig
 
