@@ -10,13 +10,29 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 # (module, in the order the pipeline runs)
 SUBCOMMAND_MODULES = ("pipelines.cli", "train.cli", "infer.cli", "cluster.cli")
 
 
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
+class UserError(ValueError):
+    """Base of every error a user causes (bad input, option, path, checkpoint...).
+
+    `main` prints it without a traceback and exits 2 (`-v` adds the traceback).
+    Each job's own error class (PrepareError, GenerateError, TrainSetupError, ...)
+    derives from it, so no job has to remember to convert its errors.
+    """
+
+
+class JobFailure(Exception):
+    """The job could not finish for a reason outside the user's input (storage or network
+    faults after retries).  `main` prints it without a traceback and exits 1; its message
+    names what failed and says that a re-run retries."""
+
+
+class CliError(UserError):
+    """A user-facing error raised by the command-line layer itself."""
 
 
 def add_job_options(parser) -> None:
@@ -34,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="CycleDRUMS on Ray: drums for bass lines with a CycleGAN on mel-spectrograms. "
         "Run `cycledrums SUBCOMMAND --help` for the inputs, outputs and defaults of each job.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of an error (default: message only)")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     for name in SUBCOMMAND_MODULES:
         try:
@@ -55,9 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         result = args.func(args)
-    except CliError as err:
+    except UserError as err:
+        if args.verbose:
+            traceback.print_exc()
         print(f"cycledrums {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except JobFailure as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"cycledrums {args.command}: failed: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cycledrums {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -72,8 +72,8 @@ def baseline(root: Path, out: Path) -> dict[str, float]:
     cpu_start = time.process_time()
     for folder in sorted(p.parent for p in root.rglob("bass.wav")):
         t0 = time.perf_counter()
-        bass = _decode_mono(str(folder / "bass.wav"), params, None)
-        drums = _decode_mono(str(folder / "drums.wav"), params, None)
+        bass, _ = _decode_mono(str(folder / "bass.wav"), params, None)
+        drums, _ = _decode_mono(str(folder / "drums.wav"), params, None)
         t1 = time.perf_counter()
         table, _ = track_windows(folder.name, "train", bass, drums, params)
         t2 = time.perf_counter()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from cycledrums_cli import add_job_options
 
@@ -101,6 +102,10 @@ def _run_generate(args) -> int:
         print(f"generated drums for {summary['clips']} clip(s) ({summary['audio_seconds']:.1f} s of audio) "
               f"in {summary['seconds']['job']:.1f} s, {summary['errors']} error(s); "
               f"manifest and errors in {args.output}")
+    if summary.get("errors_transient"):
+        print(f"cycledrums generate: {summary['errors_transient']} clip(s) failed on storage / network "
+              "faults (see errors.csv); a re-run retries them", file=sys.stderr)
+        return 1
     return 0 if summary["clips"] or not summary["errors"] else 1
 
 

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cycledrums_cli import UserError
+
 from pipelines.storage import read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 OUTPUT_FILES = {"drums": "drums.wav", "mix": "mix.wav", "mel": "drums_mel.png"}
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     """A problem with the job as a whole (bad options, no checkpoint, no inputs)."""
 
 
@@ -78,6 +80,7 @@ _ROW_DEFAULTS = {
     "clip_id": "", "input": "", "error": "", "stage": "", "windows": b"", "drum_windows": b"",
     "n_windows": 0, "n_frames": 0, "model_samples": 0, "input_rate": 0, "input_samples": 0,
     "channels": 0, "bass_from_mel": False, "seconds_decode": 0.0, "seconds_generate": 0.0,
+    "transient": False,
 }
 
 
@@ -118,6 +121,7 @@ def decode_batch(batch: dict, params_dict: dict, s3_endpoint_url: str | None) ->
     """Bass files -> mel windows (one row per clip; a bad file becomes an error row)."""
     from pipelines.audio import AudioError, check_not_silent, to_mono_resampled
     from pipelines.mel import MelParams, audio_to_image, cut_windows
+    from pipelines.storage import is_transient
 
     from infer.sources import check_long_enough
 
@@ -133,7 +137,8 @@ def decode_batch(batch: dict, params_dict: dict, s3_endpoint_url: str | None) ->
             image = audio_to_image(mono, params)
             windows, _ = cut_windows(image, params, pad_tail=True)
         except (AudioError, FileNotFoundError, OSError) as err:
-            rows.append(_row(clip_id=clip_id, input=uri, error=str(err), stage="decode"))
+            rows.append(_row(clip_id=clip_id, input=uri, error=str(err), stage="decode",
+                             transient=is_transient(err)))
             continue
         rows.append(_row(
             clip_id=clip_id, input=uri, windows=windows.numpy().tobytes(), n_windows=len(windows),
@@ -189,17 +194,29 @@ class GeneratorActor:
     """Holds the bass->drums generator (loaded once per actor) and runs windows through it."""
 
     def __init__(self, checkpoint: str, device: str, batch_size: int, variation: float, seed: int,
-                 s3_endpoint_url: str | None = None):
+                 s3_endpoint_url: str | None = None, generator: tuple[dict, dict] | None = None):
+        """`generator` = (checkpoint config, generator state dict), as the driver read them:
+        the actors then need no storage access (fewer places for an S3 fault to kill one)."""
         import torch
 
+        from pipelines.mel import MelParams
         from train.checkpoint import load_generator
+        from train.models import build_generator
 
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
         if device == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed 256x256 windows: pick the fastest kernels once
         self.device = device
-        self.model, self.params, _ = load_generator(checkpoint, device=device, s3_endpoint_url=s3_endpoint_url)
+        if generator is not None:
+            config, state = generator
+            self.model = build_generator(config)
+            self.model.load_state_dict(state)
+            self.model.to(device).eval()
+            self.params = MelParams.from_dict(config["mel_params"])
+        else:
+            self.model, self.params, _ = load_generator(checkpoint, device=device,
+                                                        s3_endpoint_url=s3_endpoint_url)
         self.batch_size, self.variation, self.seed = batch_size, variation, seed
 
     def model_input(self, windows, clip_id: str):
@@ -295,6 +312,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
     from pipelines.audio import resample
     from pipelines.mel import MelParams
 
+    from pipelines.storage import is_transient
+
     from infer import render
     from infer.runtime import join_uri, remove_quietly
 
@@ -331,7 +350,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
     for r in rows:
         base = {"clip_id": str(r["clip_id"]), "input": str(r["input"])}
         if r["error"]:
-            results.append({**base, "error": str(r["error"]), "stage": str(r["stage"])})
+            results.append({**base, "error": str(r["error"]), "stage": str(r["stage"]),
+                            "transient": bool(r["transient"])})
             continue
         cid = r["clip_id"]
         t0 = time.perf_counter()
@@ -353,7 +373,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
         except (OSError, ValueError, RuntimeError) as err:
             for name in OUTPUT_FILES.values():  # no half set of files that looks like a result
                 remove_quietly(join_uri(output, cid, name), s3_endpoint_url)
-            results.append({**base, "error": f"{type(err).__name__}: {err}", "stage": "render"})
+            results.append({**base, "error": str(err) if is_transient(err) else f"{type(err).__name__}: {err}",
+                            "stage": "render", "transient": is_transient(err)})
             continue
         frames = image.shape[-1] * (2 if r["bass_from_mel"] else 1)
         results.append({
@@ -379,18 +400,19 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
 
 
 def _checkpoint_info(cfg: GenerateConfig):
+    """(checkpoint, config, MelParams): the newest readable checkpoint CHECKPOINT names, loaded once."""
     from pipelines.mel import MelParams
-    from train.checkpoint import CheckpointNotFoundError, read_config, resolve_checkpoint
+    from train.checkpoint import usable_checkpoint
 
-    try:
-        checkpoint = resolve_checkpoint(cfg.checkpoint, cfg.s3_endpoint_url)
-        config = read_config(checkpoint, cfg.s3_endpoint_url)
-    except (CheckpointNotFoundError, FileNotFoundError) as err:
-        raise GenerateError(str(err)) from err
-    if "mel_params" not in config:
-        raise GenerateError(f"checkpoint {checkpoint} records no mel_params")
+    checkpoint, config, _ = usable_checkpoint(cfg.checkpoint, cfg.s3_endpoint_url, with_state=False)
     _check_generator_loads(checkpoint, cfg.s3_endpoint_url)
     return checkpoint, config, MelParams.from_dict(config["mel_params"])
+
+
+def _generator_state(checkpoint: str, s3_endpoint_url: str | None) -> dict:
+    from train.checkpoint import read_weights
+
+    return read_weights(checkpoint, s3_endpoint_url)["gen_bass_to_drums"]
 
 
 def _check_generator_loads(checkpoint: str, s3_endpoint_url: str | None) -> None:
@@ -405,42 +427,77 @@ def _check_generator_loads(checkpoint: str, s3_endpoint_url: str | None) -> None
         raise GenerateError(f"cannot load the generator from {checkpoint}: {type(err).__name__}: {err}") from err
 
 
-def _source_dataset(cfg: GenerateConfig, params):
-    """(Ray dataset of decoded clips, number of clips, kind)."""
-    import ray.data
+def preflight(cfg: GenerateConfig) -> tuple[GenerateConfig, dict]:
+    """Every check that needs no Ray: options, paths (made absolute), OUTPUT, checkpoint, inputs.
 
+    Returns the config with resolved paths and the plan `run_generate` carries out.
+    """
+    from dataclasses import replace
+
+    from pipelines.storage import fsspec_filesystem, local_path_resolved, storage_errors
+
+    cfg.validate()
+    cfg = replace(cfg, checkpoint=local_path_resolved(cfg.checkpoint),
+                  inputs=[local_path_resolved(u) for u in cfg.inputs],
+                  output=local_path_resolved(cfg.output))
+    fs, inner = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
+    with storage_errors("checking", cfg.output):
+        if fs.isfile(inner):
+            raise GenerateError(f"OUTPUT {cfg.output} is an existing file; give a folder")
+    with storage_errors("reading the checkpoint", cfg.checkpoint):
+        checkpoint, config, params = _checkpoint_info(cfg)
+        plan = {"checkpoint": checkpoint, "config": config, "params": params,
+                "generator": (config, _generator_state(checkpoint, cfg.s3_endpoint_url))}
+    with storage_errors("listing", " ".join(cfg.inputs)):
+        return cfg, _plan_sources(cfg, plan)
+
+
+def _plan_sources(cfg: GenerateConfig, plan: dict) -> dict:
     from infer.sources import SourceError, is_parquet_source, list_audio
 
+    params = plan["params"]
     parquet = [u for u in cfg.inputs if is_parquet_source(u, cfg.s3_endpoint_url)]
     if parquet:
         if len(cfg.inputs) != 1:
             raise GenerateError("give a Parquet window set as the only INPUT (not mixed with audio)")
-        return _parquet_dataset(cfg, params, parquet[0])
+        plan.update(kind="parquet", source=parquet[0],
+                    n_clips=_parquet_test_rows(parquet[0], params, cfg.s3_endpoint_url))
+        return plan
     try:
         clips = list_audio(cfg.inputs, stem="bass", s3_endpoint_url=cfg.s3_endpoint_url)
     except SourceError as err:
         raise GenerateError(str(err)) from err
+    plan.update(kind="audio", clips=clips, n_clips=len(clips))
+    return plan
+
+
+def _source_dataset(cfg: GenerateConfig, plan: dict):
+    """Ray dataset of decoded clips (the plan's audio clips or Parquet test windows)."""
+    import ray.data
+
+    params = plan["params"]
+    if plan["kind"] == "parquet":
+        return _parquet_dataset(cfg, params, plan["source"])
+    clips = plan["clips"]
     ds = ray.data.from_items([{"clip_id": c.clip_id, "uri": c.uri} for c in clips],
                              override_num_blocks=max(1, len(clips)))
-    ds = ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=1,
-                        fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
-    return ds, len(clips), "audio"
+    return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=1,
+                          fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
-def _parquet_dataset(cfg: GenerateConfig, params, uri: str):
+def _parquet_test_rows(uri: str, params, s3_endpoint_url: str | None) -> int:
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
-    import ray.data
-    from ray.data.expressions import col
 
     from pipelines.storage import arrow_filesystem
     from pipelines.windows import mel_params_from_schema
 
-    fs, path = arrow_filesystem(uri, cfg.s3_endpoint_url)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    fs, path = arrow_filesystem(uri, s3_endpoint_url)
     try:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
         data_params = mel_params_from_schema(dataset.schema)
-    except ValueError as err:
+    except (ValueError, pa.ArrowInvalid) as err:
         raise GenerateError(f"{uri}: {err}") from err
     if data_params != params:
         raise GenerateError(f"{uri} was made with other mel parameters than the checkpoint was trained on "
@@ -448,11 +505,20 @@ def _parquet_dataset(cfg: GenerateConfig, params, uri: str):
     n = dataset.count_rows(filter=pc.field("split") == "test")
     if n == 0:
         raise GenerateError(f"{uri}: no rows in the test split")
+    return n
+
+
+def _parquet_dataset(cfg: GenerateConfig, params, uri: str):
+    import ray.data
+    from ray.data.expressions import col
+
+    from pipelines.storage import arrow_filesystem
+
+    fs, path = arrow_filesystem(uri, cfg.s3_endpoint_url)
     ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["track_id", "split", "window", "bass"])
     ds = ds.filter(expr=col("split") == "test")
-    ds = ds.map_batches(parquet_batch, batch_size=64, batch_format="pyarrow", num_cpus=1,
-                        fn_kwargs={"params_dict": params.to_dict(), "source": uri})
-    return ds, n, "parquet"
+    return ds.map_batches(parquet_batch, batch_size=64, batch_format="pyarrow", num_cpus=1,
+                          fn_kwargs={"params_dict": params.to_dict(), "source": uri})
 
 
 def run_generate(cfg: GenerateConfig) -> dict:
@@ -463,11 +529,12 @@ def run_generate(cfg: GenerateConfig) -> dict:
 
     from infer.runtime import Progress, actor_plan, join_uri, write_table
 
-    cfg.validate()
-    checkpoint, config, params = _checkpoint_info(cfg)
+    cfg, job = preflight(cfg)
+    checkpoint, config, params = job["checkpoint"], job["config"], job["params"]
+    n_clips, kind = job["n_clips"], job["kind"]
     init_ray(cfg.address)
     start = time.perf_counter()
-    ds, n_clips, kind = _source_dataset(cfg, params)
+    ds = _source_dataset(cfg, job)
     plan = actor_plan()
     log.info("generating drums for %d %s clip(s) with %s (%s) on %s x%d", n_clips, kind, checkpoint,
              config.get("model"), plan.device, plan.size)
@@ -475,7 +542,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         GeneratorActor, batch_size=cfg.batch_size, batch_format="numpy", compute=plan.compute(),
         fn_constructor_kwargs={"checkpoint": checkpoint, "device": plan.device, "batch_size": cfg.batch_size,
                                "variation": cfg.variation, "seed": cfg.seed,
-                               "s3_endpoint_url": cfg.s3_endpoint_url},
+                               "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"]},
         **plan.remote_args())
     ds = ds.map_batches(
         render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
@@ -488,9 +555,10 @@ def run_generate(cfg: GenerateConfig) -> dict:
     for batch in ds.iter_batches(batch_format="numpy", batch_size=16):
         rows = [json.loads(s) for s in batch["result"]]
         bad = [r for r in rows if r["error"]]
-        errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"], "reason": r["error"]}
-                   for r in bad]
-        manifest += [{k: v for k, v in r.items() if k not in ("error", "stage")} for r in rows if not r["error"]]
+        errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"], "reason": r["error"],
+                    "transient": bool(r.get("transient"))} for r in bad]
+        manifest += [{k: v for k, v in r.items() if k not in ("error", "stage", "transient")}
+                     for r in rows if not r["error"]]
         progress.update(len(rows), len(bad))
     seconds = time.perf_counter() - start
 
@@ -506,7 +574,9 @@ def run_generate(cfg: GenerateConfig) -> dict:
     audio_seconds = sum(r["duration_s"] for r in manifest)
     summary = {
         "checkpoint": checkpoint, "model": config.get("model"), "input_kind": kind, "inputs": cfg.inputs,
-        "clips": len(manifest), "errors": len(errors), "audio_seconds": round(audio_seconds, 3),
+        "clips": len(manifest), "errors": len(errors),
+        "errors_transient": sum(e["transient"] for e in errors),  # storage faults: a re-run retries
+        "audio_seconds": round(audio_seconds, 3),
         "windows": sum(r["windows"] for r in manifest),
         "seconds": {"job": round(seconds, 3), **stage_totals},
         "clips_per_second": round(len(manifest) / seconds, 4) if seconds > 0 else None,
@@ -540,4 +610,4 @@ def _errors_schema():
     import pyarrow as pa
 
     return pa.schema([("clip_id", pa.string()), ("input", pa.string()), ("stage", pa.string()),
-                      ("reason", pa.string())])
+                      ("reason", pa.string()), ("transient", pa.bool_())])

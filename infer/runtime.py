@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 
 from cluster.console import Progress  # noqa: F401  (the jobs' progress lines live there)

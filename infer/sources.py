@@ -10,19 +10,21 @@ Clip ids (what outputs are named after and what scoring matches on):
     musdb18-style tree works as is;
   - with several inputs, folder clips are prefixed with the folder's name;
   - a Parquet window row: "<track_id>/w<window, 4 digits>" ("song-3/w0002").
+Every id goes through `pipelines.clip_ids.clip_id` (Unicode-safe, unique, stable).
 """
 from __future__ import annotations
 
 import os
 import posixpath
-import re
 from dataclasses import dataclass
+
+from cycledrums_cli import UserError
 
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 MANIFEST = "manifest.parquet"
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """An input that cannot be used at all (missing, empty, mixed kinds)."""
 
 
@@ -61,16 +63,19 @@ def check_long_enough(signal, params, name: str) -> None:
 
 
 def safe_clip_id(text: str) -> str:
-    """A clip id usable as a relative output path: no '..', no leading '/', no odd characters."""
-    parts = [re.sub(r"[^A-Za-z0-9._+=@-]", "_", p) for p in str(text).replace("\\", "/").split("/")]
-    parts = [p for p in parts if p not in ("", ".", "..")]
-    if not parts:
-        raise SourceError(f"cannot make a clip id from {text!r}")
-    return "/".join(parts)
+    """A clip id usable as a relative output path (see `pipelines.clip_ids.clip_id`)."""
+    from pipelines.clip_ids import ClipIdError, clip_id
+
+    try:
+        return clip_id(text)
+    except ClipIdError as err:
+        raise SourceError(str(err)) from err
 
 
 def window_clip_id(track_id: str, window: int) -> str:
-    return f"{safe_clip_id(track_id)}/w{int(window):04d}"
+    from pipelines.clip_ids import window_clip_id as clip_of_window
+
+    return clip_of_window(track_id, window)
 
 
 def is_audio_name(name: str) -> bool:

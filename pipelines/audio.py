@@ -17,13 +17,15 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from cycledrums_cli import UserError
+
 AudioSource = Union[str, os.PathLike, bytes, BinaryIO]
 
 # A signal whose peak stays below this is treated as silence (-100 dBFS).
 SILENCE_PEAK = 1e-5
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """Base class for every 'this input is not usable audio' error."""
 
 
@@ -60,12 +62,59 @@ def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:  # also raised for unknown formats
-        raise NotAudioError(f"{name}: not a readable audio file ({err})") from err
+        # str(err) names the file object ("<_io.BytesIO object at 0x...>"): keep the reason only.
+        reason = getattr(err, "error_string", "") or str(err)
+        raise NotAudioError(f"{name}: not a readable audio file ({reason})") from err
     except RuntimeError as err:  # older soundfile versions
         raise NotAudioError(f"{name}: not a readable audio file ({err})") from err
     if data.shape[0] == 0:
         raise EmptyAudioError(f"{name}: decodes to zero samples")
     return data, rate
+
+
+def _wav_data_chunk(raw: bytes) -> tuple[int, int, int] | None:
+    """(declared data bytes, bytes present, block align) of a RIFF/WAVE file, else None."""
+    import struct
+
+    if len(raw) < 12 or raw[:4] not in (b"RIFF", b"RF64") or raw[8:12] != b"WAVE":
+        return None
+    pos, align, ds64_size = 12, 0, None
+    while pos + 8 <= len(raw):
+        cid, size = raw[pos:pos + 4], struct.unpack("<I", raw[pos + 4:pos + 8])[0]
+        body = pos + 8
+        if cid == b"ds64" and size >= 16:
+            ds64_size = struct.unpack("<Q", raw[body + 8:body + 16])[0]
+        elif cid == b"fmt " and size >= 14:
+            align = struct.unpack("<H", raw[body + 12:body + 14])[0]
+        elif cid == b"data":
+            if size == 0xFFFFFFFF and ds64_size is not None:
+                size = ds64_size
+            return size, len(raw) - body, align
+        pos = body + size + (size & 1)
+    return None
+
+
+def truncation_warning(raw: bytes, decoded_frames: int, rate: int, name: str) -> str:
+    """'' when the file holds what its header declares; else a warning with both lengths.
+
+    A file cut short (an interrupted copy or download) still decodes, to less audio than
+    its header says; that should be seen, not silently kept as a shorter track.
+    """
+    declared = None
+    wav = _wav_data_chunk(raw)
+    if wav is not None:
+        size, present, align = wav
+        if align and size > present and size != 0xFFFFFFFF:  # 0xFFFFFFFF: a streamed WAV
+            declared = size // align
+    else:
+        try:
+            declared = sf.info(io.BytesIO(raw)).frames
+        except (sf.LibsndfileError, RuntimeError):
+            return ""
+    if declared is None or declared <= decoded_frames:
+        return ""
+    return (f"{name}: truncated: the header declares {declared / rate:.2f} s, the file holds "
+            f"{decoded_frames / rate:.2f} s ({100 * decoded_frames / declared:.0f}%); kept what is there")
 
 
 # Output phases per polyphase block that `resample` aims for (see there).

@@ -22,6 +22,8 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
+from cycledrums_cli import UserError
+
 from pipelines.storage import fsspec_filesystem, is_remote
 
 LAYOUTS = ("stems", "mixes")
@@ -33,7 +35,7 @@ DEFAULT_TEST_FRACTION = 0.1
 LIVE_ALBUM = re.compile(r"\blive\b", re.IGNORECASE)
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError):
     """INPUT cannot be turned into a catalog (nothing there, bad metadata, bad option)."""
 
 
@@ -69,14 +71,59 @@ def _uri(fs, path: str) -> str:
 
 
 def _list_files(input_uri: str, s3_endpoint_url: str | None) -> tuple[object, str, list[str]]:
+    from pipelines.storage import storage_errors
+
     fs, root = fsspec_filesystem(input_uri, s3_endpoint_url)
     root = root.rstrip("/")
-    if not fs.exists(root):
-        raise CatalogError(f"input not found: {input_uri}")
-    if fs.isfile(root):
-        raise CatalogError(f"input must be a folder (or prefix) of songs, got a file: {input_uri}")
-    files = sorted(p for p in fs.find(root) if not posixpath.basename(p).startswith("."))
+    with storage_errors("listing", input_uri):
+        if not fs.exists(root):
+            raise CatalogError(f"input not found: {input_uri}")
+        if fs.isfile(root):
+            raise CatalogError(f"input must be a folder (or prefix) of songs, got a file: {input_uri}")
+        if is_remote(input_uri):
+            files = fs.find(root)
+        else:
+            files = _walk_local(root)
+    files = sorted(p for p in files if not posixpath.basename(p).startswith("."))
     return fs, root, files
+
+
+def _walk_local(root: str) -> list[str]:
+    """Files under a local folder, following symlinked folders (a symlinked split folder is
+    common), visiting each real folder once (a symlink loop is skipped with a warning)."""
+    import logging
+    import os
+
+    log = logging.getLogger(__name__)
+    files, seen, stack = [], set(), [root]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            log.warning("%s: already listed (symlink loop?), skipped", folder)
+            continue
+        seen.add(real)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as err:
+            log.warning("%s: cannot list (%s), skipped", folder, err.strerror or err)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(entry.path)
+                    continue
+                if entry.is_file(follow_symlinks=True):
+                    files.append(entry.path)
+                    continue
+            except OSError as err:  # ELOOP: a symlink to itself
+                log.warning("%s: %s, skipped", entry.path, err.strerror or err)
+                continue
+            if entry.is_symlink():
+                log.warning("%s: broken symlink, skipped", entry.path)
+    return files
 
 
 def _relative(path: str, root: str) -> str:

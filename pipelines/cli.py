@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from cycledrums_cli import add_job_options
 
@@ -64,14 +65,13 @@ def _register_roundtrip(sub) -> None:
 
 def _run_roundtrip(args) -> int:
     from cycledrums_cli import CliError
-    from pipelines.audio import AudioError
     from pipelines.roundtrip import roundtrip_file
 
     if args.iterations < 1:
         raise CliError(f"--iterations must be at least 1, got {args.iterations}")
     try:
         result = roundtrip_file(args.input, args.output, iterations=args.iterations)
-    except (FileNotFoundError, AudioError) as err:
+    except FileNotFoundError as err:
         raise CliError(str(err)) from err
     if args.json:
         print(json.dumps(result))
@@ -93,8 +93,10 @@ def _register_prepare(sub) -> None:
         "track id, optionally filtered with FMA's tracks.csv (albums with the word 'live' in the "
         "title are dropped). Writes OUTPUT/{train,test}/<track>.parquet (one file per track, 256x256 uint8 "
         "windows, 50 frames overlap, mel parameters in the file metadata), OUTPUT/_errors.csv "
-        "(track, path, stage, reason) and OUTPUT/_summary.json. Tracks already in OUTPUT are "
-        "skipped unless --overwrite. S3 credentials come from the standard AWS environment.",
+        "(track, path, stage, reason, outcome: failures and truncated files kept with a warning) and "
+        "OUTPUT/_summary.json (this run, and what OUTPUT holds). Tracks already in OUTPUT are "
+        "skipped unless --overwrite. Exit status 1 when OUTPUT holds no window after the run, or "
+        "when tracks failed on storage faults (a re-run retries them). S3 credentials come from the standard AWS environment.",
     )
     p.add_argument("input", metavar="INPUT", help="folder or s3:// prefix holding the catalog")
     p.add_argument("output", metavar="OUTPUT", help="folder or s3:// prefix for the window data set")
@@ -112,8 +114,11 @@ def _register_prepare(sub) -> None:
                    help="drop windows whose bass or drums mean mel power is below this many dB "
                    "(near silent; default: -10)")
     p.add_argument("--demucs-model", default="htdemucs",
-                   help="mixes: Demucs pretrained name (needs internet once) or local model folder / "
-                   ".th / .yaml file (default: htdemucs)")
+                   help="mixes: Demucs pretrained name (downloaded once from Demucs' repository, "
+                   "checksummed) or a local model folder / .th / .yaml file (default: htdemucs). "
+                   "Local .th files are read weights-only: tensors and the Demucs model classes, "
+                   "nothing that runs code; a file that needs more is refused. Use local files "
+                   "only from a source you trust")
     p.add_argument("--separators", type=int, default=None,
                    help="mixes: Demucs actors (default: one per GPU in the cluster, or 1 on CPU)")
     p.add_argument("--num-cpus", type=float, default=None,
@@ -130,7 +135,7 @@ def _register_prepare(sub) -> None:
 def _run_prepare(args) -> int:
     from cycledrums_cli import CliError
     from pipelines.catalog import CatalogError
-    from pipelines.prepare import PrepareConfig, PrepareError, format_summary, run_prepare
+    from pipelines.prepare import PrepareConfig, PrepareError, exit_problem, format_summary, run_prepare
     from pipelines.separation import ModelSpecError
 
     genres = [g.strip() for g in args.genres.split(",") if g.strip()] if args.genres else None
@@ -146,4 +151,8 @@ def _run_prepare(args) -> int:
     except (CatalogError, PrepareError, ModelSpecError) as err:
         raise CliError(str(err)) from err
     print(json.dumps(summary) if args.json else format_summary(summary))
+    problem = exit_problem(summary)
+    if problem:
+        print(f"cycledrums prepare: {problem}", file=sys.stderr)
+        return 1
     return 0

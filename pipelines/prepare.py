@@ -13,8 +13,9 @@ Output (local folder or s3:// prefix):
 
     OUTPUT/train/<track>-<hash>.parquet    one file per track (the window contract of
     OUTPUT/test/<track>-<hash>.parquet     pipelines/windows.py), written atomically
-    OUTPUT/_errors.csv                     track, path, stage, reason (this run's failures)
-    OUTPUT/_summary.json                   the final summary
+    OUTPUT/_errors.csv                     track, path, stage, reason, outcome (this run's
+                                           failures, and tracks kept with a warning)
+    OUTPUT/_summary.json                   this run's counts, plus `dataset`: what OUTPUT holds
 
 A track's Parquet file is its "done" marker: a re-run skips tracks whose file exists
 (`overwrite=True` redoes them); failed tracks have no file and are tried again.  Readers
@@ -24,29 +25,31 @@ reads as the window table.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
 import posixpath
-import re
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
+from cycledrums_cli import UserError
+
 from pipelines.catalog import DEFAULT_TEST_FRACTION, Catalog, Track, build_catalog
 from pipelines.mel import MelParams
 from pipelines.separation import DEFAULT_MODEL
-from pipelines.storage import TEMP_MARK, fsspec_filesystem, is_local_filesystem, read_bytes, write_bytes_atomic
+from pipelines.storage import (TEMP_MARK, fsspec_filesystem, is_local_filesystem, read_bytes,
+                               storage_errors, write_bytes_atomic)
 from pipelines.windows import DEFAULT_MIN_LEVEL_DB, SPLITS
 
 log = logging.getLogger(__name__)
 
 ERRORS_FILE = "_errors.csv"
 SUMMARY_FILE = "_summary.json"
-ERROR_COLUMNS = ("track", "path", "stage", "reason")
+# outcome: "failed", "failed (transient: a re-run retries)", or "kept (warning)".
+ERROR_COLUMNS = ("track", "path", "stage", "reason", "outcome")
 
 # What travels between stages.  Audio is raw float32 bytes (large_binary), never a Ray
 # tensor column, and every stage keeps the bookkeeping columns so a failed track flows
@@ -60,6 +63,8 @@ TRACK_FIELDS = [
     pa.field("stage", pa.string()),  # where it failed
     pa.field("reason", pa.string()),
     pa.field("seconds", pa.float64()),  # audio duration
+    pa.field("transient", pa.bool_()),  # failed on a storage / network fault: a re-run retries
+    pa.field("warning", pa.string()),  # kept, but with a problem worth knowing (truncated file)
 ]
 TRACK_SCHEMA = pa.schema(TRACK_FIELDS)
 STEMS_SCHEMA = pa.schema(TRACK_FIELDS + [pa.field("bass", pa.large_binary()),
@@ -71,7 +76,7 @@ RESULT_SCHEMA = pa.schema(TRACK_FIELDS + [pa.field("windows", pa.int64()),
                                           pa.field("dropped", pa.int64())])
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError):
     """A user error in the job's inputs or options (reported without a traceback)."""
 
 
@@ -99,9 +104,9 @@ class PrepareConfig:
 
 def window_file_name(track_id: str) -> str:
     """Track id -> a safe, unique, stable file name (readable part + hash of the exact id)."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", track_id).strip("._-")[:100] or "track"
-    digest = hashlib.sha1(track_id.encode("utf-8")).hexdigest()[:10]
-    return f"{readable}-{digest}.parquet"
+    from pipelines.clip_ids import file_stem
+
+    return f"{file_stem(track_id)}.parquet"
 
 
 def existing_outputs(fs, root: str) -> dict[str, str]:
@@ -142,15 +147,17 @@ def remove_stale_temp_files(fs, root: str) -> int:
 
 def _fail(row: dict, stage: str, err: BaseException | str) -> None:
     from pipelines.audio import AudioError
+    from pipelines.storage import is_transient
 
-    if isinstance(err, (AudioError, FileNotFoundError)):
-        reason = str(err)
+    transient = isinstance(err, BaseException) and is_transient(err)
+    if isinstance(err, (AudioError, FileNotFoundError)) or transient:
+        reason = str(err)  # these name the file or object themselves
     elif isinstance(err, BaseException):
         reason = f"{type(err).__name__}: {err}"
-        log.warning("track %s failed in %s", row["track_id"], stage, exc_info=err)
+        log.debug("track %s failed in %s", row["track_id"], stage, exc_info=err)
     else:
         reason = err
-    row.update(status="failed", stage=stage, reason=reason)
+    row.update(status="failed", stage=stage, reason=reason, transient=transient)
 
 
 def _named_buffer(data: bytes, name: str) -> io.BytesIO:
@@ -169,16 +176,17 @@ def _check_long_enough(num_samples: int, rate: int, params: MelParams) -> None:
 
 
 def _decode_mono(uri: str, params: MelParams, s3_endpoint_url: str | None):
-    """File -> mono float32 tensor at the codec's rate; AudioError when unusable."""
-    from pipelines.audio import EmptyAudioError, check_not_silent, read_audio, to_mono_resampled
+    """File -> (mono float32 tensor at the codec's rate, warning); AudioError when unusable."""
+    from pipelines.audio import EmptyAudioError, check_not_silent, read_audio, to_mono_resampled, truncation_warning
 
     data = read_bytes(uri, s3_endpoint_url)
     if not data:
         raise EmptyAudioError(f"{uri}: file is empty (0 bytes)")
     samples, rate = read_audio(_named_buffer(data, uri))
+    warning = truncation_warning(data, samples.shape[0], rate, uri)
     signal = to_mono_resampled(samples, rate, params.sample_rate)
     check_not_silent(signal, uri)
-    return signal
+    return signal, warning
 
 
 def _audio_bytes(signal) -> bytes:
@@ -202,12 +210,13 @@ def decode_stems(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None
         if row["status"] == "pending":
             try:
                 sources = json.loads(row["sources"])
-                bass = _decode_mono(sources["bass"], params, s3_endpoint_url)
-                drums = _decode_mono(sources["drums"], params, s3_endpoint_url)
+                bass, bass_warning = _decode_mono(sources["bass"], params, s3_endpoint_url)
+                drums, drums_warning = _decode_mono(sources["drums"], params, s3_endpoint_url)
                 n = min(bass.shape[-1], drums.shape[-1])
                 _check_long_enough(n, params.sample_rate, params)
                 row.update(bass=_audio_bytes(bass[:n]), drums=_audio_bytes(drums[:n]),
-                           seconds=n / params.sample_rate)
+                           seconds=n / params.sample_rate,
+                           warning=_join_warnings(bass_warning, drums_warning))
             except Exception as err:  # a bad track becomes an error row; the job goes on
                 _fail(row, "decode", err)
         rows.append(row)
@@ -216,7 +225,7 @@ def decode_stems(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None
 
 def decode_mix(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) -> pa.Table:
     """Mixes layout: song file -> float32 [channels, samples] at its own rate, for Demucs."""
-    from pipelines.audio import SILENCE_PEAK, SilentAudioError, read_audio
+    from pipelines.audio import SILENCE_PEAK, SilentAudioError, read_audio, truncation_warning
 
     rows = []
     for row in batch.to_pylist():
@@ -224,7 +233,9 @@ def decode_mix(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) 
         if row["status"] == "pending":
             try:
                 uri = json.loads(row["sources"])["mix"]
-                samples, rate = read_audio(_named_buffer(read_bytes(uri, s3_endpoint_url), uri))
+                raw = read_bytes(uri, s3_endpoint_url)
+                samples, rate = read_audio(_named_buffer(raw, uri))
+                row["warning"] = truncation_warning(raw, samples.shape[0], rate, uri)
                 _check_long_enough(samples.shape[0], rate, params)
                 peak = float(np.abs(samples).max())
                 if peak < SILENCE_PEAK:
@@ -308,14 +319,24 @@ def write_windows(batch: pa.Table, output: str, params: MelParams, min_level_db:
                 name = window_file_name(row["track_id"])
                 write_bytes_atomic(fs, posixpath.join(root, row["split"], name),
                                    sink.getvalue().to_pybytes())
-                _remove_from_other_splits(fs, root, row["split"], name)
+                # Written means done: what follows must not turn the track into a failure.
                 row.update(status="ok", windows=table.num_rows)
+                try:
+                    _remove_from_other_splits(fs, root, row["split"], name)
+                except Exception as err:  # noqa: BLE001 - a stale copy is reported, not fatal
+                    row["warning"] = _join_warnings(
+                        row["warning"], f"could not check {name} in the other split ({err}); "
+                        "a re-run with --overwrite removes a stale copy")
             except _NoWindows as err:
                 _fail(row, stage, str(err))
             except Exception as err:
                 _fail(row, stage, err)
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def _join_warnings(*texts: str) -> str:
+    return "; ".join(t for t in texts if t)
 
 
 def _remove_from_other_splits(fs, root: str, split: str, name: str) -> None:
@@ -333,7 +354,7 @@ def _remove_from_other_splits(fs, root: str, split: str, name: str) -> None:
 def _pending_row(track: Track) -> dict:
     return {"track_id": track.track_id, "split": track.split, "path": track.path,
             "sources": json.dumps(track.sources), "status": "pending", "stage": "", "reason": "",
-            "seconds": 0.0}
+            "seconds": 0.0, "transient": False, "warning": ""}
 
 
 def _catalog_failure(track: Track) -> dict:
@@ -422,6 +443,8 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> list[dic
         for row in build_dataset(rows, cfg, layout, plan).iter_rows():
             if row["status"] == "failed":
                 log.warning("%s: failed in %s: %s", row["track_id"], row["stage"], row["reason"])
+            elif row["warning"]:
+                log.warning("%s: %s", row["track_id"], row["warning"])
             results.append(dict(row))
     finally:
         (ctx.execution_options.resource_limits, ctx.max_errored_blocks,
@@ -431,7 +454,8 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> list[dic
         if row["track_id"] not in returned:
             lost = dict(row, windows=0, dropped=0)
             _fail(lost, "pipeline", "the Ray task for this track failed (worker crashed or ran out "
-                  "of memory?); see the Ray Data logs")
+                  "of memory?); see the Ray Data logs; a re-run retries it")
+            lost["transient"] = True
             results.append(lost)
     return results
 
@@ -450,6 +474,9 @@ def summarize(cfg: PrepareConfig, catalog: Catalog, results: list[dict], skipped
         "tracks_filtered": len(catalog.filtered),
         "tracks_ok": len(ok),
         "tracks_failed": len(results) - len(ok),
+        "tracks_failed_transient": sum(bool(r.get("transient")) for r in results
+                                       if r["status"] == "failed"),
+        "tracks_with_warnings": sum(bool(r.get("warning")) for r in ok),
         "tracks_skipped": skipped,
         "windows_written": sum(r["windows"] for r in ok),
         "windows_dropped": sum(r["dropped"] for r in results),
@@ -470,27 +497,71 @@ def errors_csv(results: list[dict]) -> bytes:
     writer.writerow(ERROR_COLUMNS)
     for r in results:
         if r["status"] == "failed":
-            writer.writerow([r["track_id"], r["path"], r["stage"], r["reason"]])
+            outcome = "failed (transient: a re-run retries)" if r.get("transient") else "failed"
+            writer.writerow([r["track_id"], r["path"], r["stage"], r["reason"], outcome])
+        elif r.get("warning"):
+            writer.writerow([r["track_id"], r["path"], "warning", r["warning"], "kept (warning)"])
     return out.getvalue().encode("utf-8")
+
+
+def dataset_totals(output: str, s3_endpoint_url: str | None) -> dict:
+    """What OUTPUT holds now, over every run: tracks and windows per split (Parquet footers only)."""
+    import pyarrow.dataset as pads
+
+    from pipelines.storage import arrow_filesystem, storage_errors
+
+    fs, root = arrow_filesystem(output, s3_endpoint_url)
+    totals = {}
+    with storage_errors("reading the window files of", output):
+        for split in SPLITS:
+            try:
+                files = pads.dataset(posixpath.join(root, split), filesystem=fs, format="parquet").files
+            except FileNotFoundError:
+                files = []
+            windows = sum(pads.dataset(f, filesystem=fs, format="parquet").count_rows() for f in files)
+            totals[split] = {"tracks": len(files), "windows": windows}
+    return totals
+
+
+def preflight(cfg: PrepareConfig) -> tuple[PrepareConfig, Catalog]:
+    """Every check that needs no Ray: options, paths (made absolute), OUTPUT, the Demucs
+    model, the catalog.  Returns the config with resolved paths and the catalog."""
+    from dataclasses import replace
+
+    from pipelines.storage import local_path_resolved
+
+    if cfg.limit is not None and cfg.limit < 0:
+        raise PrepareError(f"--limit must be >= 0, got {cfg.limit}")
+    if cfg.num_cpus is not None and not cfg.num_cpus > 0:
+        raise PrepareError(f"--num-cpus must be positive, got {cfg.num_cpus:g}")
+    if cfg.separators is not None and cfg.separators < 1:
+        raise PrepareError(f"--separators must be at least 1, got {cfg.separators}")
+    cfg = replace(cfg, input=local_path_resolved(cfg.input), output=local_path_resolved(cfg.output),
+                  tracks_csv=local_path_resolved(cfg.tracks_csv) if cfg.tracks_csv else None)
+    out_fs, out_root = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
+    if out_fs.isfile(out_root):
+        raise PrepareError(f"OUTPUT {cfg.output} is an existing file; give a folder (or s3:// prefix)")
+    catalog = build_catalog(cfg.input, cfg.layout, cfg.genres, cfg.tracks_csv, cfg.test_fraction,
+                            cfg.s3_endpoint_url)
+    if catalog.layout == "mixes":
+        from pipelines.separation import check_model
+
+        # A bad path or an unreadable / unsafe model file fails now, not inside an actor.
+        cfg = replace(cfg, demucs_model=check_model(cfg.demucs_model))
+    return cfg, catalog
 
 
 def run_prepare(cfg: PrepareConfig) -> dict:
     """Run the whole job; returns the summary (also written to OUTPUT/_summary.json)."""
     started = time.perf_counter()
-    if cfg.limit is not None and cfg.limit < 0:
-        raise PrepareError(f"--limit must be >= 0, got {cfg.limit}")
-    catalog = build_catalog(cfg.input, cfg.layout, cfg.genres, cfg.tracks_csv, cfg.test_fraction,
-                            cfg.s3_endpoint_url)
-    if catalog.layout == "mixes":
-        from pipelines.separation import resolve_model_spec
-
-        resolve_model_spec(cfg.demucs_model)  # a bad path fails now, not inside an actor
+    cfg, catalog = preflight(cfg)
     out_fs, out_root = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
     if is_local_filesystem(out_fs):
         out_fs.makedirs(out_root, exist_ok=True)
-    if remove_stale_temp_files(out_fs, out_root):
-        log.info("removed temp files left by an interrupted run")
-    done = {} if cfg.overwrite else existing_outputs(out_fs, out_root)
+    with storage_errors("listing", cfg.output):
+        if remove_stale_temp_files(out_fs, out_root):
+            log.info("removed temp files left by an interrupted run")
+        done = {} if cfg.overwrite else existing_outputs(out_fs, out_root)
     todo = [t for t in catalog.tracks if window_file_name(t.track_id) not in done]
     skipped = len(catalog.tracks) - len(todo)
     if cfg.limit is not None:
@@ -502,6 +573,8 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     if pending:
         results += _run_pipeline(pending, cfg, catalog.layout)
     summary = summarize(cfg, catalog, results, skipped, time.perf_counter() - started)
+    # The counts above are this run's; `dataset` is what OUTPUT holds after it (all runs).
+    summary["dataset"] = dataset_totals(cfg.output, cfg.s3_endpoint_url)
     write_bytes_atomic(out_fs, posixpath.join(out_root, ERRORS_FILE), errors_csv(results))
     write_bytes_atomic(out_fs, posixpath.join(out_root, SUMMARY_FILE),
                        json.dumps(summary, indent=2).encode("utf-8"))
@@ -510,13 +583,37 @@ def run_prepare(cfg: PrepareConfig) -> dict:
 
 def format_summary(summary: dict) -> str:
     s = summary
+    held = " + ".join(f"{split} {v['tracks']} tracks / {v['windows']} windows"
+                      for split, v in (s.get("dataset") or {}).items())
+    transient = s.get("tracks_failed_transient")
+    retry = f" ({transient} on storage faults: a re-run retries them)" if transient else ""
+    warned = f", {s['tracks_with_warnings']} with warnings" if s.get("tracks_with_warnings") else ""
     return (
-        f"tracks: {s['tracks_ok']} ok, {s['tracks_failed']} failed, {s['tracks_skipped']} skipped "
-        f"(already done), {s['tracks_filtered']} filtered out\n"
+        f"tracks this run: {s['tracks_ok']} ok{warned}, {s['tracks_failed']} failed{retry}, "
+        f"{s['tracks_skipped']} skipped (already done), {s['tracks_filtered']} filtered out\n"
         f"windows: {s['windows_written']} written "
         f"(train {s['splits']['train']['windows']}, test {s['splits']['test']['windows']}), "
         f"{s['windows_dropped']} dropped as near silent\n"
         f"audio: {s['audio_hours']:.3f} h in {s['wall_seconds']:.1f} s wall time = "
         f"{s['audio_seconds_per_second']:.1f} audio-seconds per second\n"
         f"output: {s['output']} (errors: {ERRORS_FILE}, summary: {SUMMARY_FILE})"
+        + (f"\ndata set now: {held}" if held else "")
     )
+
+
+def exit_problem(summary: dict) -> str | None:
+    """Why the job must exit non-zero, or None: nothing in OUTPUT at all, or tracks that
+    failed on storage faults (the data set is incomplete; a re-run retries them)."""
+    d = summary.get("dataset") or {}
+    if not sum(v["windows"] for v in d.values()):
+        if summary["tracks_failed"]:
+            why = ("every track failed" if not summary["windows_dropped"] else
+                   "every track failed or had all its windows dropped as near silent "
+                   "(see --min-level-db)")
+        else:
+            why = "no track to prepare"
+        return f"nothing prepared: {why}; reasons in {ERRORS_FILE}"
+    if summary.get("tracks_failed_transient"):
+        return (f"{summary['tracks_failed_transient']} track(s) failed on storage / network faults "
+                f"(see {ERRORS_FILE}); a re-run retries them")
+    return None

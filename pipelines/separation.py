@@ -11,6 +11,7 @@ Only the bass and drums sources are kept, as mono at the mel codec's sample rate
 """
 from __future__ import annotations
 
+import fractions
 import hashlib
 import io
 import os
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import torch
 
+from cycledrums_cli import UserError
+
 DEFAULT_MODEL = "htdemucs"
 KEPT_SOURCES = ("bass", "drums")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UserError):
     """--demucs-model names nothing Demucs can load, or a model without bass/drums sources."""
 
 
@@ -54,21 +57,77 @@ def resolve_model_spec(spec: str) -> tuple[str, Path | None]:
     return spec, None
 
 
+def _model_classes() -> list:
+    """The Demucs model classes a local .th file may name (its `klass`); nothing else loads."""
+    from demucs.demucs import Demucs
+    from demucs.hdemucs import HDemucs
+    from demucs.htdemucs import HTDemucs
+
+    return [Demucs, HDemucs, HTDemucs, fractions.Fraction]
+
+
+def _safe_local_repo(root: Path):
+    """Demucs' local repo (checksums, bags) with every .th file read weights-only."""
+    from demucs.pretrained import AnyModelRepo, BagOnlyRepo, LocalRepo
+    from demucs.repo import ModelLoadingError, check_checksum
+    from demucs.states import load_model as model_from_package
+
+    from pipelines.model_files import safe_torch_load
+
+    class SafeLocalRepo(LocalRepo):
+        def get_model(self, sig: str):
+            try:
+                file = self._models[sig]
+            except KeyError:
+                raise ModelLoadingError(f"Could not find pre-trained model with signature {sig}.")
+            if sig in self._checksums:
+                check_checksum(file, self._checksums[sig])
+            package = safe_torch_load(file, allowed=_model_classes())
+            if not isinstance(package, dict) or not {"klass", "args", "kwargs", "state"} <= set(package):
+                raise ModelSpecError(f"{file}: not a Demucs model file (klass, args, kwargs, state)")
+            if package["klass"] not in _model_classes():
+                raise ModelSpecError(f"{file}: not a Demucs model class: {package['klass']}")
+            return model_from_package(package)
+
+    models = SafeLocalRepo(root)
+    return AnyModelRepo(models, BagOnlyRepo(root, models))
+
+
 def load_model(spec: str):
-    """Load a Demucs model or bag of models (in eval mode) that separates bass and drums."""
+    """Load a Demucs model or bag of models (in eval mode) that separates bass and drums.
+
+    Local files are read weights-only (see `pipelines.model_files`): a .th file that would
+    run code while loading is refused.  Pretrained names are fetched by Demucs from its
+    own repository (checksummed downloads).
+    """
     from demucs.pretrained import ModelLoadingError, get_model
+
+    from pipelines.model_files import UnsafeModelFileError
 
     name, repo = resolve_model_spec(spec)
     try:
-        model = get_model(name, repo=repo)
+        model = get_model(name) if repo is None else _safe_local_repo(repo).get_model(name)
     except ModelLoadingError as err:  # unknown name, bad checksum
         raise ModelSpecError(f"{spec}: {err}") from err
+    except UnsafeModelFileError as err:  # names the file and what it wanted to call
+        raise ModelSpecError(str(err)) from err
     except SystemExit as err:  # demucs calls sys.exit through `fatal` on some errors
         raise ModelSpecError(f"{spec}: Demucs could not load the model") from err
     missing = [s for s in KEPT_SOURCES if s not in model.sources]
     if missing:
         raise ModelSpecError(f"{spec}: model has no {', '.join(missing)} source (has {model.sources})")
     return model.eval()
+
+
+def check_model(spec: str) -> str:
+    """Pre-flight for --demucs-model: a local model is loaded once now (safely), so a bad or
+    unsafe file fails before Ray starts.  Returns the spec with a local path made absolute."""
+    name, repo = resolve_model_spec(spec)
+    if repo is None:
+        return spec  # a pretrained name: Demucs downloads and checks it in the actors
+    path = Path(spec).expanduser().resolve()
+    load_model(str(path))
+    return str(path)
 
 
 @torch.no_grad()

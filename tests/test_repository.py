@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".yaml", ".yml", ".toml", ".txt", ".cfg", ""}
 # Built by joining, so this file does not match its own patterns.
-OUTSIDE = [re.compile(p) for p in (r"\.\./" + "shared", "/work" + "/", r"\.\./\.\./")]
+OUTSIDE = [re.compile(p) for p in (r"\.\./" + "shared", "/work" + "/")]
 MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 

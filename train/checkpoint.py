@@ -17,12 +17,14 @@ Paths may be local or `s3://`.
 """
 from __future__ import annotations
 
-import io
 import json
+import logging
 import os
 import posixpath
 
 import torch
+
+from cycledrums_cli import UserError
 
 from pipelines.mel import MelParams
 from pipelines.storage import fsspec_filesystem, read_bytes
@@ -34,8 +36,15 @@ PROGRESS = "progress.json"
 REQUIRED = (WEIGHTS, STATE, CONFIG)
 
 
-class CheckpointNotFoundError(FileNotFoundError):
-    pass
+log = logging.getLogger(__name__)
+
+
+class CheckpointCorruptError(UserError):
+    """A checkpoint file that cannot be read (truncated, not torch's format, not JSON...)."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """No checkpoint where one was asked for (a user error; still a FileNotFoundError)."""
 
 
 def write_checkpoint(directory: str, weights: dict, state: dict, config: dict, step: int,
@@ -104,22 +113,25 @@ def resolve_checkpoint(path: str, s3_endpoint_url: str | None = None) -> str:
 
 
 def read_config(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
-    return json.loads(read_bytes(posixpath.join(checkpoint, CONFIG), s3_endpoint_url))
+    """The checkpoint's config.json (CheckpointCorruptError naming the file when it is not JSON)."""
+    try:
+        return _load_file(checkpoint, CONFIG, s3_endpoint_url)
+    except CheckpointCorruptError as err:
+        if isinstance(err.__cause__, FileNotFoundError):
+            raise err.__cause__
+        raise
 
 
 def read_progress(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
     return json.loads(read_bytes(posixpath.join(checkpoint, PROGRESS), s3_endpoint_url))
 
 
-def read_weights(checkpoint: str, s3_endpoint_url: str | None = None,
-                 map_location="cpu") -> dict:
-    data = read_bytes(posixpath.join(checkpoint, WEIGHTS), s3_endpoint_url)
-    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+def read_weights(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
+    return _load_file(checkpoint, WEIGHTS, s3_endpoint_url)
 
 
-def read_state(checkpoint: str, s3_endpoint_url: str | None = None, map_location="cpu") -> dict:
-    data = read_bytes(posixpath.join(checkpoint, STATE), s3_endpoint_url)
-    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+def read_state(checkpoint: str, s3_endpoint_url: str | None = None) -> dict:
+    return _load_file(checkpoint, STATE, s3_endpoint_url)
 
 
 def load_generator(path: str, device: str | torch.device = "cpu",
@@ -141,3 +153,74 @@ def load_generator(path: str, device: str | torch.device = "cpu",
     generator.load_state_dict(weights["gen_bass_to_drums"])
     generator.to(device).eval()
     return generator, MelParams.from_dict(config["mel_params"]), config
+
+
+# ----------------------------------------------------------------- validation (pre-flight)
+
+def _load_file(checkpoint: str, name: str, s3_endpoint_url: str | None):
+    from pipelines.model_files import UnsafeModelFileError, safe_torch_load
+
+    uri = posixpath.join(checkpoint, name)
+    try:
+        data = read_bytes(uri, s3_endpoint_url)
+    except FileNotFoundError as err:
+        raise CheckpointCorruptError(f"{uri}: missing") from err
+    if name.endswith(".json"):
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointCorruptError(f"{uri}: not valid JSON ({err})") from err
+    try:
+        return safe_torch_load(data, name=uri)
+    except UnsafeModelFileError as err:
+        raise CheckpointCorruptError(str(err)) from err
+
+
+def validate_checkpoint(checkpoint: str, s3_endpoint_url: str | None = None,
+                        with_state: bool = True) -> dict:
+    """Read every file of a checkpoint the way the jobs will; returns its config.
+
+    Raises CheckpointCorruptError naming the first bad file.
+    """
+    config = _load_file(checkpoint, CONFIG, s3_endpoint_url)
+    if not isinstance(config, dict) or "mel_params" not in config:
+        raise CheckpointCorruptError(f"{posixpath.join(checkpoint, CONFIG)}: records no mel_params")
+    try:
+        MelParams.from_dict(config["mel_params"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointCorruptError(f"{posixpath.join(checkpoint, CONFIG)}: bad mel_params ({err})") from err
+    weights = _load_file(checkpoint, WEIGHTS, s3_endpoint_url)
+    if not isinstance(weights, dict) or "gen_bass_to_drums" not in weights:
+        raise CheckpointCorruptError(f"{posixpath.join(checkpoint, WEIGHTS)}: holds no gen_bass_to_drums weights")
+    if with_state:
+        _load_file(checkpoint, STATE, s3_endpoint_url)
+    return config
+
+
+def usable_checkpoint(path: str, s3_endpoint_url: str | None = None,
+                      with_state: bool = True) -> tuple[str, dict, list[tuple[str, str]]]:
+    """(checkpoint, its config, [(skipped checkpoint, why)]) for a checkpoint or run folder.
+
+    A checkpoint folder must be readable (else CheckpointCorruptError).  A run folder gives
+    its newest checkpoint that reads completely: newer ones that are damaged (a crash while
+    they were written, a bad disk) are skipped with a warning that names the bad file.
+    """
+    fs, fs_path = fsspec_filesystem(path, s3_endpoint_url)
+    if _is_checkpoint(fs, fs_path.rstrip("/")):
+        return path, validate_checkpoint(path, s3_endpoint_url, with_state), []
+    found = list_checkpoints(path, s3_endpoint_url)
+    if not found:
+        resolve_checkpoint(path, s3_endpoint_url)  # raises CheckpointNotFoundError, with the hint
+    skipped = []
+    for checkpoint in reversed(found):
+        try:
+            config = validate_checkpoint(checkpoint, s3_endpoint_url, with_state)
+        except CheckpointCorruptError as err:
+            log.warning("skipping damaged checkpoint: %s", err)
+            skipped.append((checkpoint, str(err)))
+            continue
+        if skipped:
+            log.warning("using %s, the newest complete checkpoint in %s", checkpoint, path)
+        return checkpoint, config, skipped
+    raise CheckpointCorruptError(
+        f"no readable checkpoint in {path}: " + "; ".join(why for _, why in skipped))

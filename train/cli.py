@@ -79,23 +79,24 @@ def run_train(args) -> int:
         raise CliError("--cpus-per-worker must be positive")
 
     from cluster.ray_runtime import init_ray
-    from train.checkpoint import CheckpointNotFoundError
-    from train.trainer import TrainSetupError, train
+    from train.trainer import preflight, train
 
     try:
         TrainConfig(**{k: v for k, v in options.items() if v is not None}).resolved()
     except ValueError as err:
         raise CliError(str(err)) from err
+    # Data, RUN_DIR, options and checkpoints are checked before Ray starts; their errors
+    # are user errors (exit 2, no traceback).
+    plan = preflight(args.data, args.run_dir, options, num_workers=args.num_workers,
+                     resume=args.resume, s3_endpoint_url=args.s3_endpoint_url)
     from ray.train import TrainingFailedError
 
     init_ray(args.address)
     try:
-        summary = train(args.data, args.run_dir, options, num_workers=args.num_workers,
+        summary = train(plan.data, plan.run_dir, options, num_workers=args.num_workers,
                         use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                         resume=args.resume, max_failures=args.max_failures,
-                        s3_endpoint_url=args.s3_endpoint_url)
-    except (TrainSetupError, CheckpointNotFoundError) as err:
-        raise CliError(str(err)) from err
+                        s3_endpoint_url=args.s3_endpoint_url, plan=plan)
     except TrainingFailedError as err:
         print(f"cycledrums train: training failed after {args.max_failures} restart(s): {err}\n"
               f"the last checkpoint (if any) is in {args.run_dir}; continue with --resume",

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import itertools
 import os
+import posixpath
 import random
 import sys
 import tempfile
@@ -32,7 +33,8 @@ from torch import nn
 from cluster.console import format_duration
 from pipelines.mel import MelParams, image_to_model, model_to_image
 from pipelines.windows import binary_to_images
-from train.checkpoint import WEIGHTS, STATE, read_weights, resolve_checkpoint, write_checkpoint
+from train.checkpoint import (PROGRESS, STATE, WEIGHTS, read_weights, resolve_checkpoint,
+                              write_checkpoint)
 from train.config import TrainConfig
 from train.models import build_networks
 from train.pool import ImagePool
@@ -69,7 +71,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # ---- networks, restored from this run's checkpoint or another run's weights
     torch.manual_seed(cfg.seed)
     nets = build_networks(checkpoint_config)
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = _checkpoint_to_restore(ray.train.get_checkpoint(), loop_config)
     restored = _read_checkpoint(checkpoint, rank) if checkpoint else None
     if restored:
         _load_weights(nets, restored["weights"])
@@ -348,6 +350,42 @@ def _pair_stream(shard, cfg, params, device, channels_last, seed):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _checkpoint_to_restore(latest, loop_config: dict):
+    """Ray's latest checkpoint of this run, unless the storage holds a newer complete one.
+
+    `resume_checkpoint` is what the driver found on storage (newest readable checkpoint).
+    Ray's run snapshot can lag behind it (the driver was killed after a checkpoint was
+    persisted but before the snapshot was updated): resuming from the snapshot would go
+    back in time and overwrite newer checkpoints.  After a worker restart within this
+    invocation Ray's checkpoint is the newer one and wins.
+    """
+    import ray.train
+
+    from pipelines.storage import arrow_filesystem
+
+    stored = loop_config.get("resume_checkpoint")
+    if not stored:
+        return latest
+    fs, path = arrow_filesystem(stored, loop_config.get("s3_endpoint_url"))
+    stored = ray.train.Checkpoint(path=path, filesystem=fs)
+    damaged = set(loop_config.get("damaged_checkpoints") or ())
+    if (latest is not None and posixpath.basename(latest.path.rstrip("/")) not in damaged
+            and _checkpoint_step(latest) > _checkpoint_step(stored)):
+        return latest
+    return stored
+
+
+def _checkpoint_step(checkpoint) -> int:
+    """The step of a Ray checkpoint (its progress.json); -1 when unreadable."""
+    import json
+
+    try:
+        with checkpoint.filesystem.open_input_stream(posixpath.join(checkpoint.path, PROGRESS)) as f:
+            return int(json.loads(f.read())["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
 
 
 def _read_checkpoint(checkpoint, rank: int) -> dict:

@@ -8,14 +8,18 @@ so a RUN_DIR that already holds checkpoints is only reused with `resume=True`.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 from dataclasses import dataclass
 
+from cycledrums_cli import UserError
+
 from pipelines.mel import MelParams
-from pipelines.storage import arrow_filesystem, is_remote
+from pipelines.storage import arrow_filesystem, is_remote, local_path_resolved, storage_errors
 from pipelines.windows import mel_params_from_schema
-from train.checkpoint import list_checkpoints, read_config, read_progress, resolve_checkpoint
-from train.config import FREE, FIXED, TrainConfig, options_where
+from train.checkpoint import (CheckpointCorruptError, list_checkpoints, read_progress,
+                              resolve_checkpoint, usable_checkpoint)
+from train.config import FIXED, FREE, TrainConfig, options_where
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ _FIXED_FIELDS = options_where(on_resume=FIXED)
 WINDOW_COLUMNS = ("split", "bass", "drums")
 
 
-class TrainSetupError(ValueError):
+class TrainSetupError(UserError):
     """The run cannot start as asked (bad data, RUN_DIR state, conflicting options)."""
 
 
@@ -80,6 +84,12 @@ def plan_config(options: dict, run_dir: str, resume: bool,
 
     Returns (config, saved config of the checkpoint resumed from or None).
     """
+    config, saved, _ = _plan(options, run_dir, resume, s3_endpoint_url)
+    return config, saved
+
+
+def _plan(options: dict, run_dir: str, resume: bool, s3_endpoint_url: str | None):
+    """(config, saved config or None, resume checkpoint or None): see `plan_config`."""
     options = {k: v for k, v in options.items() if v is not None}
     existing = list_checkpoints(run_dir, s3_endpoint_url)
     if existing and not resume:
@@ -89,7 +99,14 @@ def plan_config(options: dict, run_dir: str, resume: bool,
     if resume:
         if not existing:
             raise TrainSetupError(f"--resume: no checkpoint in {run_dir} to resume from")
-        saved = read_config(existing[-1], s3_endpoint_url)
+        # The newest checkpoint that is complete ON STORAGE, not the newest Ray's run
+        # snapshot lists: a driver killed right after a checkpoint was persisted leaves a
+        # snapshot one or more checkpoints behind.  Damaged ones are skipped with a warning.
+        try:
+            checkpoint, saved, skipped = usable_checkpoint(run_dir, s3_endpoint_url)
+        except CheckpointCorruptError as err:
+            raise TrainSetupError(f"--resume: {err}; start a new RUN_DIR (--init-from can "
+                                  "reuse weights of a readable checkpoint)") from err
         config = TrainConfig.from_dict(saved)
         for key, value in options.items():
             if key in RUN_CONTROL_FIELDS:
@@ -100,18 +117,27 @@ def plan_config(options: dict, run_dir: str, resume: bool,
                     f"{getattr(config, key)!r}; only run-control options may change")
         if "epochs" in options and "max_steps" not in options:
             config.max_steps = None  # the run's length is now given in epochs
-        return config.resolved(), saved
+        damaged = [posixpath.basename(c.rstrip("/")) for c, _ in skipped]
+        return config.resolved(), saved, (checkpoint, damaged)
     if options.get("init_from"):
         # Fine-tuning: the architecture comes from the source run unless stated.
-        source = read_config(resolve_checkpoint(options["init_from"], s3_endpoint_url),
-                             s3_endpoint_url)
+        source = _init_source(options["init_from"], s3_endpoint_url)[1]
         for key in ARCHITECTURE_FIELDS:
             if key in options and options[key] != source.get(key):
                 raise TrainSetupError(
                     f"--init-from: {key}={options[key]!r} differs from the source run's "
                     f"{key}={source.get(key)!r}")
             options[key] = source.get(key)
-    return TrainConfig(**options).resolved(), None
+    return TrainConfig(**options).resolved(), None, (None, [])
+
+
+def _init_source(init_from: str, s3_endpoint_url: str | None) -> tuple[str, dict]:
+    """(checkpoint, config) that --init-from names, read completely now (weights only)."""
+    try:
+        checkpoint, config, _ = usable_checkpoint(init_from, s3_endpoint_url, with_state=False)
+    except CheckpointCorruptError as err:
+        raise TrainSetupError(f"--init-from: {err}") from err
+    return checkpoint, config
 
 
 def build_datasets(data: str, cfg: TrainConfig, s3_endpoint_url: str | None = None) -> dict:
@@ -140,29 +166,41 @@ def build_datasets(data: str, cfg: TrainConfig, s3_endpoint_url: str | None = No
     return {"pairs": shuffled(windows.select_columns(["bass", "drums"]))}
 
 
-def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_gpu: bool = False,
-          cpus_per_worker: float = 1.0, resume: bool = False, max_failures: int = 3,
-          s3_endpoint_url: str | None = None, on_step=None) -> TrainSummary:
-    """Train (or resume) a run in RUN_DIR on the windows in DATA.  Ray must be initialised.
+@dataclass
+class RunPlan:
+    """Everything `train` checked before Ray starts (paths resolved, config, run length)."""
+    data: str
+    run_dir: str
+    config: TrainConfig
+    mel_params: MelParams
+    data_summary: DataSummary
+    steps_per_epoch: int
+    total_steps: int
+    resume_checkpoint: str | None  # the storage checkpoint a --resume continues from
+    damaged_checkpoints: list[str]  # names of newer checkpoints skipped as unreadable
 
-    `on_step(rank=, step=, resumed=)`, when given, is called on every worker before each
-    optimizer step (1-based): a hook for observers and for tests that inject faults.
-    It is not part of the run's config and never reaches a checkpoint.
+
+def preflight(data: str, run_dir: str, options: dict, *, num_workers: int = 1,
+              resume: bool = False, s3_endpoint_url: str | None = None) -> RunPlan:
+    """Check DATA, RUN_DIR, the options and any checkpoint involved; no Ray needed.
+
+    Local paths come back absolute: Ray Train workers run in a folder of their own, where a
+    relative RUN_DIR would put the logs and previews somewhere else.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from train.loop import train_loop_per_worker
-
     if num_workers < 1:
         raise TrainSetupError("--num-workers must be at least 1")
-    data_summary = inspect_data(data, s3_endpoint_url)
-    cfg, saved = plan_config(options, run_dir, resume, s3_endpoint_url)
+    data, run_dir = local_path_resolved(data), local_path_resolved(run_dir)
+    if not is_remote(run_dir) and os.path.isfile(run_dir):
+        raise TrainSetupError(f"RUN_DIR {run_dir} is an existing file; give a folder")
+    with storage_errors("reading", data):
+        data_summary = inspect_data(data, s3_endpoint_url)
+    with storage_errors("reading the run in", run_dir):
+        cfg, saved, (resume_checkpoint, damaged) = _plan(options, run_dir, resume, s3_endpoint_url)
     params = data_summary.mel_params
     if saved is not None and MelParams.from_dict(saved["mel_params"]) != params:
         raise TrainSetupError("--resume: the data's mel parameters differ from the run's")
     if cfg.init_from and saved is None:
-        source = read_config(resolve_checkpoint(cfg.init_from, s3_endpoint_url), s3_endpoint_url)
+        _, source = _init_source(cfg.init_from, s3_endpoint_url)
         if MelParams.from_dict(source["mel_params"]) != params:
             raise TrainSetupError(
                 f"--init-from: {cfg.init_from} was trained on different mel parameters "
@@ -176,7 +214,33 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_g
         raise TrainSetupError(
             f"{data} has {data_summary.train_windows} train windows: too few for "
             f"{num_workers} workers x batch {cfg.batch_size}")
-    total_steps = cfg.total_steps(steps_per_epoch)
+    return RunPlan(data, run_dir, cfg, params, data_summary, steps_per_epoch,
+                   cfg.total_steps(steps_per_epoch), resume_checkpoint, damaged)
+
+
+def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_gpu: bool = False,
+          cpus_per_worker: float = 1.0, resume: bool = False, max_failures: int = 3,
+          s3_endpoint_url: str | None = None, on_step=None,
+          plan: RunPlan | None = None) -> TrainSummary:
+    """Train (or resume) a run in RUN_DIR on the windows in DATA.  Ray must be initialised.
+
+    `plan` is what `preflight` returned for the same arguments (the CLI checks before it
+    starts Ray); without it the checks run here.
+
+    `on_step(rank=, step=, resumed=)`, when given, is called on every worker before each
+    optimizer step (1-based): a hook for observers and for tests that inject faults.
+    It is not part of the run's config and never reaches a checkpoint.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from train.loop import train_loop_per_worker
+
+    plan = plan or preflight(data, run_dir, options, num_workers=num_workers, resume=resume,
+                             s3_endpoint_url=s3_endpoint_url)
+    data, run_dir, cfg, params = plan.data, plan.run_dir, plan.config, plan.mel_params
+    steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
+    data_summary = plan.data_summary
 
     storage_fs, storage_path = arrow_filesystem(run_dir, s3_endpoint_url)
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
@@ -186,7 +250,8 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_g
             "config": cfg.to_dict(), "mel_params": params.to_dict(),
             "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
             "run_dir": run_dir, "s3_endpoint_url": s3_endpoint_url,
-            "cpus_per_worker": cpus_per_worker, "on_step": on_step,
+            "cpus_per_worker": cpus_per_worker, "resume_checkpoint": plan.resume_checkpoint,
+            "damaged_checkpoints": plan.damaged_checkpoints, "on_step": on_step,
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),

@@ -1,0 +1,161 @@
+"""S3 through a fault-injecting proxy (tests/s3_fault_proxy.py) in front of the moto server.
+
+At 20% faults (503 SlowDown replies and connection resets) prepare and generate finish
+every track and clip under the default retry policy.  At 70%, with the retry count cut to 3
+(AWS_MAX_ATTEMPTS, the AWS SDKs' setting) so that retries run out in a test-sized job, they
+report what failed (naming the object, saying a re-run retries), exit non-zero without a
+traceback and write nothing corrupt; a re-run without faults then completes exactly.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from s3_fault_proxy import FaultProxy
+
+CLIP_NAMES = ("Café 01", "Cafè 01", "plain")
+
+
+@pytest.fixture(scope="module")
+def proxy(s3_endpoint):
+    with FaultProxy(s3_endpoint) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_endpoint, tmp_path_factory):
+    """s3://faults/stems (3 synth tracks of 8 s) and s3://faults/bass (3 bass clips of 4 s)."""
+    import boto3
+    import fsspec
+
+    from pipelines.synth import write_dataset
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="faults")
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": s3_endpoint})
+    local = tmp_path_factory.mktemp("stems")
+    write_dataset(local, tracks=3, seconds=8.0, seed=5)
+    for path in local.rglob("*.wav"):
+        if path.stem in ("bass", "drums"):
+            fs.pipe_file(f"faults/stems/{path.relative_to(local).as_posix()}", path.read_bytes())
+    t = np.arange(4 * 22050) / 22050
+    for i, name in enumerate(CLIP_NAMES):
+        buf = io.BytesIO()
+        sf.write(buf, (0.4 * np.sin(2 * np.pi * (55 + 10 * i) * t)).astype(np.float32), 22050, format="WAV")
+        fs.pipe_file(f"faults/bass/{name}.wav", buf.getvalue())
+    return "s3://faults"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    from pipelines.mel import MelParams
+    from train.checkpoint import write_checkpoint
+    from train.config import TrainConfig
+    from train.models import build_networks
+
+    torch.manual_seed(0)
+    config = TrainConfig(model="cyclegan", ngf=8, ndf=8, n_blocks=2).to_dict()
+    config["mel_params"] = MelParams().to_dict()
+    folder = tmp_path_factory.mktemp("ckpt") / "checkpoint_000000000"
+    write_checkpoint(str(folder), {k: v.state_dict() for k, v in build_networks(config).items()},
+                     {"step": 0}, config, step=0, epoch=0)
+    return str(folder)
+
+
+def _run_driver(args: list[str], address: str, attempts: int) -> subprocess.CompletedProcess:
+    """The CLI in its own process on the test's Ray, with AWS_MAX_ATTEMPTS for it and its workers."""
+    env = dict(os.environ, AWS_MAX_ATTEMPTS=str(attempts), RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(
+        {"runtime_env": {"env_vars": {"AWS_MAX_ATTEMPTS": str(attempts)}}}))
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from cycledrums_cli import main; sys.exit(main())",
+         *args, "--address", address], env=env, capture_output=True, text=True, timeout=500)
+
+
+def _tables(fs, prefix: str) -> dict:
+    return {p.rsplit("/", 1)[1]: pq.read_table(fs.open(p, "rb"))
+            for p in fs.find(prefix) if p.endswith(".parquet")}
+
+
+def _s3fs(endpoint):
+    import fsspec
+
+    return fsspec.filesystem("s3", client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+
+
+def _own_traceback(stderr: str) -> bool:
+    # Lines forwarded from Ray workers carry a "(name pid=...)" prefix; the CLI's own do not.
+    return any(line.startswith("Traceback") for line in stderr.splitlines())
+
+
+@pytest.mark.timeout(600)
+def test_prepare_and_generate_complete_at_20_percent_faults(ray_local, proxy, bucket, checkpoint,
+                                                            s3_endpoint):
+    from cycledrums_cli import main
+
+    proxy.rate, proxy.seed = 0.2, 1
+    before = sum(proxy.counts[k] for k in ("slowdown", "reset"))
+    assert main(["prepare", f"{bucket}/stems", f"{bucket}/w20", "--s3-endpoint-url", proxy.url]) == 0
+    fs = _s3fs(s3_endpoint)
+    summary = json.loads(fs.cat_file("faults/w20/_summary.json"))
+    assert (summary["tracks_ok"], summary["tracks_failed"]) == (3, 0)
+    assert sum(v["tracks"] for v in summary["dataset"].values()) == 3
+
+    assert main(["generate", checkpoint, f"{bucket}/bass", f"{bucket}/g20", "--s3-endpoint-url",
+                 proxy.url, "--griffin-lim-iters", "4"]) == 0
+    manifest = pq.read_table(fs.open("faults/g20/manifest.parquet", "rb"))
+    assert sorted(manifest.column("clip_id").to_pylist()) == sorted(CLIP_NAMES)
+    for name in CLIP_NAMES:  # "Café 01" and "Cafè 01" are two clips, nothing overwritten
+        assert fs.exists(f"faults/g20/{name}/drums.wav")
+    injected = sum(proxy.counts[k] for k in ("slowdown", "reset")) - before
+    assert injected >= 10, proxy.counts  # the faults really happened
+    proxy.rate = 0.0
+
+
+@pytest.mark.timeout(900)
+def test_at_70_percent_failures_are_reported_and_a_rerun_completes(ray_local, proxy, bucket, checkpoint,
+                                                                   s3_endpoint):
+    from cycledrums_cli import main
+
+    address = ray_local.get_runtime_context().gcs_address
+    fs = _s3fs(s3_endpoint)
+
+    proxy.rate, proxy.seed = 0.7, 4
+    result = _run_driver(["prepare", f"{bucket}/stems", f"{bucket}/w70", "--s3-endpoint-url", proxy.url],
+                         address, attempts=3)
+    proxy.rate = 0.0
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert not _own_traceback(result.stderr), result.stderr[-3000:]
+    assert "re-run retries" in result.stderr and "s3://faults/" in result.stderr
+    fs.invalidate_cache()
+    for path in fs.find("faults/w70"):  # whatever was written is complete
+        if path.endswith(".parquet"):
+            assert pq.read_table(fs.open(path, "rb")).num_rows > 0
+    # A re-run without faults does exactly what is left: all 3 tracks, same windows as a clean run.
+    assert main(["prepare", f"{bucket}/stems", f"{bucket}/w70", "--s3-endpoint-url", s3_endpoint]) == 0
+    assert main(["prepare", f"{bucket}/stems", f"{bucket}/clean", "--s3-endpoint-url", s3_endpoint]) == 0
+    fs.invalidate_cache()
+    assert _tables(fs, "faults/w70") == _tables(fs, "faults/clean")
+    assert len(_tables(fs, "faults/clean")) == 3
+
+    proxy.rate, proxy.seed = 0.7, 4
+    result = _run_driver(["generate", checkpoint, f"{bucket}/bass", f"{bucket}/g70", "--s3-endpoint-url",
+                          proxy.url, "--griffin-lim-iters", "4"], address, attempts=3)
+    proxy.rate = 0.0
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert not _own_traceback(result.stderr), result.stderr[-3000:]
+    assert "re-run retries" in result.stderr
+    assert main(["generate", checkpoint, f"{bucket}/bass", f"{bucket}/g70", "--s3-endpoint-url",
+                 s3_endpoint, "--griffin-lim-iters", "4"]) == 0
+    fs.invalidate_cache()
+    manifest = pq.read_table(fs.open("faults/g70/manifest.parquet", "rb"))
+    assert sorted(manifest.column("clip_id").to_pylist()) == sorted(CLIP_NAMES)
+    errors = pq.read_table(fs.open("faults/g70/errors.parquet", "rb"))
+    assert errors.num_rows == 0
