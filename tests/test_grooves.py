@@ -261,3 +261,21 @@ def test_prepare_reads_the_corpus(corpus, ray_local, tmp_path):
     assert summary["tracks_ok"] == len(GOOD) and summary["tracks_failed"] == 0
     assert summary["splits"]["train"]["tracks"] == 3 and summary["splits"]["test"]["tracks"] == 2
     assert summary["windows_written"] >= len(GOOD)
+
+
+@pytest.mark.timeout(300)
+def test_s3_in_and_out(s3_endpoint, s3_bucket):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for path in GROOVE.rglob("*"):
+        if path.is_file():
+            s3.put_object(Bucket=s3_bucket, Key=f"groove/{path.relative_to(GROOVE)}", Body=path.read_bytes())
+    src, dst = f"s3://{s3_bucket}/groove", f"s3://{s3_bucket}/corpus"
+    assert main(["grooves", src, dst, "--styles", "jazz", "--in-process", "--s3-endpoint-url", s3_endpoint]) == 0
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="corpus/")["Contents"])
+    track = "corpus/test/drummer3-session1-32_jazz_120_beat_4-4"
+    assert keys == ["corpus/_errors.csv", "corpus/grooves.json"] + [f"{track}/{s}.wav" for s in
+                                                                     ("bass", "drums", "mixture")]
+    drums = s3.get_object(Bucket=s3_bucket, Key=f"{track}/drums.wav")["Body"].read()
+    assert sf.info(io.BytesIO(drums)).samplerate == 44100
