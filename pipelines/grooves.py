@@ -20,6 +20,7 @@ else is selected.  Same inputs and seed -> the same bytes.
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import io
@@ -200,7 +201,7 @@ def _drum_notes(notes):
 
 
 def _hits(notes) -> tuple[dict[str, list[float]], dict[float, int]]:
-    from pipelines.groove_bass import CYMBAL_TIME, KICKS, SNARES, merged_times
+    from pipelines.groove_bass import CYMBAL_TIME, KICKS, MERGE_SECONDS, SNARES, merged_times
 
     hits = {"kick": [], "snare": [], "cymbal": []}
     velocity: dict[float, int] = {}
@@ -211,9 +212,11 @@ def _hits(notes) -> tuple[dict[str, list[float]], dict[float, int]]:
         if kind:
             hits[kind].append(n.start)
     kicks = sorted((n.start, n.velocity) for n in notes if n.pitch in KICKS)
+    starts = [s for s, _ in kicks]
     for t in merged_times(hits["kick"]):
         # a merged kick is as loud as its loudest hit
-        velocity[t] = max(v for s, v in kicks if t <= s < t + 0.06)
+        first, last = bisect.bisect_left(starts, t), bisect.bisect_left(starts, t + MERGE_SECONDS)
+        velocity[t] = max(v for _, v in kicks[first:last])
     return hits, velocity
 
 
@@ -225,12 +228,15 @@ def _bass_notes(part):
 
 
 def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    # float32 with numpy's pairwise summation: accurate to ~1e-6 here, and no float64 copy
+    return float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
 
 
 def _level(x: np.ndarray, rms_db: float, peak: float) -> np.ndarray:
-    gain = min(10 ** (rms_db / 20) / max(_rms(x), 1e-9), peak / max(float(np.abs(x).max()), 1e-9))
-    return (x * gain).astype(np.float32)
+    """x (float32, scaled in place) at rms_db dBFS RMS, or lower if its peak would pass `peak`."""
+    x_peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
+    x *= np.float32(min(10 ** (rms_db / 20) / max(_rms(x), 1e-9), peak / max(x_peak, 1e-9)))
+    return x
 
 
 def mix_levels(drums: np.ndarray, bass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -265,10 +271,15 @@ def render_performance(data: bytes, job: dict, soundfont_path: str | None = None
 
 
 def _wav_bytes(stereo: np.ndarray) -> bytes:
+    """float32 [2, n] -> 16-bit stereo WAV bytes (interleaved here, not by soundfile: 3x faster)."""
     import soundfile as sf
 
+    pcm = np.empty((stereo.shape[1], 2), dtype=np.int16)
+    for channel in range(2):
+        scaled = np.clip(stereo[channel] * np.float32(32767), -32767, 32767)
+        pcm[:, channel] = np.rint(scaled, out=scaled)
     buf = io.BytesIO()
-    sf.write(buf, np.clip(stereo.T, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    sf.write(buf, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     return buf.getvalue()
 
 

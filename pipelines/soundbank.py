@@ -14,15 +14,24 @@ open one), which `place_notes` applies as a short fade.  Drum velocities are ren
 at 16 levels and scaled to the exact velocity by (v / level)^2, the SoundFont's
 velocity-to-gain curve (checked: the rendered peak follows v^2 within 0.1 %); the
 timbre change between neighbouring levels is ~1 %.
+
+Rendered one-shots are also kept on disk (`cache_folder()`, one .npy per note, per
+SoundFont), so a new process -- each Ray worker, each run -- loads them instead of
+rendering them again.  They are the exact arrays a fresh render gives.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import logging
 import os
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 44100  # the stems' rate (musdb18-HQ)
 RENDER_RATE = 48000  # midirenderer's fixed output rate
@@ -35,6 +44,8 @@ TAIL_SECONDS = {"cymbal": 5.0, "drum": 2.0, "hihat": 1.0, "pitched": 1.2}
 HIHATS = frozenset({42, 44, 46})  # one exclusive class in General MIDI kits
 CHOKE_FADE_SECONDS = 0.02
 SILENT = 1e-5  # one-shot tails below this are cut
+BANK_VERSION = 1  # bump when anything above changes what a one-shot holds (old cache files are ignored)
+CACHE_ENV = "CYCLEDRUMS_SOUNDBANK_CACHE"  # a folder, or "off"
 
 
 class RenderError(ValueError):
@@ -117,13 +128,56 @@ def _trim_tail(shot: np.ndarray, keep: int) -> np.ndarray:
     return np.ascontiguousarray(shot[:, :end])
 
 
-class SoundBank:
-    """One-shots of a SoundFont at 44.1 kHz stereo, rendered on first use and kept."""
+def cache_folder() -> str | None:
+    """Where one-shots are kept: $CYCLEDRUMS_SOUNDBANK_CACHE ("off": nowhere), else
+    $XDG_CACHE_HOME or ~/.cache, under cycledrums/soundbank."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen:
+        return None if chosen.lower() == "off" else chosen
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cycledrums", "soundbank")
 
-    def __init__(self, soundfont: bytes):
+
+def _cache_name(key: NoteKey) -> str:
+    kind = "drum" if key.drum else f"prog{key.program}"
+    return f"{kind}_{key.pitch}_{key.velocity}_{round(key.duration * 1000)}ms.npy"
+
+
+class SoundBank:
+    """One-shots of a SoundFont at 44.1 kHz stereo, rendered on first use and kept
+    (in memory, and in `cache_dir` when given)."""
+
+    def __init__(self, soundfont: bytes, cache_dir: str | None = None):
         self.soundfont = soundfont
         self.shots: dict[NoteKey, np.ndarray] = {}
         self.rendered_seconds = 0.0  # audio midirenderer rendered for the bank (cost)
+        self.cache_dir = None
+        if cache_dir:
+            digest = hashlib.sha1(soundfont).hexdigest()[:16]
+            self.cache_dir = os.path.join(cache_dir, f"{digest}-v{BANK_VERSION}")
+
+    def _load(self, key: NoteKey) -> np.ndarray | None:
+        if self.cache_dir is None:
+            return None
+        try:
+            return np.load(os.path.join(self.cache_dir, _cache_name(key)))
+        except (OSError, ValueError):  # not there yet, or a damaged file: render again
+            return None
+
+    def _save(self, key: NoteKey, shot: np.ndarray) -> None:
+        if self.cache_dir is None:
+            return
+        path = os.path.join(self.cache_dir, _cache_name(key))
+        temp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            with open(temp, "wb") as f:
+                np.save(f, shot)
+            os.replace(temp, path)  # atomic: other workers see the whole file or none
+        except OSError as err:  # a read-only home: the bank still works, only slower
+            log.debug("cannot cache one-shots in %s: %s", self.cache_dir, err)
+            if os.path.exists(temp):
+                os.remove(temp)
 
     def ensure(self, keys) -> None:
         """Render the keys not in the bank yet, each in its own synthesizer run: a one-shot
@@ -134,6 +188,10 @@ class SoundBank:
         from pipelines.audio import resample
 
         for key in sorted(set(keys) - self.shots.keys()):
+            cached = self._load(key)
+            if cached is not None:
+                self.shots[key] = cached
+                continue
             try:
                 wav = midirenderer.render_wave_from(self.soundfont, one_note_midi(key))
             except (ValueError, RuntimeError) as err:
@@ -142,6 +200,7 @@ class SoundBank:
             self.rendered_seconds += audio.shape[1] / RENDER_RATE
             shot = resample(torch.from_numpy(audio), RENDER_RATE, SAMPLE_RATE).numpy()
             self.shots[key] = _trim_tail(shot, int(key.duration * SAMPLE_RATE))
+            self._save(key, self.shots[key])
 
     def render(self, notes: list[Note], num_samples: int) -> np.ndarray:
         """The notes as float32 [2, num_samples] at 44.1 kHz (hi-hats choke each other)."""
@@ -151,18 +210,23 @@ class SoundBank:
         starts = [int(round(n.start * SAMPLE_RATE)) for n in ordered]
         next_hat = _next_hihat_starts(ordered, starts)
         fade = int(CHOKE_FADE_SECONDS * SAMPLE_RATE)
+        scaled: dict[tuple[NoteKey, float], np.ndarray] = {}  # one multiply per sound, not per note
         for i, (note, start) in enumerate(zip(ordered, starts)):
-            shot = self.shots[note.key]
+            shot = scaled.get((note.key, note.gain))
+            if shot is None:
+                shot = scaled[(note.key, note.gain)] = self.shots[note.key] * np.float32(note.gain)
             end = min(num_samples, start + shot.shape[1])
             if next_hat[i] is not None:
                 end = min(end, next_hat[i] + fade)
             if end <= start or start < 0:
                 continue
-            piece = shot[:, : end - start] * np.float32(note.gain)
             if next_hat[i] is not None and next_hat[i] < end:
+                piece = shot[:, : end - start].copy()
                 cut = next_hat[i] - start  # the next hat silences this one
                 piece[:, cut:] *= np.linspace(1.0, 0.0, piece.shape[1] - cut, dtype=np.float32)
-            out[:, start:end] += piece
+                out[:, start:end] += piece
+            else:
+                out[:, start:end] += shot[:, : end - start]
         return out
 
 
@@ -179,8 +243,13 @@ def _next_hihat_starts(notes: list[Note], starts: list[int]) -> list[int | None]
     return result
 
 
-@functools.lru_cache(maxsize=4)
 def shared_bank(soundfont_path: str) -> SoundBank:
-    """One bank per SoundFont per process: Ray workers reuse one-shots across tasks."""
+    """One bank per SoundFont (and cache folder) per process: Ray workers reuse one-shots
+    across tasks, and across processes through the cache folder."""
+    return _bank(soundfont_path, cache_folder())
+
+
+@functools.lru_cache(maxsize=4)
+def _bank(soundfont_path: str, cache_dir: str | None) -> SoundBank:
     with open(soundfont_path, "rb") as f:
-        return SoundBank(f.read())
+        return SoundBank(f.read(), cache_dir)

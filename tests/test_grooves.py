@@ -12,7 +12,9 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
+import tempfile
 
 import numpy as np
 import pretty_midi
@@ -24,6 +26,10 @@ from conftest import DATA
 from cycledrums_cli import main
 from pipelines.groove_bass import KICKS, merged_times
 from pipelines.grooves import GroovesConfig, GroovesError, read_info, select
+
+# The sound bank's disk cache goes to a temp folder, not ~/.cache (set at import, before the
+# session's Ray starts, so its workers inherit it).
+os.environ["CYCLEDRUMS_SOUNDBANK_CACHE"] = tempfile.mkdtemp(prefix="cycledrums-soundbank-")
 
 GROOVE = DATA / "groove"
 GOOD = {  # track -> output split (the dataset's validation take goes to test)
@@ -217,6 +223,29 @@ def test_one_shot_rendering_matches_a_full_midirenderer_render():
     env_ours = np.sqrt((ours[:n].reshape(-1, 441) ** 2).mean(axis=1))
     assert np.corrcoef(env_full, env_ours)[0, 1] > 0.98
     assert np.sum(env_ours ** 2) == pytest.approx(np.sum(env_full ** 2), rel=0.1)
+
+
+def test_one_shots_cached_on_disk_are_the_rendered_ones(tmp_path):
+    from pipelines.soundbank import NoteKey, SoundBank, default_soundfont_path, drum_note
+
+    with open(default_soundfont_path(), "rb") as f:
+        soundfont = f.read()
+    keys = [NoteKey(True, 0, 38, 100, 0.1), NoteKey(False, 33, 40, 96, 0.4), drum_note(0.0, 42, 57, 0.1).key]
+    fresh = SoundBank(soundfont, str(tmp_path))
+    fresh.ensure(keys)
+    assert fresh.rendered_seconds > 0 and len(list(tmp_path.rglob("*.npy"))) == 3
+    again = SoundBank(soundfont, str(tmp_path))
+    again.ensure(keys)
+    assert again.rendered_seconds == 0  # loaded, not rendered
+    for key in keys:
+        assert again.shots[key].dtype == np.float32
+        assert np.array_equal(again.shots[key], fresh.shots[key])
+    # A damaged cache file is rendered again, not trusted.
+    next(tmp_path.rglob("*.npy")).write_bytes(b"garbage")
+    third = SoundBank(soundfont, str(tmp_path))
+    third.ensure(keys)
+    assert 0 < third.rendered_seconds < fresh.rendered_seconds
+    assert all(np.array_equal(third.shots[k], fresh.shots[k]) for k in keys)
 
 
 def test_selection_by_style_split_and_count_is_seeded():
