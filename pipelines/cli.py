@@ -73,6 +73,8 @@ def _register_grooves(sub) -> None:
                    help="comma-separated dataset splits to render (default: train,validation,test)")
     p.add_argument("--min-seconds", type=float, default=8.0,
                    help="skip performances shorter than this (default: 8; one training window is 5.9 s)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="keep only the first this many seconds of each take (default: whole takes)")
     p.add_argument("--include-fills", action="store_true", help="also render the short 'fill' takes")
     p.add_argument("--soundfont", default=None,
                    help="General MIDI .sf2 file (default: the TimGM6mb.sf2 that pretty_midi ships)")
@@ -95,7 +97,8 @@ def _run_grooves(args) -> int:
     cfg = GroovesConfig(
         groove_dir=args.groove_dir, out=args.out, max_tracks=args.max_tracks,
         styles=_split_list(args.styles), splits=_split_list(args.splits) or [],
-        seed=args.seed, min_seconds=args.min_seconds, include_fills=args.include_fills,
+        seed=args.seed, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+        include_fills=args.include_fills,
         soundfont=args.soundfont, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
     )
     try:

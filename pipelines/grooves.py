@@ -68,6 +68,7 @@ class GroovesConfig:
     splits: list[str] = field(default_factory=lambda: list(DATASET_SPLITS))
     seed: int = 0
     min_seconds: float = 8.0
+    max_seconds: float | None = None  # keep only the first this many seconds of each take
     include_fills: bool = False
     soundfont: str | None = None  # None: pretty_midi's TimGM6mb.sf2
     s3_endpoint_url: str | None = None
@@ -114,6 +115,8 @@ def select(rows: list[dict], cfg: GroovesConfig) -> list[dict]:
     _check_choice("split(s)", cfg.splits, set(DATASET_SPLITS))
     if cfg.max_tracks is not None and cfg.max_tracks < 1:
         raise GroovesError(f"--max-tracks must be at least 1, got {cfg.max_tracks}")
+    if cfg.max_seconds is not None and cfg.max_seconds < 1:
+        raise GroovesError(f"--max-seconds must be at least 1, got {cfg.max_seconds}")
     picked = []
     for r in rows:
         if not cfg.include_fills and r["beat_type"] != "beat":
@@ -124,7 +127,7 @@ def select(rows: list[dict], cfg: GroovesConfig) -> list[dict]:
             continue
         if r["split"] not in cfg.splits:
             continue
-        picked.append(_job_row(r, cfg.seed))
+        picked.append(dict(_job_row(r, cfg.seed), max_seconds=cfg.max_seconds))
     picked.sort(key=lambda j: j["track"])
     if cfg.max_tracks is not None and cfg.max_tracks < len(picked):
         picked = _sample(picked, cfg.max_tracks, cfg.seed)
@@ -253,6 +256,9 @@ def render_performance(data: bytes, job: dict, soundfont_path: str | None = None
     from pipelines.soundbank import default_soundfont_path, shared_bank
 
     notes, tempo, end = read_drums(data, job["midi"])
+    if job.get("max_seconds"):
+        end = min(end, job["max_seconds"])
+        notes = [n for n in notes if n.start < end]
     bpm = tempo or job["bpm"]
     num_samples = int(round(end * SAMPLE_RATE))
     hits, kick_velocity = _hits(notes)

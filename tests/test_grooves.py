@@ -308,3 +308,26 @@ def test_s3_in_and_out(s3_endpoint, s3_bucket):
                                                                      ("bass", "drums", "mixture")]
     drums = s3.get_object(Bucket=s3_bucket, Key=f"{track}/drums.wav")["Body"].read()
     assert sf.info(io.BytesIO(drums)).samplerate == 44100
+
+
+def test_max_seconds_keeps_the_start_of_each_take(tmp_path):
+    assert main(["grooves", str(GROOVE), str(tmp_path / "c"), "--styles", "funk", "--max-seconds", "4",
+                 "--in-process"]) == 0
+    folder = tmp_path / "c" / "train" / "drummer7-session2-77_funk_100_beat_4-4"
+    for stem in ("bass", "drums", "mixture"):
+        assert sf.info(folder / f"{stem}.wav").frames == 4 * 44100
+    assert main(["grooves", str(GROOVE), str(tmp_path / "d"), "--max-seconds", "0.5"]) == 2
+
+
+def test_demo_takes_grooves_as_its_data():
+    from cluster.demo import DemoError, DemoOptions
+    from cycledrums_cli import build_parser
+
+    def options(*argv):
+        return DemoOptions.from_args(build_parser().parse_args(["demo", "out", *argv]))
+
+    assert options().data == "synth"  # the default stays
+    chosen = options("--quick", "--data", "grooves", "--groove-dir", str(GROOVE))
+    assert (chosen.data, chosen.groove_dir) == ("grooves", str(GROOVE))
+    with pytest.raises(DemoError, match="--groove-dir"):
+        options("--data", "grooves")
