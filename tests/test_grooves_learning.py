@@ -60,7 +60,7 @@ def generate(generator: torch.nn.Module, bass: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(2400)  # 25 min on the shared 2-core machine at load average ~35
 def test_training_on_grooves_improves_onset_agreement(tmp_path, ray_local):
     from train.trainer import train
 
