@@ -190,6 +190,11 @@ def _register_demo(sub) -> None:
                    help="tiny data, model and run, for tests: the code paths run, nothing is learnt "
                         "(default: off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic songs (default: 0)")
+    p.add_argument("--data", choices=("synth", "grooves"), default="synth",
+                   help="training data: 'synth' (built-in songs) or 'grooves' (human-played Groove MIDI "
+                        "takes, their first --seconds; needs --groove-dir) (default: synth)")
+    p.add_argument("--groove-dir", default=None,
+                   help="with --data grooves: the Groove MIDI Dataset folder (with info.csv)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started "
                         "for the demo)")

@@ -37,6 +37,8 @@ class DemoOptions:
     address: str | None = None
     force: bool = False
     quick: bool = False
+    data: str = "synth"  # or "grooves": Groove MIDI takes from groove_dir (cycledrums grooves)
+    groove_dir: str | None = None
     # model width and depth: small enough to learn something in minutes on two cores
     ngf: int = 16
     ndf: int = 16
@@ -46,7 +48,8 @@ class DemoOptions:
     @classmethod
     def from_args(cls, args) -> "DemoOptions":
         opts = cls(out=Path(args.out), seed=args.seed, address=args.address, force=args.force,
-                   quick=args.quick)
+                   quick=args.quick, data=getattr(args, "data", "synth"),
+                   groove_dir=getattr(args, "groove_dir", None))
         if args.quick:  # tiny everything: the code paths run, nothing is learnt
             opts.tracks, opts.seconds, opts.train_minutes, opts.max_steps = 6, 10.0, None, 4
             opts.num_workers, opts.ngf, opts.ndf, opts.n_blocks = 1, 8, 8, 2
@@ -75,6 +78,8 @@ class DemoOptions:
             raise DemoError("--train-minutes must be positive")
         if self.num_workers < 1:
             raise DemoError("--num-workers must be at least 1")
+        if self.data == "grooves" and not self.groove_dir:
+            raise DemoError("--data grooves needs --groove-dir (a Groove MIDI folder with info.csv)")
 
 
 @dataclass
@@ -114,8 +119,12 @@ def run_demo(opts: DemoOptions) -> dict:
     steps = StepLog()
     init_ray(opts.address)
 
-    steps.run("synth", ["synth", str(paths["data"]), "--tracks", str(opts.tracks),
-                        "--seconds", f"{opts.seconds:g}", "--seed", str(opts.seed)])
+    if opts.data == "grooves":  # the first --seconds of --tracks takes, train/test kept
+        steps.run("grooves", ["grooves", opts.groove_dir, str(paths["data"]), "--max-tracks",
+                              str(opts.tracks), "--max-seconds", f"{opts.seconds:g}", "--seed", str(opts.seed)])
+    else:
+        steps.run("synth", ["synth", str(paths["data"]), "--tracks", str(opts.tracks),
+                            "--seconds", f"{opts.seconds:g}", "--seed", str(opts.seed)])
     steps.run("prepare", ["prepare", str(paths["data"]), str(paths["windows"])])
     train_steps = _train(steps, opts, paths["windows"], paths["run"])
     test_songs = paths["data"] / "test"  # musdb layout: generate uses the <song>/bass.* files

@@ -1,4 +1,5 @@
-"""Subcommands of the data side: synth (built-in data), roundtrip (codec check), prepare."""
+"""Subcommands of the data side: synth (built-in data), grooves (Groove MIDI corpus), roundtrip
+(codec check), prepare."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ from cycledrums_cli import add_job_options
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_synth(sub)
+    _register_grooves(sub)
     _register_roundtrip(sub)
     _register_prepare(sub)
 
@@ -43,6 +45,70 @@ def _run_synth(args) -> int:
     n_test = sum(p.split == "test" for p in plans)
     print(f"wrote {len(plans)} tracks ({len(plans) - n_test} train, {n_test} test) "
           f"of {args.seconds:g} s to {args.out}")
+    return 0
+
+
+def _register_grooves(sub) -> None:
+    p = sub.add_parser(
+        "grooves",
+        help="render the Groove MIDI Dataset to a multitrack corpus of human-played drums + bass (Ray Data)",
+        description="Render performances of the Groove MIDI Dataset (GROOVE_DIR: its folder with "
+        "info.csv and the drummer*/ MIDI files, local or s3://) to OUT in the musdb18-HQ layout: "
+        "OUT/<split>/<track>/{mixture,bass,drums}.wav (44.1 kHz stereo, 16-bit). Drums: the "
+        "performance rendered with a General MIDI SoundFont (pretty_midi's TimGM6mb by default). "
+        "Bass: a part composed for the performance, starting on its kicks (the drummer's timing "
+        "kept) and, by style, some snares or off-beats, on a seeded chord progression. Takes: long "
+        "'beat' performances (no fills) of at least --min-seconds. The dataset's split is kept; its "
+        "validation set is written as test. Also writes OUT/grooves.json (style, bpm, drummer, split "
+        "per track) and OUT/_errors.csv (unreadable or empty MIDI files; the job goes on). One Ray "
+        "task per performance. The same seed gives the same files.",
+    )
+    p.add_argument("groove_dir", metavar="GROOVE_DIR", help="Groove MIDI folder (with info.csv) or s3:// prefix")
+    p.add_argument("out", metavar="OUT", help="output folder or s3:// prefix (created if missing)")
+    p.add_argument("--max-tracks", type=int, default=None,
+                   help="render a seeded sample of this many performances, train/test proportions "
+                   "kept (default: all selected)")
+    p.add_argument("--styles", default=None,
+                   help="comma-separated top-level styles to keep, e.g. 'rock,funk' (default: all)")
+    p.add_argument("--splits", default="train,validation,test",
+                   help="comma-separated dataset splits to render (default: train,validation,test)")
+    p.add_argument("--min-seconds", type=float, default=8.0,
+                   help="skip performances shorter than this (default: 8; one training window is 5.9 s)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="keep only the first this many seconds of each take (default: whole takes)")
+    p.add_argument("--include-fills", action="store_true", help="also render the short 'fill' takes")
+    p.add_argument("--soundfont", default=None,
+                   help="General MIDI .sf2 file (default: the TimGM6mb.sf2 that pretty_midi ships)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the sample and the bass parts (default: 0)")
+    p.add_argument("--in-process", action="store_true",
+                   help="render in this process instead of Ray tasks (small corpora, debugging)")
+    add_job_options(p)
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_run_grooves)
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _run_grooves(args) -> int:
+    from cycledrums_cli import CliError
+    from pipelines.grooves import GroovesConfig, GroovesError, format_summary, run_grooves
+
+    cfg = GroovesConfig(
+        groove_dir=args.groove_dir, out=args.out, max_tracks=args.max_tracks,
+        styles=_split_list(args.styles), splits=_split_list(args.splits) or [],
+        seed=args.seed, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+        include_fills=args.include_fills,
+        soundfont=args.soundfont, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+    )
+    try:
+        summary = run_grooves(cfg, in_process=args.in_process)
+    except GroovesError as err:
+        raise CliError(str(err)) from err
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    if summary["tracks_ok"] == 0:
+        raise CliError("no track was written (every selected performance failed; see _errors.csv)")
     return 0
 
 
