@@ -475,7 +475,7 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
     import pandas as pd
     import pyarrow as pa
 
-    from infer.density import centred_svd, fit_gaussian, frechet_distance
+    from infer.density import centred_svd, fit_gaussian, frechet_record
     from infer.runtime import write_table
 
     cols = collected.columns
@@ -493,15 +493,15 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
                           "generated": gen["generated"].astype(str)})
     features = pd.DataFrame(gen["features"], columns=mel_feature_names(params.n_mels))
     table = pd.concat([table, features], axis=1)
-    frechet: dict[str, dict[str, float | None]] = {s.label: {} for s in sets}
+    frechet: dict[str, dict[str, dict]] = {s.label: {} for s in sets}
     for layer in LAYERS:
         real_acts = real[f"act_{layer}"].astype(np.float64)
-        svd = centred_svd(real_acts)  # shared by the Gaussian and every set's distance
-        gaussian = fit_gaussian(real_acts, svd)
+        gaussian = fit_gaussian(real_acts, centred_svd(real_acts))
         table[f"density_{layer}"] = gaussian.log_likelihood(gen[f"act_{layer}"]) if len(table) else []
+        real_fits = {gaussian.covariance: gaussian}  # shared by every set's distance
         for s in sets:
             acts = gen[f"act_{layer}"][gen["set"] == s.label]
-            frechet[s.label][layer] = (frechet_distance(real_acts, acts, svd) if len(acts) >= 2 else None)
+            frechet[s.label][layer] = frechet_record(real_acts, acts, real_fits)
     table["seconds_features"] = gen["seconds_features"]
     table["seconds_inception"] = gen["seconds_inception"]
 
