@@ -1,7 +1,8 @@
 """The sanity ladder of every score metric on real stems (the Lithium excerpt) and on synth songs.
 
 Cuts each source into clips (<clip>/drums.wav + bass.wav), runs `cycledrums score`
-with its baselines (the true drums also stand as the scored set), and prints the
+with its baselines (the true drums also stand as the scored set; clips are <song>/cNN, so the other-clip
+baseline pairs clips of the same song), and prints the
 ladder table from summary.json: per metric, the baseline sets' means (level_diff_db
 as -|dB|) in ladder order, the per-clip win rates of the rungs (true > other clip,
 other clip > noise, > silence, > bass copy) and the verdict.
@@ -30,7 +31,7 @@ def write_clips(drums: np.ndarray, bass: np.ndarray, root: Path, clip_seconds: f
     n = int(clip_seconds * RATE)
     count = min(len(drums), len(bass)) // n
     for k in range(count):
-        folder = root / f"{prefix}{k:02d}"
+        folder = root / prefix / f"c{k:02d}"
         folder.mkdir(parents=True, exist_ok=True)
         sf.write(folder / "drums.wav", drums[k * n:(k + 1) * n], RATE, subtype="FLOAT")
         sf.write(folder / "bass.wav", bass[k * n:(k + 1) * n], RATE, subtype="FLOAT")
@@ -44,7 +45,7 @@ def mono(path: Path) -> np.ndarray:
 
 
 def lithium_clips(root: Path, clip_seconds: float) -> Path:
-    write_clips(mono(DATA / "lithium_drums_31s.ogg"), mono(DATA / "lithium_bass_31s.ogg"), root, clip_seconds, "li")
+    write_clips(mono(DATA / "lithium_drums_31s.ogg"), mono(DATA / "lithium_bass_31s.ogg"), root, clip_seconds, "lithium")
     return root
 
 
@@ -54,7 +55,7 @@ def synth_clips(root: Path, clip_seconds: float, tracks: int, seconds: float) ->
     songs = root.parent / "synth_songs"
     write_dataset(songs, tracks=tracks, seconds=seconds, seed=0)
     for i, folder in enumerate(sorted(p.parent for p in songs.glob("*/*/drums.wav"))):
-        write_clips(mono(folder / "drums.wav"), mono(folder / "bass.wav"), root, clip_seconds, f"s{i}-")
+        write_clips(mono(folder / "drums.wav"), mono(folder / "bass.wav"), root, clip_seconds, f"song{i}")
     return root
 
 
@@ -63,8 +64,10 @@ def ladder(reference: Path, out: Path, weights: str) -> dict:
 
     truth = out.parent / (out.name + "_truth")
     truth.mkdir(parents=True)
-    for folder in sorted(reference.iterdir()):
-        (truth / f"{folder.name}.wav").write_bytes((folder / "drums.wav").read_bytes())
+    for drums in sorted(reference.glob("*/*/drums.wav")):
+        clip = drums.parent.relative_to(reference)
+        (truth / clip.parent).mkdir(parents=True, exist_ok=True)
+        (truth / f"{clip}.wav").write_bytes(drums.read_bytes())
     rc = main(["score", f"truth={truth}", str(reference), str(out), "--inception-weights", weights,
                "--baselines", "--batch-size", "16"])
     if rc != 0:

@@ -4,7 +4,9 @@ For every usable reference clip (with --baselines, the default when the referenc
 2 or more clips):
   true-drums    the true drums themselves: the ceiling of every metric;
   other-clip    the true drums of ANOTHER reference clip (real drums, wrong part): a
-                seeded derangement of the reference clips, so no clip is its own partner;
+                seeded derangement of the reference clips, so no clip is its own partner,
+                within each song where it can be (clips in the same folder, or windows of
+                the same track): same kit and tempo, another part;
   bass-copy     the bass itself, as if a model had copied its input (when the reference
                 has the bass);
   shaped-noise  noise with the true drums' long-term spectrum: per mel bin and frame,
@@ -37,6 +39,32 @@ def derangement(n: int, seed: int) -> np.ndarray:
     order = np.random.default_rng(seed).permutation(n)
     partner = np.empty(n, dtype=int)
     partner[order] = np.roll(order, -1)
+    return partner
+
+
+def song_derangement(clip_ids: list[str], seed: int) -> np.ndarray:
+    """[n] partner index of each clip, never itself: another clip of the same song (folder) when it has one.
+
+    Songs with a single clip are deranged among themselves; a last lone clip gets any other clip.
+    """
+    n = len(clip_ids)
+    if n < 2:
+        raise ValueError("a derangement needs at least 2 clips")
+    songs: dict[str, list[int]] = {}
+    for i, clip_id in enumerate(clip_ids):
+        songs.setdefault(clip_id.rsplit("/", 1)[0] if "/" in clip_id else "", []).append(i)
+    partner = np.full(n, -1)
+    lone = []
+    for song, members in sorted(songs.items()):
+        if len(members) >= 2:
+            partner[members] = np.array(members)[derangement(len(members), stable_seed(seed, song))]
+        else:
+            lone += members
+    if len(lone) >= 2:
+        partner[lone] = np.array(lone)[derangement(len(lone), stable_seed(seed, "lone"))]
+    elif lone:
+        others = [j for j in range(n) if j != lone[0]]
+        partner[lone[0]] = others[np.random.default_rng(seed).integers(len(others))]
     return partner
 
 

@@ -168,9 +168,9 @@ def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig):
                                          "seed": cfg.seed}, num_cpus=1)
     rows = [dict(r, other_id="", other_uri="") for r in reference.audio_rows]
     if cfg.baselines and len(rows) >= 2:  # the other-clip baseline: a seeded derangement of the clips
-        from infer.baselines import derangement
+        from infer.baselines import song_derangement
 
-        for row, j in zip(rows, derangement(len(rows), cfg.seed)):
+        for row, j in zip(rows, song_derangement([r["clip_id"] for r in rows], cfg.seed)):
             partner = reference.audio_rows[j]
             row.update(other_id=partner["clip_id"], other_uri=partner["drums_uri"])
     ds = ray.data.from_items(rows)

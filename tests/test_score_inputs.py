@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from infer.baselines import BASS, NOISE, OTHER, SILENCE, TRUE, baseline_images, derangement, shaped_noise_image
+from infer.baselines import (BASS, NOISE, OTHER, SILENCE, TRUE, baseline_images, derangement, shaped_noise_image,
+                             song_derangement)
 from infer.ladder import passing_metrics, sanity_ladder
 from infer.score_inputs import (GeneratedSet, ScoreError, attach_matches, load_generated_sets, load_reference,
                                 match_clip_ids)
@@ -69,6 +70,19 @@ def test_derangement_pairs_every_clip_with_another_reproducibly():
     assert not np.array_equal(derangement(50, 1), derangement(50, 2))
     with pytest.raises(ValueError):
         derangement(1, 0)
+
+
+def test_other_clip_partners_come_from_the_same_song_when_it_has_other_clips():
+    ids = ["a/w0", "a/w1", "a/w2", "b/w0", "b/w1", "c/w0", "d/w0", "e/w0"]
+    p = song_derangement(ids, seed=3)
+    assert np.all(p != np.arange(len(ids)))
+    for i, j in enumerate(p):
+        if ids[i][0] in "ab":
+            assert ids[j][0] == ids[i][0]       # same song
+        else:
+            assert ids[j][0] in "cde"           # the lone clips are paired among themselves
+    alone = song_derangement(["a/w0", "a/w1", "z"], seed=0)
+    assert alone[2] in (0, 1) and set(alone[:2]) == {0, 1}
 
 
 def test_shaped_noise_has_the_drums_long_term_spectrum_and_baselines_are_complete():
