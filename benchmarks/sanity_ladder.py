@@ -45,7 +45,8 @@ def mono(path: Path) -> np.ndarray:
 
 
 def lithium_clips(root: Path, clip_seconds: float) -> Path:
-    write_clips(mono(DATA / "lithium_drums_31s.ogg"), mono(DATA / "lithium_bass_31s.ogg"), root, clip_seconds, "lithium")
+    drums, bass = mono(DATA / "lithium_drums_31s.ogg"), mono(DATA / "lithium_bass_31s.ogg")
+    write_clips(drums, bass, root, clip_seconds, "lithium")
     return root
 
 

@@ -46,7 +46,8 @@ not retrained).  Without either, only the objective features are reported.
 OUTPUT: clips.parquet + clips.csv (one row per generated clip: features, annotated
 grade and bucket, predicted bucket and its probabilities, seconds per stage),
 errors.parquet + errors.csv (clips that could not be scored, with the reason),
-summary.json, report.html + media/ (infer.html_report: listen, look, sort), buckets.png (predicted buckets per set, like the paper's figure 4),
+summary.json, report.html + media/ (infer.html_report: listen, look, sort),
+buckets.png (predicted buckets per set, like the paper's figure 4),
 grades.png (annotated grades, like figure 3), features.png.
 
 Modules: infer.score_inputs (options, inputs, matching, pre-flight checks, all
