@@ -100,6 +100,10 @@ def fit_gaussian(x: np.ndarray, svd=None, shrink: bool = True) -> Gaussian:
     emp_vars = s ** 2 / n                          # eigenvalues of the empirical (MLE) covariance
     mu = emp_vars.sum() / d
     delta = float(ledoit_wolf_shrinkage(x, assume_centered=False))
+    if delta == 0.0 and n <= d:
+        # From 2 samples Ledoit-Wolf's estimate of the covariance's sampling spread is 0 and
+        # it would not shrink a rank-1 covariance at all: take the isotropic mu * I instead.
+        delta = 1.0
     floor = max(delta * mu, 1e-12 * max(mu, 1e-300))  # keeps the inverse finite when delta is 0
     span_vars = np.maximum((1.0 - delta) * emp_vars + delta * mu, floor)
     return Gaussian(mean=mean, basis=vt, span_vars=span_vars, floor_var=floor, n=n, covariance=LEDOIT_WOLF)

@@ -76,17 +76,26 @@ def density_folds(clip_ids, seed: int) -> np.ndarray:
     return np.array([stable_seed(seed, "density-fold", c) % 2 for c in clip_ids], dtype=int)
 
 
+MIN_FOLD_CLIPS = 4
+
+
+def can_cross_fit(real_ids, seed: int) -> bool:
+    folds = density_folds(real_ids, seed)
+    return min((folds == 0).sum(), (folds == 1).sum()) >= MIN_FOLD_CLIPS
+
+
 def cross_fitted_density(real_acts: np.ndarray, real_ids, acts: np.ndarray, ref_ids, seed: int) -> np.ndarray:
     """Log-density per dimension of each row under the Gaussian of the real clips of the OTHER fold.
 
     A clip is never scored by a Gaussian fitted on its own reference clip: in-sample, the
     true drums (and anything close to them) would get an inflated density with few clips
-    in many dimensions.  With fewer than 2 real clips in a fold, one Gaussian of all.
+    in many dimensions.  With fewer than MIN_FOLD_CLIPS real clips in a fold, one Gaussian
+    of all of them (the summary says which: `density_cross_fitted`).
     """
     from infer.density import fit_gaussian
 
     real_fold = density_folds(real_ids, seed)
-    if min((real_fold == 0).sum(), (real_fold == 1).sum()) < 2:
+    if not can_cross_fit(real_ids, seed):
         return fit_gaussian(real_acts).log_likelihood(acts) if len(acts) else np.zeros(0)
     row_fold = density_folds(ref_ids, seed)
     out = np.zeros(len(acts))
@@ -176,7 +185,8 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
 
     summary = {
         "reference": {"uri": reference.uri, "kind": reference.kind, "clips": len(reference.clip_ids),
-                      "usable": int(real_ok.sum())},
+                      "usable": int(real_ok.sum()),
+                      "density_cross_fitted": can_cross_fit(cols["clip_id"][real_ok], cfg.seed)},
         "sets": {s.label: _set_summary(table, s.label, frechet[s.label], errors, uri=s.uri, clips=len(s.clips),
                                        matched=len(s.matches))
                  for s in sets},

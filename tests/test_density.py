@@ -79,3 +79,13 @@ def test_gaussian_density_prefers_samples_like_the_real_ones_and_matches_scipy()
         lw = LedoitWolf().fit(real)
         expected = multivariate_normal(lw.location_, lw.covariance_).logpdf(gen) / d
         np.testing.assert_allclose(fit_gaussian(real).log_likelihood(gen), expected, rtol=1e-6)
+
+
+def test_two_clips_still_give_a_usable_density():
+    """Ledoit-Wolf does not shrink at all from 2 samples; the isotropic fallback keeps densities sane."""
+    rng = np.random.default_rng(4)
+    two = rng.standard_normal((2, 100)) * 5 + 50
+    g = fit_gaussian(two)
+    near = g.log_likelihood(two + rng.standard_normal((2, 100)))
+    far = g.log_likelihood(two + 30 * rng.standard_normal((2, 100)))
+    assert np.all(np.abs(near) < 10) and np.all(near > far)
