@@ -81,7 +81,7 @@ MIN_FOLD_CLIPS = 4
 
 def can_cross_fit(real_ids, seed: int) -> bool:
     folds = density_folds(real_ids, seed)
-    return min((folds == 0).sum(), (folds == 1).sum()) >= MIN_FOLD_CLIPS
+    return bool(min((folds == 0).sum(), (folds == 1).sum()) >= MIN_FOLD_CLIPS)
 
 
 def cross_fitted_density(real_acts: np.ndarray, real_ids, acts: np.ndarray, ref_ids, seed: int) -> np.ndarray:
