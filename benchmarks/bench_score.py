@@ -62,7 +62,7 @@ def write_clips(root: Path, n: int, seconds: float) -> tuple[Path, Path]:
 def baseline(gen: Path, ref: Path, weights: str) -> dict:
     """Features and Inception activations of every clip, in this process, no Ray."""
     from infer.inception import InceptionFeatures, clip_activations, load_state_dict
-    from infer.score import clip_features, load_mel_image
+    from infer.score_stages import clip_features, load_mel_image
 
     params = MelParams()
     net = InceptionFeatures(load_state_dict(weights))
@@ -85,7 +85,7 @@ def ray_job(gen: Path, ref: Path, out: Path, weights: str, batch_size: int) -> t
     from infer.score import ScoreConfig, run_score
 
     summary = run_score(ScoreConfig(generated=[str(gen)], reference=str(ref), output=str(out),
-                                    inception_weights=weights, batch_size=batch_size))
+                                    inception_weights=weights, batch_size=batch_size, baselines=False))
     return summary, pd.read_parquet(out / "clips.parquet")
 
 

@@ -234,6 +234,7 @@ def collect_results(paths: dict[str, Path]) -> dict[str, list[str]]:
 
     gen, scores, run, windows = paths["generated"], paths["scores"], paths["run"], paths["windows"]
     return {
+        "report": found((scores, "report.html")),
         "audio": found((gen, "*/mix.wav"), (gen, "*/drums.wav")),
         "plots": found((scores, "*.png"), (gen, "*/drums_mel.png"), (run / "logs", "*.png")),
         "tables": found((windows, "_summary.json"), (windows, "_errors.csv"),
@@ -267,10 +268,11 @@ def format_summary(summary: dict) -> str:
     steps = ", ".join(f"{name} {_duration(s)}" for name, s in summary["step_seconds"].items())
     lines = [f"demo finished in {_duration(summary['wall_seconds'])} ({steps}); "
              f"{summary['train_steps']} training steps", f"outputs under {summary['out']}"]
-    titles = {"audio": "audio (generated drums, and mixed with the original bass)",
+    titles = {"report": "listening report (open in a browser)",
+              "audio": "audio (generated drums, and mixed with the original bass)",
               "plots": "plots", "tables": "tables"}
     for kind, title in titles.items():
-        files = summary["results"][kind]
+        files = summary["results"].get(kind, [])
         lines.append(f"{title}:" if files else f"{title}: none written")
         lines += [f"  {f}" for f in files]
     for label, values in summary["scores"].items():

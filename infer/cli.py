@@ -139,6 +139,17 @@ OUTPUT     folder (local or s3://) for clips.parquet/.csv (per clip: 256 STOI-li
            buckets.png / grades.png (like the paper's figures 4 / 3), features.png,
            and grader.joblib when a grader is trained.
 
+Clips match when their ids are equal, or when one is the other with leading
+folders removed ("track-1" matches "test/track-1"), if exactly one reference clip
+fits; a set with no matching clip at all is an error (exit 2).
+
+Baselines (--baselines): for every reference clip, the true drums, another clip's
+true drums (seeded pairing), the bass, noise with the drums' long-term spectrum and
+silence are scored as sets of their own (flagged baseline).  The sanity ladder in
+summary.json says, per metric, whether it ranks them true > other clip > noise /
+silence / bass (set means and per-clip win rates); the grader is trained only on
+the metrics that pass.
+
 Annotations CSV (--annotations): header clip_id,rater,quality,contamination,
 credibility,time[,set]; one row per clip and rater; the four grades are integers
 0-9 (9 best; contamination 9 = no contamination).  A clip's grade is the mean over
@@ -162,7 +173,14 @@ when several GENERATED sets share clip ids.""",
     p.add_argument("--batch-size", type=int, default=16, help="clips per Inception batch (default: 16)")
     p.add_argument("--grader-c", type=float, default=1.0,
                    help="inverse L2 regularisation strength of the logistic regression (default: 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the cross-validation folds, the other-clip pairing and the baseline noise "
+                        "(default: 0)")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
+                   help="score the baseline sets (true drums, another clip's drums, the bass, shaped noise, "
+                        "silence) and the sanity ladder (default: on when the reference has 2 or more clips)")
+    p.add_argument("--report-clips", type=int, default=24, metavar="N",
+                   help="clips per set shown in the report: the N worst, best and random ones (default: 24)")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_score)
@@ -172,17 +190,16 @@ def _run_score(args) -> int:
     from cycledrums_cli import CliError
 
     from infer.grader import AnnotationError
-    from infer.inception import WeightsNotFound
     from infer.score import ScoreConfig, ScoreError, run_score
 
     cfg = ScoreConfig(
         generated=[args.generated] + list(args.also), reference=args.reference, output=args.output,
         annotations=args.annotations, grader=args.grader, inception_weights=args.inception_weights,
-        batch_size=args.batch_size, grader_c=args.grader_c, seed=args.seed,
-        s3_endpoint_url=args.s3_endpoint_url, address=args.address)
+        batch_size=args.batch_size, grader_c=args.grader_c, seed=args.seed, baselines=args.baselines,
+        report_clips=args.report_clips, s3_endpoint_url=args.s3_endpoint_url, address=args.address)
     try:
         summary = run_score(cfg)
-    except (ScoreError, AnnotationError, WeightsNotFound) as err:
+    except (ScoreError, AnnotationError) as err:
         raise CliError(str(err)) from err
     if args.json:
         print(json.dumps(summary))
@@ -192,6 +209,9 @@ def _run_score(args) -> int:
         if "predicted_bucket_histogram" in s:
             line += f", predicted buckets (0-3/4-5/6-7/8-9) {s['predicted_bucket_histogram']}"
         print(line)
+    if summary.get("sanity_ladder"):
+        verdicts = ", ".join(f"{m} {'pass' if r['passes'] else 'FAIL'}" for m, r in summary["sanity_ladder"].items())
+        print(f"sanity ladder (true > other clip > noise/silence/bass): {verdicts}")
     g = summary["grader"]
     if g.get("cv_accuracy") is not None:
         print(f"grader: cross-validated accuracy {g['cv_accuracy']:.3f} on {g['trained_on']} clips "

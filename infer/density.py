@@ -1,19 +1,37 @@
 """Gaussian models of real-drum activations: per-clip density features and the set-level FID.
 
-The paper fits N(mu_r, Sigma_r) to real clips' Inception activations (as FID does)
-and uses the density of each generated clip under it as a feature.  With a few
-hundred real clips and 2048 dimensions the sample covariance is singular, so the
-covariance is Ledoit-Wolf shrunk (scikit-learn's shrinkage estimate):
-Sigma = (1 - delta) S + delta * mu * I, with S the empirical covariance and mu its
-mean eigenvalue.  The log-likelihood is reported per dimension (divided by d) so the
-layers' features have comparable scales.
+Everything is float64 (Inception activations arrive as float32; a stand-in network's
+activations can be large, and FID subtracts traces of similar size).
 
-The Fréchet distance uses the plain sample covariances, as FID does.
+Covariance estimates
+--------------------
+A Gaussian here is N(mean, V^T diag(span_vars) V + floor_var * (I - V^T V)): `span_vars`
+along the orthonormal rows of V (the data's span, from a thin SVD of the centred
+n x d activations), `floor_var` in every other direction.  Working in the span keeps
+the cost at O(n^2 d) instead of d x d eigendecompositions (d = 2048 for pool3).
 
-Both work in the span of the data (a thin SVD of the centred n x d activations)
-instead of on d x d matrices: exact, and with n << d (hundreds of clips, 2048
-dimensions) it avoids 2048 x 2048 eigendecompositions, which is what made the
-driver slow.
+  - "sample": the unbiased sample covariance (denominator n - 1), floor 0: the
+    textbook FID.  Used when every set has more clips than dimensions.
+  - "ledoit-wolf": scikit-learn's Ledoit-Wolf shrinkage of the empirical covariance,
+    (1 - delta) S + delta * mu * I, mu the mean eigenvalue of S.  Used when a set has
+    no more clips than dimensions: the sample covariance is then singular and its
+    FID is dominated by estimation noise; shrinkage gives a full-rank, better
+    conditioned estimate.  With many clips delta tends to 0 and this tends to the
+    sample covariance.
+The density feature of a clip always uses the Ledoit-Wolf Gaussian of the real clips
+(a log-density needs a full-rank covariance); it is reported per dimension (divided
+by d) so the layers' features have comparable scales.
+
+Fréchet distance
+----------------
+FD = |mu_1 - mu_2|^2 + Tr S_1 + Tr S_2 - 2 Tr (S_1^1/2 S_2 S_1^1/2)^1/2.
+Both covariances are identity-times-floor outside the union W of their two spans, so
+the last trace is computed exactly in W (an orthonormal basis from a QR of the two
+bases: at most n_1 + n_2 dimensions) plus (d - dim W) sqrt(floor_1 floor_2).  In W
+the square roots of the symmetric PSD matrices come from `scipy.linalg.eigh`
+(eigenvalues clipped at 0: rounding can make tiny ones negative), and the trace is
+the sum of the singular values of S_1^1/2 S_2^1/2.  So FD(X, X) is 0 up to rounding
+(~1e-12 of Tr S), FD is symmetric, and it equals `scipy.linalg.sqrtm`'s on full matrices.
 """
 from __future__ import annotations
 
@@ -21,9 +39,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+SAMPLE = "sample"
+LEDOIT_WOLF = "ledoit-wolf"
+
 
 def centred_svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean [d], singular values [k], right singular vectors [k, d]) of the centred data."""
+    x = np.asarray(x, np.float64)
     mean = x.mean(axis=0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
     return mean, s, vt
@@ -37,13 +59,20 @@ class Gaussian:
     basis: np.ndarray       # [k, d] orthonormal rows spanning the data
     span_vars: np.ndarray   # [k] variances along the basis
     floor_var: float        # variance in every other direction
+    n: int = 0              # clips it was fitted on
+    covariance: str = LEDOIT_WOLF
 
     @property
     def dim(self) -> int:
         return len(self.mean)
 
+    def trace(self) -> float:
+        return float(self.span_vars.sum() + (self.dim - len(self.span_vars)) * self.floor_var)
+
     def log_likelihood(self, x: np.ndarray) -> np.ndarray:
-        """[n, d] -> [n] log density per dimension (natural log)."""
+        """[n, d] -> [n] log density per dimension (natural log); needs floor_var > 0."""
+        if self.floor_var <= 0:
+            raise ValueError("a log-density needs a full-rank covariance (fit with shrink=True)")
         z = np.asarray(x, np.float64) - self.mean
         along = z @ self.basis.T                                   # [n, k]
         off = np.maximum((z ** 2).sum(axis=1) - (along ** 2).sum(axis=1), 0.0)
@@ -54,8 +83,8 @@ class Gaussian:
         return ll / self.dim
 
 
-def fit_gaussian(x: np.ndarray, svd=None) -> Gaussian:
-    """Fit a Gaussian with a Ledoit-Wolf shrunk covariance to [n, d] samples (n >= 2).
+def fit_gaussian(x: np.ndarray, svd=None, shrink: bool = True) -> Gaussian:
+    """Fit a Gaussian to [n, d] samples (n >= 2): Ledoit-Wolf shrunk, or the plain sample covariance.
 
     `svd`: `centred_svd(x)` when the caller has it already (it is the expensive part).
     """
@@ -63,35 +92,99 @@ def fit_gaussian(x: np.ndarray, svd=None) -> Gaussian:
 
     x = np.asarray(x, np.float64)
     if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"need at least 2 real clips to fit a Gaussian, got {len(x)}")
+        raise ValueError(f"need at least 2 clips to fit a Gaussian, got {len(x)}")
     n, d = x.shape
     mean, s, vt = svd if svd is not None else centred_svd(x)
+    if not shrink:
+        return Gaussian(mean=mean, basis=vt, span_vars=s ** 2 / (n - 1), floor_var=0.0, n=n, covariance=SAMPLE)
     emp_vars = s ** 2 / n                          # eigenvalues of the empirical (MLE) covariance
     mu = emp_vars.sum() / d
     delta = float(ledoit_wolf_shrinkage(x, assume_centered=False))
-    floor = max(delta * mu, 1e-12 * max(mu, 1e-12))  # keeps the inverse finite when delta is 0
+    if delta == 0.0 and n <= d:
+        # From 2 samples Ledoit-Wolf's estimate of the covariance's sampling spread is 0 and
+        # it would not shrink a rank-1 covariance at all: take the isotropic mu * I instead.
+        delta = 1.0
+    floor = max(delta * mu, 1e-12 * max(mu, 1e-300))  # keeps the inverse finite when delta is 0
     span_vars = np.maximum((1.0 - delta) * emp_vars + delta * mu, floor)
-    return Gaussian(mean=mean, basis=vt, span_vars=span_vars, floor_var=floor)
+    return Gaussian(mean=mean, basis=vt, span_vars=span_vars, floor_var=floor, n=n, covariance=LEDOIT_WOLF)
 
 
-def frechet_distance(real: np.ndarray, generated: np.ndarray, real_svd=None) -> float:
-    """FID between two [n, d] activation sets: |mu_r - mu_g|^2 + Tr(S_r + S_g - 2 (S_r S_g)^1/2).
+def covariance_method(n_clips: list[int], dims: int) -> str:
+    """'sample' when every set has more clips than dimensions, else 'ledoit-wolf' (see the module doc)."""
+    return SAMPLE if min(n_clips) > dims else LEDOIT_WOLF
 
-    With S_r = V^T diag(l) V (thin SVD), the non-zero eigenvalues of
-    S_r^1/2 S_g S_r^1/2 are those of the small matrix diag(l)^1/2 (V S_g V^T) diag(l)^1/2.
+
+def _restricted(g: Gaussian, q: np.ndarray) -> np.ndarray:
+    """The covariance of `g` in the orthonormal basis `q` [d, m] (a subspace containing g's span)."""
+    p = g.basis @ q                                                 # [k, m]
+    cov = (p.T * (g.span_vars - g.floor_var)) @ p
+    cov[np.diag_indices_from(cov)] += g.floor_var
+    return (cov + cov.T) / 2.0
+
+
+def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
+    from scipy.linalg import eigh
+
+    w, v = eigh(a)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def trace_sqrt_product(g1: Gaussian, g2: Gaussian) -> float:
+    """Tr (S_1^1/2 S_2 S_1^1/2)^1/2, exactly, in the union of the two spans (see the module doc).
+
+    It is the sum of the singular values of S_1^1/2 S_2^1/2 (that product times its
+    transpose is S_1^1/2 S_2 S_1^1/2): singular values carry an error of about
+    eps * |S|, where the eigenvalues' square roots would carry sqrt(eps) * |S|.
     """
+    from scipy.linalg import svdvals
+
+    d = g1.dim
+    stacked = np.concatenate([g1.basis, g2.basis]).T                # [d, k1 + k2]
+    if stacked.shape[1] >= d:
+        q = np.eye(d)
+    else:
+        q, _ = np.linalg.qr(stacked)                                # orthonormal, spans both
+    m = q.shape[1]
+    product = _sqrtm_psd(_restricted(g1, q)) @ _sqrtm_psd(_restricted(g2, q))
+    outside = (d - m) * np.sqrt(g1.floor_var * g2.floor_var)
+    return float(svdvals(product).sum() + outside)
+
+
+def gaussian_frechet(g1: Gaussian, g2: Gaussian) -> float:
+    """The Fréchet distance between two Gaussians (>= 0)."""
+    if g1.dim != g2.dim:
+        raise ValueError(f"dimensions differ: {g1.dim} vs {g2.dim}")
+    value = ((g1.mean - g2.mean) ** 2).sum() + g1.trace() + g2.trace() - 2.0 * trace_sqrt_product(g1, g2)
+    return float(max(value, 0.0))
+
+
+def frechet_distance(real: np.ndarray, generated: np.ndarray, covariance: str | None = None) -> float:
+    """FID between two [n, d] activation sets; `covariance` 'sample' / 'ledoit-wolf' / None (automatic)."""
     real = np.asarray(real, np.float64)
     generated = np.asarray(generated, np.float64)
     if len(real) < 2 or len(generated) < 2:
         raise ValueError("the Fréchet distance needs at least 2 clips on each side")
-    mu_r, s_r, v_r = real_svd if real_svd is not None else centred_svd(real)
-    mu_g, s_g, _ = centred_svd(generated)
-    var_r = s_r ** 2 / (len(real) - 1)
-    trace_g = (s_g ** 2).sum() / (len(generated) - 1)
-    projected = (generated - mu_g) @ v_r.T                      # [n_g, k]
-    inner = projected.T @ projected / (len(generated) - 1)      # V S_g V^T
-    root = np.sqrt(var_r)
-    cross = np.linalg.eigvalsh(root[:, None] * inner * root[None, :])
-    trace_sqrt = np.sqrt(np.clip(cross, 0.0, None)).sum()
-    value = ((mu_r - mu_g) ** 2).sum() + var_r.sum() + trace_g - 2.0 * trace_sqrt
-    return float(max(value, 0.0))
+    covariance = covariance or covariance_method([len(real), len(generated)], real.shape[1])
+    shrink = covariance == LEDOIT_WOLF
+    return gaussian_frechet(fit_gaussian(real, shrink=shrink), fit_gaussian(generated, shrink=shrink))
+
+
+def frechet_record(real: np.ndarray, generated: np.ndarray, real_fits: dict | None = None) -> dict:
+    """The distance with what it rests on: {value, clips, reference_clips, dims, covariance}.
+
+    `real_fits`: a cache {covariance: Gaussian of `real`} shared by the sets scored against it.
+    """
+    real = np.asarray(real, np.float64)
+    generated = np.asarray(generated, np.float64)
+    d = real.shape[1]
+    record = {"value": None, "clips": int(len(generated)), "reference_clips": int(len(real)), "dims": int(d),
+              "covariance": None}
+    if len(real) < 2 or len(generated) < 2:
+        return record
+    method = covariance_method([len(real), len(generated)], d)
+    cache = real_fits if real_fits is not None else {}
+    if method not in cache:
+        cache[method] = fit_gaussian(real, shrink=method == LEDOIT_WOLF)
+    value = gaussian_frechet(cache[method], fit_gaussian(generated, shrink=method == LEDOIT_WOLF))
+    record.update(value=value, covariance=method)
+    return record

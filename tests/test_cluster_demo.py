@@ -37,6 +37,7 @@ def test_quick_demo_runs_every_step_and_lists_its_results(tmp_path):
     assert sorted(Path(p).parent.name for p in results["audio"] if p.endswith("mix.wav")) == test_songs
     assert any("/scores/" in p for p in results["plots"])  # score's figures
     assert {Path(p).name for p in results["tables"]} >= {"clips.csv", "manifest.csv", "_summary.json"}
+    assert [Path(p).name for p in results["report"]] == ["report.html"]  # score's listening report
     for path in results["audio"] + results["plots"] + results["tables"]:
         assert Path(path).is_file() and Path(path).stat().st_size > 0
         assert path in result.stdout  # the summary printed at the end names every file

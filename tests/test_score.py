@@ -11,7 +11,6 @@ import soundfile as sf
 import torch
 
 from infer import features as F
-from infer.density import fit_gaussian, frechet_distance
 from infer.grader import AnnotationError, grade_to_bucket, read_annotations
 from pipelines.mel import MelParams, audio_to_image
 
@@ -67,19 +66,28 @@ def test_stoi_noise_is_about_zero_and_constant_rows_are_zero_not_nan(lithium):
     assert F.stoi_mean(F.stoi_like(_db(silent), _db(silent)), _db(silent)) == 0.0
 
 
-def test_rhythm_features_reward_the_true_timing_and_never_nan(lithium):
+def test_rhythm_features_reward_the_true_timing_not_a_copy_of_the_bass_and_never_nan(lithium):
     drums, bass = lithium
     fps = RATE / PARAMS.hop_length
     true = F.rhythm_features(_db(drums), _db(drums), _db(bass), fps)
     shifted = F.rhythm_features(np.roll(_db(drums), 9, axis=1), _db(drums), _db(bass), fps)  # ~0.2 s late
+    copy = F.rhythm_features(_db(bass), _db(drums), _db(bass), fps)    # a "model" that copies its input
     assert true["rhythm_true_onsets"] == pytest.approx(1.0)
+    assert true["rhythm_pattern"] == pytest.approx(1.0)
     assert shifted["rhythm_true_onsets"] < 0.5
-    assert true["rhythm_bass_onsets"] > shifted["rhythm_bass_onsets"]
+    for name in ("rhythm_true_onsets", "rhythm_pattern"):
+        assert copy[name] < 0.5 * true[name], name   # the reported bug: the bass copy scored above the drums
     silent = np.full_like(_db(drums), PARAMS.db_min)
     for gen, bass_mel in ((silent, _db(bass)), (silent, None), (_db(drums), silent)):
         values = F.rhythm_features(gen, _db(drums), bass_mel, fps)
         assert set(values) == set(F.RHYTHM_FEATURES)
         assert all(np.isfinite(v) for v in values.values())
+
+
+def test_mel_bin_frequencies_span_the_codec_range():
+    freqs = F.mel_bin_frequencies(256, RATE)
+    assert freqs.shape == (256,) and np.all(np.diff(freqs) > 0)
+    assert 0 < freqs[0] < 30 and 10500 < freqs[-1] < RATE / 2
 
 
 def test_beat_period_finds_the_tempo_of_a_click_track():
@@ -88,43 +96,6 @@ def test_beat_period_finds_the_tempo_of_a_click_track():
     period = 21  # ~0.49 s: 123 BPM
     env[::period] = 1.0
     assert F.beat_period(env, fps) == period
-
-
-# ---------------------------------------------------------------- density models
-
-
-def test_gaussian_density_prefers_samples_like_the_real_ones_and_frechet_is_zero_for_same_set():
-    rng = np.random.default_rng(0)
-    real = rng.standard_normal((60, 32)) * 0.5 + 1.0
-    close = rng.standard_normal((20, 32)) * 0.5 + 1.0
-    far = rng.standard_normal((20, 32)) * 0.5 + 4.0
-    g = fit_gaussian(real)
-    assert g.log_likelihood(close).mean() > g.log_likelihood(far).mean() + 1.0
-    assert np.isfinite(g.log_likelihood(far)).all()
-    # More dimensions than samples (Inception's 2048 vs a few clips): still finite (shrinkage).
-    wide = fit_gaussian(rng.standard_normal((5, 300)))
-    assert np.isfinite(wide.log_likelihood(rng.standard_normal((3, 300)))).all()
-    assert frechet_distance(real, real) == pytest.approx(0.0, abs=1e-6)
-    assert frechet_distance(real, far) > 10 * frechet_distance(real, close)
-
-
-def test_density_and_frechet_match_the_textbook_formulas():
-    """The low-rank implementations agree with full-matrix ones (sklearn / scipy)."""
-    from scipy.linalg import sqrtm
-    from scipy.stats import multivariate_normal
-    from sklearn.covariance import LedoitWolf
-
-    rng = np.random.default_rng(1)
-    for n, d in ((12, 40), (80, 20)):            # fewer samples than dimensions, and more
-        real = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) * 0.3 + 2.0
-        gen = rng.standard_normal((n + 5, d)) * 0.7 + 1.5
-        lw = LedoitWolf().fit(real)
-        expected = multivariate_normal(lw.location_, lw.covariance_).logpdf(gen) / d
-        np.testing.assert_allclose(fit_gaussian(real).log_likelihood(gen), expected, rtol=1e-6)
-        s_r, s_g = np.cov(real, rowvar=False), np.cov(gen, rowvar=False)
-        fid = (((real.mean(0) - gen.mean(0)) ** 2).sum()
-               + np.trace(s_r + s_g - 2 * np.real(sqrtm(s_r @ s_g))))
-        assert frechet_distance(real, gen) == pytest.approx(fid, rel=1e-6)
 
 
 # ---------------------------------------------------------------- grader basics
@@ -228,7 +199,7 @@ def inception_file(tmp_path_factory):
     return str(save_random_weights(str(tmp_path_factory.mktemp("inception") / "inception_seed0.pth"), seed=0))
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp_path, inception_file):
     from cycledrums_cli import main
 
@@ -237,10 +208,18 @@ def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp
     annotations = _annotations(truth, tmp_path / "annotations.csv", seed=1)
     out = tmp_path / "scores"
     assert main(["score", f"synthetic={gen}", str(ref), str(out), "--annotations", str(annotations),
-                 "--inception-weights", inception_file, "--batch-size", "8"]) == 0
+                 "--inception-weights", inception_file, "--batch-size", "8", "--report-clips", "0"]) == 0
 
-    clips = pd.read_parquet(out / "clips.parquet")
-    assert len(clips) == len(truth) == len(pd.read_csv(out / "clips.csv"))
+    everything = pd.read_parquet(out / "clips.parquet")
+    assert len(everything) == len(pd.read_csv(out / "clips.csv"))
+    clips = everything[~everything["baseline"]].reset_index(drop=True)
+    assert len(clips) == len(truth)
+    # Baselines: every reference clip, as sets of their own, in the same table.
+    baselines = everything[everything["baseline"]]
+    assert set(baselines["set"]) == {"true-drums", "other-clip", "bass-copy", "shaped-noise", "silence"}
+    assert (baselines.groupby("set").size() == len(truth)).all()
+    true_rows = baselines[baselines["set"] == "true-drums"]
+    assert np.allclose(true_rows["stoi_mean"], 1.0) and np.allclose(true_rows["rhythm_true_onsets"], 1.0)
     numeric = clips.select_dtypes("number")
     assert not numeric.isna().to_numpy().any()
     assert {f"stoi_{i:03d}" for i in range(256)} <= set(clips.columns)
@@ -260,7 +239,15 @@ def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp
           f"(chance 0.25), confusion {grader['confusion_matrix']}")
     assert grader["cv_accuracy"] >= 0.7
     assert summary["sets"]["synthetic"]["scored"] == len(truth)
-    assert all(v is not None and v >= 0 for v in summary["sets"]["synthetic"]["frechet_distance"].values())
+    assert set(summary["baselines"]) == set(baselines["set"]) and summary["baselines"]["silence"]["baseline"]
+    ladder = summary["sanity_ladder"]
+    print("sanity ladder:", {m: r["passes"] for m, r in ladder.items()})
+    assert set(ladder) == {"stoi_mean", "level_diff_db", "spectrum_match", "rhythm_true_onsets", "rhythm_pattern",
+                           "rhythm_bass_tempo", "density_mixed_5d", "density_mixed_6e", "density_pool3"}
+    assert ladder["rhythm_true_onsets"]["passes"]
+    assert set(grader["feature_names"]) == {m for m, r in ladder.items() if r["passes"]}
+    assert all(v["value"] is not None and v["value"] >= 0 and v["clips"] == len(truth)
+               for v in summary["sets"]["synthetic"]["frechet_distance"].values())
     for png in ("buckets.png", "grades.png", "features.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -272,8 +259,9 @@ def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp
     for clip_id in truth2["clip_id"]:
         (true2 / f"{clip_id}.wav").write_bytes((ref2 / clip_id / "drums.wav").read_bytes())
     out2 = tmp_path / "scores2"
-    assert main(["score", str(gen2), str(ref2), str(out2), "--also", f"truth={true2}",
-                 "--grader", str(out / "grader.joblib"), "--inception-weights", inception_file]) == 0
+    assert main(["score", str(gen2), str(ref2), str(out2), "--also", f"truth={true2}", "--no-baselines",
+                 "--report-clips", "0", "--grader", str(out / "grader.joblib"),
+                 "--inception-weights", inception_file]) == 0
     scored = pd.read_csv(out2 / "clips.csv")
     held = scored[scored["set"] == "generated"].merge(truth2, on="clip_id")
     accuracy = float((held["bucket_pred"] == held["bucket"]).mean())
@@ -281,7 +269,8 @@ def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp
     assert len(held) == len(truth2)
     assert accuracy >= 0.6
     summary2 = json.loads((out2 / "summary.json").read_text())
-    assert set(summary2["sets"]) == {"generated", "truth"}
+    assert set(summary2["sets"]) == {"generated", "truth"} and not summary2["baselines"]
+    assert summary2["sanity_ladder"] is None
     true_hist = summary2["sets"]["truth"]["predicted_bucket_histogram"]
     assert true_hist[3] >= 0.75 * len(truth2)     # the true drums grade as near-perfect
     assert summary2["sets"]["truth"]["mean"]["stoi_mean"] == pytest.approx(1.0, abs=1e-6)
@@ -295,3 +284,55 @@ def test_score_without_weights_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "g").mkdir()
     rc = main(["score", str(tmp_path / "g"), str(tmp_path / "g"), str(tmp_path / "o")])
     assert rc == 2
+
+
+# ---------------------------------------------------------------- checks before the job
+
+
+def _no_ray(monkeypatch):
+    """Fail the test if the job gets as far as starting Ray."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started: the check did not run before the job")
+    monkeypatch.setattr("cluster.ray_runtime.init_ray", refuse)
+
+
+def _tiny_set(root: Path, ids: list[str]) -> Path:
+    for clip_id in ids:
+        (root / clip_id).mkdir(parents=True)
+        sf.write(root / clip_id / "drums.wav", np.zeros(RATE, np.float32), RATE)
+    return root
+
+
+def test_score_with_no_matching_clip_exits_2_and_shows_ids_and_the_rule(tmp_path, inception_file, monkeypatch,
+                                                                        capsys):
+    from cycledrums_cli import main
+
+    _no_ray(monkeypatch)
+    ref = _tiny_set(tmp_path / "ref", ["song-a", "song-b"])
+    gen = _tiny_set(tmp_path / "gen", ["take-1", "take-2"])
+    rc = main(["score", f"model={gen}", str(ref), str(tmp_path / "out"), "--inception-weights", inception_file])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "no clip of set 'model'" in err and "'take-1'" in err and "'song-a'" in err
+    assert "leading folders removed" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_inception_weights_and_a_file_as_output_fail_before_ray(tmp_path, inception_file, monkeypatch, capsys):
+    from cycledrums_cli import main
+
+    _no_ray(monkeypatch)
+    ref = _tiny_set(tmp_path / "ref", ["a", "b"])
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"not a state dict")
+    assert main(["score", str(ref), str(ref), str(tmp_path / "out"), "--inception-weights", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "--inception-weights" in err and "not a torch state dict" in err and len(err.strip().splitlines()) == 1
+    assert main(["score", str(ref), str(ref), str(tmp_path / "out"), "--inception-weights",
+                 str(tmp_path / "missing.pth")]) == 2
+    assert "not found" in capsys.readouterr().err
+    output_file = tmp_path / "taken.txt"
+    output_file.write_text("keep me")
+    assert main(["score", str(ref), str(ref), str(output_file), "--inception-weights", inception_file]) == 2
+    assert "existing file" in capsys.readouterr().err
+    assert output_file.read_text() == "keep me"

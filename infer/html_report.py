@@ -1,0 +1,385 @@
+"""OUTPUT/report.html: a static listening report of a score run (works from a folder or S3).
+
+The page links only relative paths: report.html, media/<clip>/... beside it (audio as
+Ogg Vorbis, spectrograms as PNG), and the full tables (clips.csv, errors.csv,
+summary.json) and plots written by score.  What it shows:
+  - per set (generated and baseline, flagged): clips, means of the scalar metrics and
+    the Fréchet distances with the clip counts they rest on; the sanity ladder;
+    the histograms;
+  - per set, a sortable table (click a header) of N clips (--report-clips): the worst,
+    best and random thirds by the ranking metric (the grader's expected grade
+    bucket when there is a grader, else the first metric that passes the ladder, else
+    stoi_mean), each with audio players (bass, this set's drums, their mix, the true
+    drums) and a spectrogram figure: bass / this set's drums / true drums stacked on
+    one time axis (s), frequency axis in Hz, colour bar in dB.
+It scales to any number of clips: only the shown clips get media, so the page and its
+files stay small (a few MB for the defaults with 6-30 s clips).
+"""
+from __future__ import annotations
+
+import html
+import io
+import logging
+import posixpath
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+MEDIA = "media"
+RANK_PREFERENCE = ("rhythm_true_onsets", "rhythm_pattern", "stoi_mean", "spectrum_match", "rhythm_bass_tempo")
+TABLE_METRICS = ("stoi_mean", "level_diff_db", "spectrum_match", "rhythm_true_onsets", "rhythm_pattern",
+                 "rhythm_bass_tempo", "density_pool3")
+
+
+# ---------------------------------------------------------------- which clips
+
+
+def ranking(table, ladder: dict | None) -> tuple[str, object]:
+    """(description, per-row score, higher = better) used to pick the worst / best clips."""
+    if "prob_0" in table:
+        probs = table[[c for c in table.columns if c.startswith("prob_")]].to_numpy()
+        return "expected grade bucket (grader)", probs @ np.arange(probs.shape[1])
+    passing = [m for m in RANK_PREFERENCE if ladder and ladder.get(m, {}).get("passes")]
+    metric = passing[0] if passing else "stoi_mean"
+    return metric + (" (passes the sanity ladder)" if passing else ""), table[metric].to_numpy(float)
+
+
+def select_clips(scores: np.ndarray, clip_ids: list[str], n: int, seed: int) -> list[tuple[str, str]]:
+    """[(clip id, 'worst' | 'best' | 'random')]: n clips in all, a third of each (no clip twice)."""
+    order = list(np.argsort(scores, kind="stable"))
+    k = max(1, n // 3) if n else 0
+    worst, best = order[:k], [i for i in reversed(order[-k:]) if i not in order[:k]] if k else []
+    rest = [i for i in order if i not in set(worst) | set(best)]
+    rng = np.random.default_rng(seed)
+    random = list(rng.choice(rest, size=min(len(rest), n - len(worst) - len(best)), replace=False)) if rest else []
+    return [(clip_ids[i], c) for c, group in (("worst", worst), ("best", best), ("random", random)) for i in group]
+
+
+# ---------------------------------------------------------------- media
+
+
+def ogg_bytes(audio: np.ndarray, rate: int) -> bytes:
+    """Mono audio -> Ogg Vorbis bytes (peak-limited to 1)."""
+    import soundfile as sf
+
+    audio = np.asarray(audio, np.float32)
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak > 1.0:
+        audio = audio / peak
+    if audio.size == 0:
+        audio = np.zeros(rate // 10, np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="OGG", subtype="VORBIS")
+    return buf.getvalue()
+
+
+def spectrogram_png(panels: dict[str, np.ndarray], params) -> bytes:
+    """Mel images stacked on one time axis: time (s), frequency (Hz, mel-spaced), colour bar (dB)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from infer.features import mel_bin_frequencies
+
+    freqs = mel_bin_frequencies(params.n_mels, params.sample_rate)
+    fps = params.sample_rate / params.hop_length
+    frames = max(img.shape[1] for img in panels.values())
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 1.7 * len(panels) + 0.4), sharex=True, squeeze=False)
+    mesh = None
+    for ax, (name, image) in zip(axes[:, 0], panels.items()):
+        db = params.db_min + image.astype(np.float32) * params.db_step
+        mesh = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=params.db_min, vmax=params.db_max,
+                         extent=(0, image.shape[1] / fps, 0, params.n_mels), interpolation="nearest")
+        ticks = [t for t in (100, 500, 1000, 2000, 5000, 10000) if t <= freqs[-1]]
+        ax.set_yticks(np.interp(ticks, freqs, np.arange(params.n_mels)), [f"{t:g}" for t in ticks])
+        ax.set_ylabel("Hz")
+        ax.set_xlim(0, frames / fps)
+        ax.set_title(name, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.colorbar(mesh, ax=axes[:, 0].tolist(), label="dB", fraction=0.03, pad=0.02)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=72)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+class Media:
+    """Mel images and audio of the clips the page shows, made on the driver from the job's inputs."""
+
+    def __init__(self, reference, sets_by_label: dict, params, s3_endpoint_url: str | None, seed: int):
+        self.reference, self.sets, self.params = reference, sets_by_label, params
+        self.s3, self.seed = s3_endpoint_url, seed
+        self._cache: dict = {}
+        self._rows = {r["clip_id"]: r for r in getattr(reference, "audio_rows", [])}
+
+    def _audio_file(self, uri: str) -> np.ndarray:
+        from pipelines.audio import load_audio
+        from pipelines.storage import read_bytes
+
+        f = io.BytesIO(read_bytes(uri, self.s3))
+        f.name = uri
+        return load_audio(f, self.params.sample_rate, allow_silent=True).numpy()
+
+    def _image(self, audio: np.ndarray) -> np.ndarray:
+        import torch
+
+        from pipelines.mel import audio_to_image
+
+        return audio_to_image(torch.from_numpy(np.ascontiguousarray(audio, np.float32)), self.params).numpy()
+
+    def _invert(self, image: np.ndarray) -> np.ndarray:
+        import torch
+
+        from pipelines.mel import image_to_audio
+
+        length = (image.shape[1] - 1) * self.params.hop_length  # centred STFT: frames - 1 hops
+        return image_to_audio(torch.from_numpy(np.ascontiguousarray(image)), self.params, n_iter=32,
+                              length=length).numpy()
+
+    def reference_clip(self, clip_id: str) -> dict:
+        """{'true': (audio, image), 'bass': (audio, image) or None}."""
+        key = ("ref", clip_id)
+        if key not in self._cache:
+            self._cache[key] = self._load_reference(clip_id)
+        return self._cache[key]
+
+    def _load_reference(self, clip_id: str) -> dict:
+        if self.reference.kind == "audio":
+            row = self._rows[clip_id]
+            true = self._audio_file(row["drums_uri"])
+            out = {"true": (true, self._image(true)), "bass": None}
+            if row["bass_uri"]:
+                bass = self._audio_file(row["bass_uri"])
+                out["bass"] = (bass, self._image(bass))
+            return out
+        true_img, bass_img = _parquet_window(self.reference.uri, clip_id, self.params, self.s3)
+        return {"true": (self._invert(true_img), true_img), "bass": (self._invert(bass_img), bass_img)}
+
+    def drums(self, label: str, clip_id: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """(audio, image) of one set's drums for a clip; `source` is the row's `generated` column."""
+        from infer import baselines as B
+
+        ref = self.reference_clip(clip_id)
+        true_audio, true_img = ref["true"]
+        if label not in B.BASELINES:
+            audio = self._audio_file(source)
+            return audio, self._image(audio)
+        if label == B.TRUE:
+            return true_audio, true_img
+        if label == B.BASS and ref["bass"] is not None:
+            return ref["bass"]
+        if label == B.OTHER and source:
+            other_audio, other_img = self.reference_clip(source)["true"]
+            reps = -(-len(true_audio) // max(1, len(other_audio)))
+            return np.tile(other_audio, reps)[:len(true_audio)], B.fit_frames(other_img, true_img.shape[1])
+        if label == B.NOISE:
+            image = B.shaped_noise_image(true_img, self.params, B.stable_seed(self.seed, clip_id, B.NOISE))
+            return self._invert(image), image
+        return np.zeros_like(true_audio), np.zeros_like(true_img)
+
+
+def _parquet_window(uri: str, clip_id: str, params, s3_endpoint_url: str | None):
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from pipelines.storage import arrow_filesystem
+    from pipelines.windows import binary_to_images
+
+    track, window = clip_id.rsplit("/w", 1)
+    fs, path = arrow_filesystem(uri, s3_endpoint_url)
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
+        columns=["track_id", "window", "drums", "bass"],
+        filter=(pc.field("split") == "test") & (pc.field("window") == int(window)))
+    from infer.sources import window_clip_id
+
+    ids = [window_clip_id(t, w) for t, w in zip(table.column("track_id").to_pylist(),
+                                                table.column("window").to_pylist())]
+    i = ids.index(clip_id)
+    drums = binary_to_images(table.column("drums").slice(i, 1), params)[0]
+    bass = binary_to_images(table.column("bass").slice(i, 1), params)[0]
+    return np.asarray(drums, np.uint8), np.asarray(bass, np.uint8)
+
+
+# ---------------------------------------------------------------- the page
+
+_STYLE = """
+body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top}th{background:#eee}
+th.sortable{cursor:pointer}th.sortable:after{content:" \\2195";color:#999}.pass{color:#070}.fail{color:#b00}
+.baseline{color:#666;font-style:italic}audio{width:210px;height:30px;display:block}img.spec{width:420px}
+.tag{font-size:11px;padding:1px 4px;border-radius:3px;background:#ddd}
+"""
+
+_SCRIPT = """
+function sortTable(th){
+  const table=th.closest('table'), body=table.tBodies[0], col=th.cellIndex;
+  const asc=th.dataset.dir!=='asc'; th.dataset.dir=asc?'asc':'desc';
+  const key=r=>{const c=r.cells[col]; const v=c.dataset.v!==undefined?c.dataset.v:c.textContent;
+                const n=parseFloat(v); return isNaN(n)?v:n;};
+  const rows=Array.from(body.rows);
+  rows.sort((a,b)=>{const x=key(a),y=key(b); const r=(x<y)?-1:(x>y)?1:0; return asc?r:-r;});
+  rows.forEach(r=>body.appendChild(r));
+}
+document.querySelectorAll('th.sortable').forEach(th=>th.addEventListener('click',()=>sortTable(th)));
+"""
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _sets_table(summary: dict) -> str:
+    entries = list(summary["sets"].items()) + list(summary.get("baselines", {}).items())
+    layers = list(next(iter(summary["sets"].values()))["frechet_distance"]) if summary["sets"] else []
+    head = "".join(f"<th class=sortable>{m}</th>" for m in TABLE_METRICS) + \
+        "".join(f"<th class=sortable>FD {l}</th>" for l in layers)
+    rows = []
+    for label, s in entries:
+        cls = " class=baseline" if s.get("baseline") else ""
+        cells = "".join(f"<td>{_fmt(s['mean'].get(m))}</td>" for m in TABLE_METRICS)
+        for layer in layers:
+            fd = s["frechet_distance"][layer]
+            cells += (f"<td data-v=\"{fd['value'] if fd['value'] is not None else ''}\">{_fmt(fd['value'])}"
+                      f"<br><small>{fd['clips']} vs {fd['reference_clips']} clips, {fd['covariance'] or '-'}"
+                      f"</small></td>")
+        kind = "baseline" if s.get("baseline") else "generated"
+        rows.append(f"<tr{cls}><td>{html.escape(label)}</td><td>{kind}</td><td>{s['scored']}</td>{cells}</tr>")
+    return (f"<table id=sets><thead><tr><th class=sortable>set</th><th class=sortable>kind</th>"
+            f"<th class=sortable>clips</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _ladder_table(ladder: dict | None) -> str:
+    if not ladder:
+        return "<p>No sanity ladder (run with baselines and at least 2 reference clips).</p>"
+    from infer.baselines import BASS, NOISE, OTHER, SILENCE, TRUE
+
+    order = (TRUE, OTHER, NOISE, SILENCE, BASS)
+    head = "".join(f"<th>{s} mean</th>" for s in order)
+    rows = []
+    for metric, r in ladder.items():
+        means = "".join(f"<td>{_fmt(r['means'].get(s))}</td>" for s in order)
+        wins = "<br>".join(f"{g['higher']} &gt; {g['lower']}: {g['win_rate']:.2f}" for g in r["rungs"])
+        verdict = "<span class=pass>pass</span>" if r["passes"] else "<span class=fail>fail</span>"
+        rows.append(f"<tr><td>{metric}</td>{means}<td><small>{wins}</small></td><td>{verdict}</td></tr>")
+    return (f"<table id=ladder><thead><tr><th>metric</th>{head}<th>per-clip win rates</th><th>verdict</th></tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _audio(path: str, label: str) -> str:
+    return (f"<span class=tag>{html.escape(label)}</span>"
+            f"<audio controls preload=metadata src=\"{html.escape(path)}\"></audio>")
+
+
+def write_report(table, summary: dict, reference, sets: list, output: str, params, n_clips: int, seed: int,
+                 s3_endpoint_url: str | None = None) -> list[str]:
+    """Write report.html and its media under `output`; returns the URIs written."""
+    from infer.runtime import join_uri
+    from pipelines.storage import write_bytes
+
+    written: list[str] = []
+
+    def put(rel: str, data: bytes) -> str:
+        uri = join_uri(output, *rel.split("/"))
+        write_bytes(uri, data, s3_endpoint_url)
+        written.append(uri)
+        return rel
+
+    media = Media(reference, {s.label: s for s in sets}, params, s3_endpoint_url, seed)
+    how, scores = ranking(table, summary.get("sanity_ladder"))
+    table = table.assign(_score=scores)
+    labels = [s.label for s in sets] + list(summary.get("baselines", {}))
+    sections = []
+    shared: dict[str, dict] = {}
+    for index, label in enumerate(labels):
+        rows = table[table["set"] == label]
+        chosen = select_clips(rows["_score"].to_numpy(), rows["clip_id"].tolist(), n_clips, seed)
+        by_id = rows.set_index("clip_id")
+        body = []
+        for clip_id, category in chosen:
+            row = by_id.loc[clip_id]
+            try:
+                body.append(_clip_row(put, media, shared, index, label, clip_id, category, row, params))
+            except (OSError, ValueError, RuntimeError, KeyError) as err:  # one clip's media must not sink the page
+                log.warning("report: no media for %s / %s: %s", label, clip_id, err)
+        kind = "baseline" if label not in {s.label for s in sets} else "generated"
+        head = "".join(f"<th class=sortable>{m}</th>" for m in ("clip", "shown as", "rank score") + TABLE_METRICS)
+        sections.append(
+            f"<h2 id=\"set-{index}\">{html.escape(label)} <small class=tag>{kind}</small></h2>"
+            f"<table class=clips><thead><tr>{head}<th>listen</th><th>spectrogram</th></tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+    page = _page(summary, how, n_clips, labels, sections)
+    put(REPORT, page.encode())
+    return written
+
+
+def _clip_row(put, media: Media, shared: dict, index: int, label: str, clip_id: str, category: str, row,
+              params) -> str:
+    from infer.sources import safe_clip_id
+
+    folder = posixpath.join(MEDIA, safe_clip_id(clip_id))
+    if clip_id not in shared:  # bass and true drums: once per clip, whatever the set
+        ref = media.reference_clip(clip_id)
+        rate = params.sample_rate
+        shared[clip_id] = {"true": put(f"{folder}/true.ogg", ogg_bytes(ref["true"][0], rate))}
+        if ref["bass"] is not None:
+            shared[clip_id]["bass"] = put(f"{folder}/bass.ogg", ogg_bytes(ref["bass"][0], rate))
+    ref = media.reference_clip(clip_id)
+    audio, image = media.drums(label, clip_id, str(row["generated"]))
+    players = [_audio(put(f"{folder}/set{index}.ogg", ogg_bytes(audio, params.sample_rate)), f"{label} drums")]
+    panels = {}
+    if ref["bass"] is not None:
+        bass_audio, bass_img = ref["bass"]
+        n = min(len(bass_audio), len(audio))
+        players.insert(0, _audio(shared[clip_id]["bass"], "bass"))
+        players.append(_audio(put(f"{folder}/set{index}_mix.ogg",
+                                  ogg_bytes(bass_audio[:n] + audio[:n], params.sample_rate)), "mix"))
+        panels["bass"] = bass_img
+    players.append(_audio(shared[clip_id]["true"], "true drums"))
+    panels[f"{label} drums"] = image
+    panels["true drums"] = ref["true"][1]
+    png = put(f"{folder}/set{index}.png", spectrogram_png(panels, params))
+    metrics = "".join(f"<td>{_fmt(float(row[m]))}</td>" for m in TABLE_METRICS)
+    return (f"<tr><td>{html.escape(clip_id)}</td><td>{category}</td><td>{_fmt(float(row['_score']))}</td>"
+            f"{metrics}<td>{''.join(players)}</td>"
+            f"<td><a href=\"{png}\"><img class=spec src=\"{png}\" alt=\"spectrograms of {html.escape(clip_id)}\">"
+            f"</a></td></tr>")
+
+
+def _page(summary: dict, how: str, n_clips: int, labels: list[str], sections: list[str]) -> str:
+    plots = [p for p in ("features.png", "buckets.png", "grades.png")
+             if any(o.endswith(p) for o in summary.get("outputs", []))]
+    nav = " | ".join(f"<a href=\"#set-{i}\">{html.escape(l)}</a>" for i, l in enumerate(labels))
+    grader = summary.get("grader", {})
+    grader_line = (f"cross-validated accuracy {grader['cv_accuracy']:.3f} on {grader['trained_on']} clips"
+                   if grader.get("cv_accuracy") is not None else f"source: {grader.get('source')}")
+    return f"""<!DOCTYPE html>
+<html lang=en><head><meta charset=utf-8><title>cycledrums score report</title><style>{_STYLE}</style></head>
+<body>
+<h1>cycledrums score report</h1>
+<p>Reference: {html.escape(str(summary['reference']['uri']))} ({summary['reference']['usable']} usable clips).
+Full tables: <a href="clips.csv">clips.csv</a>, <a href="errors.csv">errors.csv</a>
+({summary['errors']} errors), <a href="summary.json">summary.json</a>. Grader: {html.escape(grader_line)}.</p>
+<p>Sets: {nav}</p>
+<h2>Summary per set</h2>
+<p>Means over each set's clips; Fréchet distances to the reference clips per Inception layer, with the
+clip counts and covariance estimate each rests on. Baseline sets are in italics.</p>
+{_sets_table(summary)}
+<h2>Sanity ladder</h2>
+<p>Does each metric rank true drums &gt; another clip's drums &gt; shaped noise, silence, a copy of the bass?
+(set means; per-clip win rates, ties count half; pass = every rung in order with a win rate of at least 0.5)</p>
+{_ladder_table(summary.get('sanity_ladder'))}
+<h2>Histograms</h2>
+{''.join(f'<img src="{p}" alt="{p}" style="max-width:100%">' for p in plots)}
+<p>Per set below: {n_clips} clips (worst, best and random thirds by {html.escape(how)}). Click a column header
+to sort.</p>
+{''.join(sections)}
+<script>{_SCRIPT}</script>
+</body></html>
+"""

@@ -1,0 +1,353 @@
+"""After the `cycledrums score` job: density features, Fréchet distances, sanity ladder, grader, outputs.
+
+Runs on the driver over the collected rows (see infer.score_stages for their columns).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from infer.inception import LAYERS
+from infer.score_inputs import GeneratedSet, ReferenceSet, ScoreConfig, ScoreError
+from infer.score_stages import DENSITY_FEATURES, SCALAR_FEATURES, mel_feature_names
+from pipelines.storage import write_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Collected:
+    """Everything that came back from the Ray job, as columns."""
+
+    columns: dict
+
+    def select(self, mask: np.ndarray) -> dict:
+        return {k: v[mask] for k, v in self.columns.items()}
+
+
+def ladder_metrics() -> list[str]:
+    return list(SCALAR_FEATURES) + list(DENSITY_FEATURES)
+
+
+def grader_feature_names(n_mels: int, passing: list[str] | None) -> list[str]:
+    """The grader's inputs: every feature, or (after a sanity ladder) only the passing ones.
+
+    The 256 STOI-like correlations come with stoi_mean: in when it passes.
+    """
+    names = mel_feature_names(n_mels) + list(DENSITY_FEATURES)
+    if passing is None:
+        return names
+    keep = set(passing)
+    return [n for n in names if n in keep or (n.startswith("stoi_") and n != "stoi_mean" and "stoi_mean" in keep)]
+
+
+def _copy_true_drums_activations(cols: dict) -> None:
+    """The true-drums baseline is the real clip itself: its activations are the real row's."""
+    from infer.baselines import TRUE
+
+    real = np.flatnonzero((cols["kind"] == "real") & (cols["error"] == ""))
+    where = {str(cols["clip_id"][i]): i for i in real}
+    for i in np.flatnonzero((cols["kind"] == "baseline") & (cols["set"] == TRUE)):
+        j = where.get(str(cols["clip_id"][i]))
+        if j is not None:
+            for layer in LAYERS:
+                cols[f"act_{layer}"][i] = cols[f"act_{layer}"][j]
+
+
+def _clips_table(scored: dict, n_mels: int):
+    import pandas as pd
+
+    table = pd.DataFrame({"set": scored["set"].astype(str), "clip_id": scored["clip_id"].astype(str),
+                          "reference_id": scored["reference_id"].astype(str),
+                          "baseline": scored["kind"] == "baseline",
+                          "generated": scored["generated"].astype(str),
+                          "drums_active": scored["drums_active"].astype(bool)})
+    features = pd.DataFrame(scored["features"], columns=mel_feature_names(n_mels))
+    return pd.concat([table, features], axis=1)
+
+
+def density_folds(clip_ids, seed: int) -> np.ndarray:
+    """[n] fold 0 / 1 of each reference clip id: a seeded hash, so the same clip is always in the same fold."""
+    from infer.baselines import stable_seed
+
+    return np.array([stable_seed(seed, "density-fold", c) % 2 for c in clip_ids], dtype=int)
+
+
+MIN_FOLD_CLIPS = 4
+
+
+def can_cross_fit(real_ids, seed: int) -> bool:
+    folds = density_folds(real_ids, seed)
+    return bool(min((folds == 0).sum(), (folds == 1).sum()) >= MIN_FOLD_CLIPS)
+
+
+def cross_fitted_density(real_acts: np.ndarray, real_ids, acts: np.ndarray, ref_ids, seed: int) -> np.ndarray:
+    """Log-density per dimension of each row under the Gaussian of the real clips of the OTHER fold.
+
+    A clip is never scored by a Gaussian fitted on its own reference clip: in-sample, the
+    true drums (and anything close to them) would get an inflated density with few clips
+    in many dimensions.  With fewer than MIN_FOLD_CLIPS real clips in a fold, one Gaussian
+    of all of them (the summary says which: `density_cross_fitted`).
+    """
+    from infer.density import fit_gaussian
+
+    real_fold = density_folds(real_ids, seed)
+    if not can_cross_fit(real_ids, seed):
+        return fit_gaussian(real_acts).log_likelihood(acts) if len(acts) else np.zeros(0)
+    row_fold = density_folds(ref_ids, seed)
+    out = np.zeros(len(acts))
+    for fold in (0, 1):
+        rows = row_fold == fold
+        if rows.any():
+            out[rows] = fit_gaussian(real_acts[real_fold != fold]).log_likelihood(acts[rows])
+    return out
+
+
+def _drums_source(scored: dict) -> np.ndarray:
+    """The reference clip whose drums a row's image comes from: the partner for other-clip, else its own."""
+    from infer.baselines import OTHER
+
+    other = (scored["kind"] == "baseline") & (scored["set"] == OTHER)
+    return np.where(other, scored["generated"], scored["reference_id"])
+
+
+def _densities_and_distances(table, real: dict, scored: dict, labels: list[str], seed: int) -> dict:
+    """Adds density_<layer> columns; returns {set: {layer: Fréchet record}}."""
+    from infer.density import centred_svd, fit_gaussian, frechet_record
+
+    frechet: dict[str, dict[str, dict]] = {label: {} for label in labels}
+    for layer in LAYERS:
+        real_acts = real[f"act_{layer}"].astype(np.float64)
+        acts = scored[f"act_{layer}"].astype(np.float64)
+        table[f"density_{layer}"] = cross_fitted_density(real_acts, real["clip_id"], acts,
+                                                         _drums_source(scored), seed)
+        gaussian = fit_gaussian(real_acts, centred_svd(real_acts))
+        real_fits = {gaussian.covariance: gaussian}  # shared by every set's distance
+        for label in labels:
+            frechet[label][layer] = frechet_record(real_acts, acts[scored["set"] == label], real_fits)
+    return frechet
+
+
+def _error_rows(cols: dict, sets: list[GeneratedSet], reference: ReferenceSet) -> list[dict]:
+    errors = [{"set": s.label, "clip_id": c.clip_id, "input": c.uri,
+               "reason": f"no reference clip matches id {c.clip_id!r} in {reference.uri}"}
+              for s in sets for c in s.clips if c.clip_id not in s.matches]
+    bad = cols["error"] != ""
+    for kind, label, clip_id, uri, reason in zip(cols["kind"][bad], cols["set"][bad], cols["clip_id"][bad],
+                                                  cols["generated"][bad], cols["error"][bad]):
+        errors.append({"set": str(label), "clip_id": str(clip_id),
+                       "input": str(uri) if kind == "generated" else reference.uri, "reason": str(reason)})
+    return errors
+
+
+def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceSet, cfg: ScoreConfig,
+           grader, annotations, job_seconds: float) -> dict:
+    import pyarrow as pa
+
+    from infer.ladder import passing_metrics, sanity_ladder
+    from infer.runtime import join_uri, write_table
+
+    cols = collected.columns
+    params = reference.params
+    _copy_true_drums_activations(cols)
+    real_ok = (cols["kind"] == "real") & (cols["error"] == "")
+    scored_ok = (cols["kind"] != "real") & (cols["error"] == "")
+    if real_ok.sum() < 2:
+        raise ScoreError(f"need at least 2 usable reference clips for the real-drum Gaussians, "
+                         f"got {int(real_ok.sum())}")
+    scored = collected.select(scored_ok)
+    table = _clips_table(scored, params.n_mels)
+    baseline_labels = sorted(set(table.loc[table["baseline"], "set"]))
+    labels = [s.label for s in sets] + baseline_labels
+    frechet = _densities_and_distances(table, collected.select(real_ok), scored, labels, cfg.seed)
+    table["seconds_features"] = scored["seconds_features"]
+    table["seconds_inception"] = scored["seconds_inception"]
+    ladder = sanity_ladder(table, ladder_metrics())
+
+    names = grader_feature_names(params.n_mels, passing_metrics(ladder))
+    grader_summary, grader = _apply_grader(table, sets, grader, annotations, cfg, names)
+    errors = _error_rows(cols, sets, reference)
+    errors_table = pa.Table.from_pylist(errors, schema=pa.schema(
+        [("set", pa.string()), ("clip_id", pa.string()), ("input", pa.string()), ("reason", pa.string())]))
+
+    outputs = write_table(pa.Table.from_pandas(table, preserve_index=False), cfg.output, "clips",
+                          cfg.s3_endpoint_url)
+    outputs += write_table(errors_table, cfg.output, "errors", cfg.s3_endpoint_url)
+    if grader is not None and cfg.annotations and not cfg.grader:
+        path = join_uri(cfg.output, "grader.joblib")
+        grader.save(path, cfg.s3_endpoint_url)
+        outputs.append(path)
+        grader_summary["path"] = path
+    outputs += _write_plots(table, labels, cfg)
+
+    summary = {
+        "reference": {"uri": reference.uri, "kind": reference.kind, "clips": len(reference.clip_ids),
+                      "usable": int(real_ok.sum()),
+                      "density_cross_fitted": can_cross_fit(cols["clip_id"][real_ok], cfg.seed)},
+        "sets": {s.label: _set_summary(table, s.label, frechet[s.label], errors, uri=s.uri, clips=len(s.clips),
+                                       matched=len(s.matches))
+                 for s in sets},
+        "baselines": {label: _set_summary(table, label, frechet[label], errors, baseline=True)
+                      for label in baseline_labels},
+        "sanity_ladder": ladder,
+        "grader": grader_summary,
+        "clips_scored": int((~table["baseline"]).sum()),
+        "errors": len(errors),
+        "seconds": {"job": round(job_seconds, 3),
+                    "features_total": float(table["seconds_features"].sum()),
+                    "inception_total": float(table["seconds_inception"].sum())},
+        "clips_per_second": round(int((~table["baseline"]).sum()) / job_seconds, 3) if job_seconds > 0 else None,
+        "mel_params": params.to_dict(),
+        "outputs": outputs,
+    }
+    summary_path = join_uri(cfg.output, "summary.json")
+    summary["outputs"].append(summary_path)
+    if cfg.report_clips:
+        summary["outputs"].append(join_uri(cfg.output, "report.html"))
+    write_bytes(summary_path, json.dumps(summary, indent=2).encode(), cfg.s3_endpoint_url)
+    if cfg.report_clips:
+        _write_report(table, summary, reference, sets, cfg)
+    return summary
+
+
+def _write_report(table, summary: dict, reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreConfig) -> None:
+    import time
+
+    from infer.html_report import write_report
+
+    start = time.perf_counter()
+    written = write_report(table, summary, reference, sets, cfg.output, reference.params, cfg.report_clips,
+                           cfg.seed, cfg.s3_endpoint_url)
+    log.info("report.html and %d media files written in %.1f s", len(written) - 1, time.perf_counter() - start)
+
+
+def _set_summary(table, label: str, frechet: dict, errors: list[dict], uri: str = "", clips: int | None = None,
+                 matched: int | None = None, baseline: bool = False) -> dict:
+    rows = table[table["set"] == label]
+    out = {
+        "baseline": baseline,
+        "uri": uri,
+        "clips": len(rows) if clips is None else clips,
+        "matched": len(rows) if matched is None else matched,
+        "scored": int(len(rows)),
+        "errors": sum(e["set"] == label for e in errors),
+        "frechet_distance": frechet,
+        "mean": {k: float(rows[k].mean()) if len(rows) else None
+                 for k in list(SCALAR_FEATURES) + list(DENSITY_FEATURES)},
+    }
+    if "bucket_pred" in rows:
+        out["predicted_bucket_histogram"] = np.bincount(rows["bucket_pred"].astype(int), minlength=4).tolist()
+    if "bucket" in rows:
+        annotated = rows["bucket"].dropna().astype(int)
+        out["annotated_bucket_histogram"] = np.bincount(annotated, minlength=4).tolist()
+        out["annotated_grade_histogram"] = np.bincount(rows["grade"].dropna().astype(int), minlength=10).tolist()
+    return out
+
+
+# ---------------------------------------------------------------- grader
+
+
+def _join_annotations(table, sets, annotations):
+    """Add grade_mean / grade / bucket / raters columns (NaN where a clip has no annotation)."""
+    from infer.grader import AnnotationError, clip_grades
+
+    by_set = "set" in annotations.columns
+    if not by_set:
+        ids = table.loc[~table["baseline"], "clip_id"]
+        shared = ids[ids.duplicated()].unique()
+        if len(shared):
+            raise AnnotationError(
+                f"clip ids {list(shared[:5])} occur in several GENERATED sets; add a 'set' column "
+                f"to the annotations naming the set ({', '.join(s.label for s in sets)})")
+    grades = clip_grades(annotations, by_set)
+    keys = ["set", "clip_id"] if by_set else ["clip_id"]
+    generated = table[~table["baseline"]]
+    merged = table.merge(grades, on=keys, how="left")
+    merged.loc[merged["baseline"].to_numpy(), ["grade_mean", "raters", "grade", "bucket"]] = np.nan
+    unmatched = len(grades) - int(generated.merge(grades, on=keys, how="inner").shape[0])
+    if unmatched:
+        log.warning("%d annotated clips are not among the scored clips (ids or set labels differ)", unmatched)
+    return merged, unmatched
+
+
+def _apply_grader(table, sets, grader, annotations, cfg: ScoreConfig, names: list[str]):
+    """Train (annotations), or load (--grader) and evaluate, then predict every clip in place."""
+    from infer.grader import AnnotationError, train_grader
+
+    summary: dict = {"source": None, "features": len(names)}
+    if annotations is not None:
+        try:
+            merged, unmatched = _join_annotations(table, sets, annotations)
+        except AnnotationError as err:
+            raise ScoreError(str(err)) from err
+        for column in ("grade_mean", "raters", "grade", "bucket"):
+            table[column] = merged[column].to_numpy()
+        summary["annotated_clips"] = int(table["bucket"].notna().sum())
+        summary["annotations_unmatched"] = unmatched
+    if grader is None and annotations is not None:
+        annotated = table["bucket"].notna()
+        try:
+            grader = train_grader(table.loc[annotated, names].to_numpy(), table.loc[annotated, "bucket"]
+                                  .astype(int).to_numpy(), names, c=cfg.grader_c, seed=cfg.seed)
+        except AnnotationError as err:
+            raise ScoreError(str(err)) from err
+        counts = np.asarray(grader.class_counts)
+        summary.update(source="trained", cv_accuracy=grader.cv_accuracy, confusion_matrix=grader.confusion,
+                       trained_on=grader.n_train, bucket_counts=grader.class_counts,
+                       majority_baseline=float(counts.max() / max(1, counts.sum())),
+                       confusion_rows="true bucket", confusion_columns="predicted bucket",
+                       feature_names=[n for n in names if not n.startswith("stoi_") or n == "stoi_mean"])
+    elif grader is not None:
+        missing = [n for n in grader.feature_names if n not in table.columns]
+        if missing:
+            raise ScoreError(f"the saved grader was trained on features this version does not compute "
+                             f"({missing[:3]}); retrain it")
+        names = grader.feature_names
+        summary.update(source=cfg.grader, cv_accuracy_at_training=grader.cv_accuracy, features=len(names))
+    if grader is None:
+        return summary, None
+    buckets, probs = grader.predict(table[names].to_numpy())
+    table["bucket_pred"] = buckets
+    for b in range(probs.shape[1]):
+        table[f"prob_{b}"] = probs[:, b]
+    if annotations is not None and cfg.grader:
+        annotated = table["bucket"].notna().to_numpy()
+        if annotated.any():
+            from sklearn.metrics import confusion_matrix
+
+            truth = table.loc[annotated, "bucket"].astype(int).to_numpy()
+            summary["accuracy_on_annotations"] = float((buckets[annotated] == truth).mean())
+            summary["confusion_matrix"] = confusion_matrix(truth, buckets[annotated], labels=[0, 1, 2, 3]).tolist()
+    return summary, grader
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _write_plots(table, labels: list[str], cfg: ScoreConfig) -> list[str]:
+    from infer.report import bucket_histogram_png, feature_histograms_png, grade_histogram_png
+    from infer.runtime import join_uri
+
+    written = []
+    if "bucket_pred" in table:
+        per_set = {l: np.bincount(table.loc[table["set"] == l, "bucket_pred"].astype(int), minlength=4)
+                   for l in labels}
+        path = join_uri(cfg.output, "buckets.png")
+        write_bytes(path, bucket_histogram_png(per_set, "predicted grade bucket per clip"), cfg.s3_endpoint_url)
+        written.append(path)
+    if "grade" in table and table["grade"].notna().any():
+        graded = [l for l in labels if table.loc[table["set"] == l, "grade"].notna().any()]
+        per_set = {l: np.bincount(table.loc[(table["set"] == l) & table["grade"].notna(), "grade"].astype(int),
+                                  minlength=10) for l in graded}
+        path = join_uri(cfg.output, "grades.png")
+        write_bytes(path, grade_histogram_png(per_set, "annotated grades"), cfg.s3_endpoint_url)
+        written.append(path)
+    names = ["stoi_mean", "rhythm_pattern", "density_pool3"]
+    per_set = {l: {n: table.loc[table["set"] == l, n].to_numpy() for n in names} for l in labels}
+    path = join_uri(cfg.output, "features.png")
+    write_bytes(path, feature_histograms_png(per_set, names), cfg.s3_endpoint_url)
+    written.append(path)
+    return written
