@@ -6,8 +6,9 @@ Griffin-Lim):
      256-frame windows with 50 frames of overlap, the tail padded with silence so
      every frame is covered (`pipelines.mel.cut_windows(pad_tail=True)`).  For a
      Parquet window set: its `test` rows' `bass` windows, one clip per window.
-  2. generate (an actor pool; one actor per GPU when the cluster has GPUs, else CPU
-     actors, see `infer.runtime.actor_plan`): the generator is loaded once per actor
+  2. generate (an actor pool sized by the shared resource policy, cluster/resources.py:
+     GPU actors with --device cuda / auto on a GPU cluster, else CPU actors): the
+     generator is loaded once per actor
      with `train.checkpoint.load_generator`; windows go through it `batch_size` at a
      time.
   3. render (CPU tasks): windows stitched with a cross-faded overlap-add of their mel
@@ -32,10 +33,11 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from cluster.resources import ResourceRequest
 from pipelines.storage import read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class GenerateConfig:
     drums_gain_db: float = 0.0
     s3_endpoint_url: str | None = None
     address: str | None = None
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
 
     def validate(self) -> None:
         if self.griffin_lim_iters < 1:
@@ -189,13 +192,13 @@ class GeneratorActor:
     """Holds the bass->drums generator (loaded once per actor) and runs windows through it."""
 
     def __init__(self, checkpoint: str, device: str, batch_size: int, variation: float, seed: int,
-                 s3_endpoint_url: str | None = None):
+                 s3_endpoint_url: str | None = None, placements=None, torch_threads: int = 1):
         import torch
 
+        from cluster.resources import claim_device
         from train.checkpoint import load_generator
 
-        if device == "cuda" and not torch.cuda.is_available():
-            device = "cpu"
+        device = claim_device(device, "generator", placements, torch_threads)
         if device == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed 256x256 windows: pick the fastest kernels once
         self.device = device
@@ -460,22 +463,27 @@ def run_generate(cfg: GenerateConfig) -> dict:
     import pyarrow as pa
 
     from cluster.ray_runtime import init_ray
+    from cluster.resources import ResourceError, placement_summary, plan_model_stage, read_placements
 
-    from infer.runtime import Progress, actor_plan, join_uri, write_table
+    from infer.runtime import Progress, join_uri, write_table
 
     cfg.validate()
     checkpoint, config, params = _checkpoint_info(cfg)
     init_ray(cfg.address)
     start = time.perf_counter()
     ds, n_clips, kind = _source_dataset(cfg, params)
-    plan = actor_plan()
-    log.info("generating drums for %d %s clip(s) with %s (%s) on %s x%d", n_clips, kind, checkpoint,
-             config.get("model"), plan.device, plan.size)
+    try:
+        plan, book = plan_model_stage(cfg.resources, what="generator")
+    except ResourceError as err:
+        raise GenerateError(str(err)) from err
+    log.info("generating drums for %d %s clip(s) with %s (%s); generator: %s", n_clips, kind, checkpoint,
+             config.get("model"), plan.describe())
     ds = ds.map_batches(
         GeneratorActor, batch_size=cfg.batch_size, batch_format="numpy", compute=plan.compute(),
         fn_constructor_kwargs={"checkpoint": checkpoint, "device": plan.device, "batch_size": cfg.batch_size,
                                "variation": cfg.variation, "seed": cfg.seed,
-                               "s3_endpoint_url": cfg.s3_endpoint_url},
+                               "s3_endpoint_url": cfg.s3_endpoint_url, "placements": book,
+                               "torch_threads": plan.torch_threads},
         **plan.remote_args())
     ds = ds.map_batches(
         render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
@@ -483,15 +491,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
                    "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
                    "s3_endpoint_url": cfg.s3_endpoint_url})
 
-    progress = Progress("generate", n_clips)
-    manifest, errors = [], []
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=16):
-        rows = [json.loads(s) for s in batch["result"]]
-        bad = [r for r in rows if r["error"]]
-        errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"], "reason": r["error"]}
-                   for r in bad]
-        manifest += [{k: v for k, v in r.items() if k not in ("error", "stage")} for r in rows if not r["error"]]
-        progress.update(len(rows), len(bad))
+    manifest, errors = _collect_results(ds, n_clips)
     seconds = time.perf_counter() - start
 
     manifest.sort(key=lambda r: r["clip_id"])
@@ -512,6 +512,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         "clips_per_second": round(len(manifest) / seconds, 4) if seconds > 0 else None,
         "realtime_factor": round(audio_seconds / seconds, 3) if seconds > 0 else None,
         "device": plan.device, "generator_actors": plan.size,
+        "resources": placement_summary(plan, read_placements(book)),
         "options": {k: v for k, v in asdict(cfg).items() if k not in ("inputs", "output", "checkpoint")},
         "mel_params": params.to_dict(), "outputs": outputs,
     }
@@ -520,6 +521,31 @@ def run_generate(cfg: GenerateConfig) -> dict:
     log.info("generate: %d clip(s) done, %d error(s), %.1f s of audio in %.1f s", len(manifest), len(errors),
              audio_seconds, seconds)
     return summary
+
+
+def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
+    """(manifest rows, error rows) as the job's batches come back."""
+    from cluster.resources import no_cuda_message
+
+    from infer.runtime import Progress
+
+    progress = Progress("generate", n_clips)
+    manifest, errors = [], []
+    try:
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=16):
+            rows = [json.loads(s) for s in batch["result"]]
+            bad = [r for r in rows if r["error"]]
+            errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"], "reason": r["error"]}
+                       for r in bad]
+            manifest += [{k: v for k, v in r.items() if k not in ("error", "stage")}
+                         for r in rows if not r["error"]]
+            progress.update(len(rows), len(bad))
+    except Exception as err:
+        message = no_cuda_message(err)
+        if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
+            raise GenerateError(message) from err
+        raise
+    return manifest, errors
 
 
 def _manifest_schema():

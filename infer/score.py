@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cluster.resources import ResourceRequest
 from infer.features import RHYTHM_FEATURES, stoi_names
 from infer.inception import LAYERS
 from pipelines.storage import read_bytes, write_bytes
@@ -85,6 +86,7 @@ class ScoreConfig:
     seed: int = 0
     s3_endpoint_url: str | None = None
     address: str | None = None
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
 
 
 class ScoreError(ValueError):
@@ -316,12 +318,12 @@ class InceptionActor:
     """Loads the Inception network once per actor; adds the pooled activations of every row."""
 
     def __init__(self, weights: str, n_mels: int, window_frames: int, device: str,
-                 s3_endpoint_url: str | None = None, batch_size: int = 16):
-        import torch
-
+                 s3_endpoint_url: str | None = None, batch_size: int = 16, placements=None,
+                 torch_threads: int = 1):
+        from cluster.resources import claim_device
         from infer.inception import InceptionFeatures, load_state_dict
 
-        self.device = device if (device != "cuda" or torch.cuda.is_available()) else "cpu"
+        self.device = claim_device(device, "Inception", placements, torch_threads)
         self.net = InceptionFeatures(load_state_dict(weights, s3_endpoint_url)).to(self.device)
         self.n_mels, self.window_frames, self.batch_size = n_mels, window_frames, batch_size
 
@@ -371,10 +373,11 @@ def _collect(ds, total: int) -> Collected:
 
 
 def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreConfig):
+    """(the lazy dataset, the Inception actors' plan, their placement book)."""
     import ray.data
 
+    from cluster.resources import ResourceError, plan_model_stage
     from infer.inception import resolve_weights
-    from infer.runtime import actor_plan
 
     params = reference.params
     lookup: dict[str, list] = {}
@@ -400,21 +403,25 @@ def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreC
     ds = ds.map_batches(features_batch, batch_format="numpy", batch_size=8, num_cpus=1,
                         fn_kwargs={"lookup": lookup, "params_dict": params.to_dict(),
                                    "s3_endpoint_url": cfg.s3_endpoint_url})
-    plan = actor_plan()
+    try:
+        plan, book = plan_model_stage(cfg.resources, what="Inception")
+    except ResourceError as err:
+        raise ScoreError(str(err)) from err
     weights = resolve_weights(cfg.inception_weights)
     ds = ds.map_batches(
         InceptionActor,
         fn_constructor_kwargs={"weights": weights, "n_mels": params.n_mels,
                                "window_frames": params.window_frames, "device": plan.device,
-                               "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size},
+                               "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size,
+                               "placements": book, "torch_threads": plan.torch_threads},
         batch_format="numpy", batch_size=cfg.batch_size, compute=plan.compute(), **plan.remote_args())
-    return ds, plan
+    return ds, plan, book
 
 
 def run_score(cfg: ScoreConfig) -> dict:
     """Run the whole scoring job; returns the summary (also written to OUTPUT/summary.json)."""
     from cluster.ray_runtime import init_ray
-
+    from cluster.resources import no_cuda_message, placement_summary, read_placements
     from infer.inception import resolve_weights
     from infer.sources import SourceError
 
@@ -431,13 +438,20 @@ def run_score(cfg: ScoreConfig) -> dict:
 
     init_ray(cfg.address)
     start = time.perf_counter()
-    ds, plan = build_dataset(reference, sets, cfg)
+    ds, plan, book = build_dataset(reference, sets, cfg)
     n_generated = sum(len(s.clips) for s in sets)
     log.info("scoring %d generated clips in %d set(s) against %d reference clips (%s); Inception on %s x%d",
              n_generated, len(sets), len(reference.clip_ids), reference.kind, plan.device, plan.size)
-    collected = _collect(ds, n_generated)
+    try:
+        collected = _collect(ds, n_generated)
+    except Exception as err:
+        message = no_cuda_message(err)
+        if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
+            raise ScoreError(message) from err
+        raise
     job_seconds = time.perf_counter() - start
-    return finish(collected, sets, reference, cfg, grader, annotations, job_seconds)
+    resources = placement_summary(plan, read_placements(book))
+    return finish(collected, sets, reference, cfg, grader, annotations, job_seconds, resources)
 
 
 def _load_grader_if_any(cfg: ScoreConfig):
@@ -471,7 +485,7 @@ def _missing_reference_errors(sets: list[GeneratedSet], reference: ReferenceSet)
 
 
 def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceSet, cfg: ScoreConfig,
-           grader, annotations, job_seconds: float) -> dict:
+           grader, annotations, job_seconds: float, resources: dict | None = None) -> dict:
     import pandas as pd
     import pyarrow as pa
 
@@ -540,6 +554,7 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
                     "inception_total": float(table["seconds_inception"].sum())},
         "clips_per_second": round(len(table) / job_seconds, 3) if job_seconds > 0 else None,
         "mel_params": params.to_dict(),
+        "device": (resources or {}).get("device"), "resources": resources or {},
         "outputs": outputs,
     }
     from infer.runtime import join_uri
