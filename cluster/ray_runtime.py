@@ -35,7 +35,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         return
-    cpus = num_cpus or max(4, os.cpu_count() or 1)
+    cpus = local_cpus(num_cpus)
     log.info("starting a local Ray with %d logical CPUs on %s", cpus, LOCAL_HOST)
     keep_local()
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
@@ -55,3 +55,20 @@ def keep_local() -> None:
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def local_cpus(num_cpus: int | None = None) -> int:
+    return num_cpus or max(4, os.cpu_count() or 1)
+
+
+def local_cluster_view(address: str | None = None, num_cpus: int | None = None):
+    """What the local Ray `init_ray` would start has (a ClusterView), known before starting it,
+    so an impossible request fails in a second; None when the job joins a cluster."""
+    from cluster.resources import ClusterView
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return None
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ClusterView([{"CPU": float(local_cpus(num_cpus)), "GPU": float(gpus)}])

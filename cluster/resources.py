@@ -482,9 +482,15 @@ def plan_model_stage(request: ResourceRequest, *, what: str, **policy) -> tuple[
 
 
 def plan_workers(requested_device: str, num_workers: int, cpus_per_worker: float,
-                 what: str = "training worker") -> tuple[str, object]:
+                 what: str = "training worker", view: ClusterView | None = None) -> tuple[str, object]:
     """On the driver of a Ray Train job: (device, placement book); ResourceError when the
-    worker group can never be scheduled (it would otherwise wait forever)."""
+    worker group can never be scheduled (it would otherwise wait forever).  With `view`
+    (the local Ray before it starts) only the check runs: the book is None."""
+    if view is not None:
+        device, _ = choose_device(requested_device, view)
+        check_satisfiable({"CPU": cpus_per_worker, "GPU": 1.0 if device == "cuda" else 0.0},
+                          num_workers, view, what=what)
+        return device, None
     view = cluster_view()
     device, why = choose_device(requested_device, view)
     bundle = {"CPU": cpus_per_worker, "GPU": 1.0 if device == "cuda" else 0.0}

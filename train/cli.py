@@ -141,10 +141,14 @@ def run_train(args) -> int:
         raise CliError(str(err)) from err
     from ray.train import TrainingFailedError
 
+    from cluster.ray_runtime import local_cluster_view
     from cluster.resources import ResourceError, plan_workers
 
-    init_ray(args.address)
     try:
+        local = local_cluster_view(args.address)
+        if local:  # an impossible request fails before a local Ray starts
+            plan_workers(args.device, args.num_workers, args.cpus_per_worker, view=local)
+        init_ray(args.address)
         device, placements = plan_workers(args.device, args.num_workers, args.cpus_per_worker)
     except ResourceError as err:
         raise CliError(str(err)) from err
