@@ -176,6 +176,11 @@ class ClusterView:
         return any(fits(n) for n in self.nodes) or \
             any(fits(t.resources) for t in self.node_types if t.max_nodes != 0)
 
+    def node_types_declare_memory(self) -> bool:
+        """False when a launchable node type gives no `memory`: the v1 autoscaler then finds
+        any memory reservation infeasible (Ray's cloud providers fill it in; others may not)."""
+        return all(t.resources.get("memory") for t in self.node_types if t.max_nodes != 0)
+
     def describe(self) -> str:
         now = f"{self.now('CPU'):g} CPUs and {self.now('GPU'):g} GPUs on {len(self.nodes)} node(s)"
         if not self.node_types:
@@ -324,7 +329,9 @@ class ActorPlan:
         # The memory reservation also keeps Ray Data from fusing the CPU stage before the
         # model stage into the model actors (it fuses maps with identical resources), so
         # decoding runs in its own tasks and never holds up the model.
-        args = {"num_cpus": self.num_cpus, "memory": self.memory}
+        args = {"num_cpus": self.num_cpus}
+        if self.memory:
+            args["memory"] = self.memory
         if self.num_gpus:
             args["num_gpus"] = self.num_gpus
         return args
@@ -355,6 +362,8 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
     torch threads.  `cpu_limit` (a job's --num-cpus) caps the CPUs the job may use.
     """
     device, why = choose_device(request.device, view)
+    if not view.node_types_declare_memory():
+        memory = 0
     if device == "cuda":
         g = request.gpus_per_actor
         capacity = view.capacity("GPU")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-FAKE_HEAD_NODE_ID = "f" * 50 + "000000"  # what Ray's own AutoscalingCluster gives the head
+FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # what Ray's own AutoscalingCluster gives the head
 
 
 def free_port() -> int:
@@ -29,7 +29,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(path: Path, port: int, *, head_cpus: float, worker_types: dict) -> Path:
+def write_config(path: Path, port: int, *, head_cpus: float, worker_types: dict,
+                 idle_timeout_minutes: float = 10) -> Path:
     """An autoscaling config: a head with `head_cpus` CPUs and no GPU, plus `worker_types`
     ({name: {"resources": {...}, "max_workers": n}}), all starting at 0 nodes."""
     types = {"ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {},
@@ -41,7 +42,7 @@ def write_config(path: Path, port: int, *, head_cpus: float, worker_types: dict)
         "cluster_name": "cycledrums-fake",
         "max_workers": sum(t.get("max_workers", 1) for t in worker_types.values()),
         "upscaling_speed": 1.0,
-        "idle_timeout_minutes": 10,
+        "idle_timeout_minutes": idle_timeout_minutes,
         "docker": {},
         "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
                      "disable_node_updaters": True, "disable_launch_config_check": True,
@@ -119,12 +120,13 @@ def _pids_using(temp_dir: Path) -> list[int]:
 
 
 def start(base: Path, *, head_cpus: float, worker_types: dict, extra_env: dict | None = None,
-          timeout_s: float = 90) -> FakeCluster:
+          idle_timeout_minutes: float = 10, timeout_s: float = 120) -> FakeCluster:
     """Start the head (autoscaler included) and wait until a client can connect."""
     port = free_port()
     temp_dir = base / "ray"
     temp_dir.mkdir(parents=True, exist_ok=True)
-    cfg = write_config(base / "autoscaling.yaml", port, head_cpus=head_cpus, worker_types=worker_types)
+    cfg = write_config(base / "autoscaling.yaml", port, head_cpus=head_cpus, worker_types=worker_types,
+                       idle_timeout_minutes=idle_timeout_minutes)
     env = dict(os.environ, RAY_FAKE_CLUSTER="1", RAY_AUTH_MODE="disabled",
                RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_NODE_ID,
                CYCLEDRUMS_FAKE_CLUSTER=str(temp_dir), RAY_USAGE_STATS_ENABLED="0", **(extra_env or {}))
