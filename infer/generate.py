@@ -81,6 +81,8 @@ _ROW_DEFAULTS = {
     "clip_id": "", "input": "", "error": "", "stage": "", "windows": b"", "drum_windows": b"",
     "n_windows": 0, "n_frames": 0, "model_samples": 0, "input_rate": 0, "input_samples": 0,
     "channels": 0, "bass_from_mel": False, "seconds_decode": 0.0, "seconds_generate": 0.0,
+    # filled when the generator actor inverts (on GPU): stitched drum image, audio at the mel rate
+    "drums_image": b"", "drums_audio": b"", "bass_audio": b"", "seconds_stitch": 0.0, "seconds_invert": 0.0,
 }
 
 
@@ -192,7 +194,8 @@ class GeneratorActor:
     """Holds the bass->drums generator (loaded once per actor) and runs windows through it."""
 
     def __init__(self, checkpoint: str, device: str, batch_size: int, variation: float, seed: int,
-                 s3_endpoint_url: str | None = None, placements=None, torch_threads: int = 1):
+                 s3_endpoint_url: str | None = None, placements=None, torch_threads: int = 1,
+                 invert: bool = False, n_iter: int = 32):
         import torch
 
         from cluster.resources import claim_device
@@ -204,6 +207,7 @@ class GeneratorActor:
         self.device = device
         self.model, self.params, _ = load_generator(checkpoint, device=device, s3_endpoint_url=s3_endpoint_url)
         self.batch_size, self.variation, self.seed = batch_size, variation, seed
+        self.invert, self.n_iter = invert, n_iter
 
     def model_input(self, windows, clip_id: str):
         """uint8 windows -> [n, 1, mels, frames] model input, with the seeded variation noise."""
@@ -252,7 +256,49 @@ class GeneratorActor:
         total_windows = max(1, sum(int(r["n_windows"]) for r in todo))
         for r in todo:
             r["seconds_generate"] = seconds * int(r["n_windows"]) / total_windows
+        if self.invert and todo:
+            self.invert_rows(todo)
         return _columns(rows)
+
+    def invert_rows(self, todo: list[dict]) -> None:
+        """Stitch and invert (pseudo-inverse + batched Griffin-Lim) on this actor's device.
+
+        On a GPU this is where the time goes on CPU nodes (32 STFT/iSTFT pairs per clip),
+        so doing it beside the generator keeps the GPU, not 1-CPU render tasks, the pace.
+        """
+        import torch
+
+        from infer import render
+
+        p = self.params
+        images, lengths, owners = [], [], []
+        for r in todo:
+            t0 = time.perf_counter()
+            try:
+                image = _stitched_image(r, p)
+            except ValueError as err:  # reported by the render stage, like on CPU
+                r["error"], r["stage"] = str(err), "stitch"
+                continue
+            r["seconds_stitch"] = time.perf_counter() - t0
+            r["drums_image"] = image.numpy().tobytes()
+            images.append(image.to(self.device))
+            lengths.append(int(r["model_samples"]))
+            owners.append((r, "drums_audio"))
+            if r["bass_from_mel"]:
+                bass = torch.frombuffer(bytearray(r["windows"]), dtype=torch.uint8).reshape(p.n_mels, p.window_frames)
+                images.append(bass.to(self.device))
+                lengths.append(int(r["model_samples"]))
+                owners.append((r, "bass_audio"))
+        if not images:
+            return
+        t0 = time.perf_counter()
+        audio = render.invert_images(images, lengths, p, self.n_iter)
+        audio = [a.float().cpu().numpy() for a in audio]
+        seconds = time.perf_counter() - t0
+        total = max(1, sum(img.shape[-1] for img in images))
+        for (r, key), a, img in zip(owners, audio, images):
+            r[key] = np.ascontiguousarray(a, dtype=np.float32).tobytes()
+            r["seconds_invert"] = float(r["seconds_invert"]) + seconds * img.shape[-1] / total
 
 
 # ---------------------------------------------------------------- stage 3: render
@@ -309,7 +355,18 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
     start = time.perf_counter()
     images, lengths, owners = [], [], []
     stitch_seconds = {}
+    inverted = {}  # clip id -> {"drums": audio, "bass": audio} inverted by the generator actor (GPU)
     for r in todo:
+        if r["drums_audio"]:
+            cid = r["clip_id"]
+            inverted[cid] = {k: torch.from_numpy(np.frombuffer(r[f"{k}_audio"], dtype=np.float32).copy())
+                             for k in ("drums", "bass") if r[f"{k}_audio"]}
+            images.append(torch.frombuffer(bytearray(r["drums_image"]), dtype=torch.uint8)
+                          .reshape(params.n_mels, int(r["n_frames"])))
+            lengths.append(int(r["model_samples"]))
+            owners.append(("drums", cid))
+            stitch_seconds[cid] = float(r["seconds_stitch"])
+            continue
         t0 = time.perf_counter()
         try:
             image = _stitched_image(r, params)
@@ -327,9 +384,14 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
             lengths.append(int(r["model_samples"]))
             owners.append(("bass", r["clip_id"]))
     t0 = time.perf_counter()
-    audio = dict(zip(owners, render.invert_images(images, lengths, params, n_iter))) if images else {}
+    todo_invert = [i for i, (_, cid) in enumerate(owners) if cid not in inverted]
+    audio = dict(zip([owners[i] for i in todo_invert],
+                     render.invert_images([images[i] for i in todo_invert], [lengths[i] for i in todo_invert],
+                                          params, n_iter))) if todo_invert else {}
+    for cid, parts in inverted.items():
+        audio.update({(kind, cid): a for kind, a in parts.items()})
     invert_total = time.perf_counter() - t0
-    frames_total = max(1, sum(img.shape[-1] for img in images))
+    frames_total = max(1, sum(images[i].shape[-1] for i in todo_invert))
 
     for r in rows:
         base = {"clip_id": str(r["clip_id"]), "input": str(r["input"])}
@@ -371,7 +433,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
             "mel_path": f"{cid}/{OUTPUT_FILES['mel']}",
             "seconds_decode": float(r["seconds_decode"]), "seconds_generate": float(r["seconds_generate"]),
             "seconds_stitch": stitch_seconds[cid],
-            "seconds_invert": invert_total * frames / frames_total,
+            "seconds_invert": float(r["seconds_invert"]) if cid in inverted
+            else invert_total * frames / frames_total,
             "seconds_mix_write": time.perf_counter() - t0,
         })
     log.debug("rendered %d clips in %.2f s", len(todo), time.perf_counter() - start)
@@ -483,7 +546,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
         fn_constructor_kwargs={"checkpoint": checkpoint, "device": plan.device, "batch_size": cfg.batch_size,
                                "variation": cfg.variation, "seed": cfg.seed,
                                "s3_endpoint_url": cfg.s3_endpoint_url, "placements": book,
-                               "torch_threads": plan.torch_threads},
+                               "torch_threads": plan.torch_threads, "invert": invert_on_actor(plan.device),
+                               "n_iter": cfg.griffin_lim_iters},
         **plan.remote_args())
     ds = ds.map_batches(
         render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
@@ -512,6 +576,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         "clips_per_second": round(len(manifest) / seconds, 4) if seconds > 0 else None,
         "realtime_factor": round(audio_seconds / seconds, 3) if seconds > 0 else None,
         "device": plan.device, "generator_actors": plan.size,
+        "inversion": "generator actor (cuda)" if invert_on_actor(plan.device) else "render tasks (cpu)",
         "resources": placement_summary(plan, read_placements(book)),
         "options": {k: v for k, v in asdict(cfg).items() if k not in ("inputs", "output", "checkpoint")},
         "mel_params": params.to_dict(), "outputs": outputs,
@@ -521,6 +586,14 @@ def run_generate(cfg: GenerateConfig) -> dict:
     log.info("generate: %d clip(s) done, %d error(s), %.1f s of audio in %.1f s", len(manifest), len(errors),
              audio_seconds, seconds)
     return summary
+
+
+def invert_on_actor(device: str) -> bool:
+    """Where Griffin-Lim runs.  On a GPU: in the generator actor (a GPU inverts a clip in a
+    fraction of what one CPU takes).  On CPU: in the render tasks, as before: the model
+    actors hold half the CPUs and render tasks use the rest, and moving inversion into
+    the actors would serialize it behind the generator (benchmarks/bench_generate.py)."""
+    return device == "cuda"
 
 
 def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
