@@ -143,6 +143,9 @@ def main() -> None:
     total = sum(per_clip.values())
     print("in the Ray job, per clip, median seconds by stage: " + ", ".join(
         f"{stage} {per_clip[stage]:.3f} ({100 * per_clip[stage] / total:.0f}%)" for stage in STAGES))
+    print(f"inversion (Griffin-Lim, {args.griffin_lim_iters} iterations) ran in the "
+          f"{runs[-1][0]['inversion']}: {per_clip['invert']:.3f} s per clip (median); on a GPU node it runs "
+          "in the generator actor (benchmarks/gpu_check.py measures it there)")
     windows = float(manifest["windows"].mean())
     gen_per_window = per_clip["generate"] / windows
     print(f"generator on this CPU: {gen_per_window:.2f} s/window = {GFLOP_PER_WINDOW / gen_per_window:.0f} GFLOP/s")

@@ -100,7 +100,7 @@ def ray_loop(data: str, cfg_options: dict, workers: int, cpus_per_worker: float,
     with tempfile.TemporaryDirectory(prefix="bench-train-") as run_dir:
         options = cfg_options | {"max_steps": warmup + steps, "log_every": 1,
                                  "checkpoint_every": 10 ** 6, "images_per_epoch": 0}
-        train(data, run_dir, options, num_workers=workers, use_gpu=use_gpu,
+        train(data, run_dir, options, num_workers=workers, device="cuda" if use_gpu else "cpu",
               cpus_per_worker=cpus_per_worker, max_failures=0)
         rates = [m["samples_per_s"] for m in read_metrics(run_dir) if "event" not in m]
     return [workers / r for r in rates[warmup:]]

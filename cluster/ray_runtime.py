@@ -8,36 +8,71 @@ from cluster.console import quiet_ray_logs
 
 log = logging.getLogger(__name__)
 
+LOCAL_HOST = "127.0.0.1"
+
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to the cluster at `address` (or $RAY_ADDRESS, as inside `ray job submit`),
     else start a local Ray on this machine.
 
-    The local Ray advertises at least 4 logical CPUs even on a 2-core machine:
-    logical CPUs are scheduling tokens, and a job whose training workers hold one
-    each must still leave tokens for its Ray Data tasks, or it waits forever.
+    The local Ray listens on 127.0.0.1 only (node address, dashboard, metrics): a run on
+    a laptop or CI machine opens nothing to the network.  It advertises at least 4
+    logical CPUs even on a 2-core machine: logical CPUs are scheduling tokens, and a
+    job whose training workers hold one each must still leave tokens for its Ray Data
+    tasks, or it waits forever.  Its object store takes Ray's default share of the
+    machine's memory (no fixed cap).
+
+    The test-only switch CYCLEDRUMS_TEST_CPU_STANDIN_FOR_GPU (cluster/resources.py)
+    travels to the job's workers through the runtime environment.
     """
     import ray
 
+    from cluster.resources import STANDIN_ENV
+
     if ray.is_initialized():
         return
+    runtime_env = {"env_vars": {STANDIN_ENV: os.environ[STANDIN_ENV]}} if os.environ.get(STANDIN_ENV) else None
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         quiet_ray_logs(verbose=log.isEnabledFor(logging.DEBUG))
         return
-    cpus = num_cpus or max(4, os.cpu_count() or 1)
-    log.info("starting a local Ray with %d logical CPUs", cpus)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
-             object_store_memory=_local_object_store_bytes())
+    cpus = local_cpus(num_cpus)
+    log.info("starting a local Ray with %d logical CPUs on %s", cpus, LOCAL_HOST)
+    keep_local()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
+             _node_ip_address=LOCAL_HOST, dashboard_host=LOCAL_HOST)
     quiet_ray_logs(verbose=log.isEnabledFor(logging.DEBUG))
 
 
-def _local_object_store_bytes() -> int:
-    # A quarter of RAM, capped at 4 GiB: enough for streaming blocks of windows.
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 8 << 30
-    return int(min(total // 4, 4 << 30))
+def keep_local() -> None:
+    """Make the Ray about to start on this machine use the loopback address for its node.
+
+    `ray.init(_node_ip_address="127.0.0.1")` alone is not enough: Ray turns a loopback
+    address into the machine's network address (services.resolve_ip_for_localhost)
+    unless multi-node clusters are switched off, which is what Ray does on macOS and
+    Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).  The variable is read at import, so
+    both the environment (for the processes Ray starts) and the loaded constant are set.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def local_cpus(num_cpus: int | None = None) -> int:
+    return num_cpus or max(4, os.cpu_count() or 1)
+
+
+def local_cluster_view(address: str | None = None, num_cpus: int | None = None):
+    """What the local Ray `init_ray` would start has (a ClusterView), known before starting it,
+    so an impossible request fails in a second; None when the job joins a cluster."""
+    from cluster.resources import ClusterView
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return None
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ClusterView([{"CPU": float(local_cpus(num_cpus)), "GPU": float(gpus)}])

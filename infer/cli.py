@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 
+from cluster.resources import add_resource_options
 from cycledrums_cli import add_job_options
 
 
@@ -48,8 +49,8 @@ For a Parquet input the bass in the mix is re-synthesised from its mel window
 (the Parquet holds no audio), and the output rate defaults to the mel rate.
 
 The job: decode + mel + 256-frame windows (CPU tasks) -> the generator (an actor
-pool: one actor per GPU when the cluster has GPUs, else CPU actors on half the
-cluster's CPUs minus one) -> windows stitched with a raised-cosine cross-fade over
+pool: GPU actors with --device cuda, or auto on a cluster that has or can add
+GPUs; else CPU actors on half the cluster's CPUs minus one) -> windows stitched with a raised-cosine cross-fade over
 their 50-frame overlaps (overlap-add of mel power), Griffin-Lim, level match, mix,
 write (CPU tasks).
 
@@ -77,6 +78,7 @@ with --variation 0 (the default) the seed changes nothing.""",
                    help="windows per generator forward pass, and clips per batch of the job (default: 8)")
     p.add_argument("--drums-gain-db", type=float, default=0.0,
                    help="drums level relative to the bass's level (active RMS), in dB (default: 0)")
+    add_resource_options(p, what="generator")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_generate)
@@ -85,13 +87,16 @@ with --variation 0 (the default) the seed changes nothing.""",
 def _run_generate(args) -> int:
     from cycledrums_cli import CliError
 
+    from cluster.resources import ResourceRequest
+
     from infer.generate import GenerateConfig, GenerateError, run_generate
 
     cfg = GenerateConfig(
         checkpoint=args.checkpoint, inputs=list(args.inputs), output=args.output, seed=args.seed,
         variation=args.variation, griffin_lim_iters=args.griffin_lim_iters, sample_rate=args.sample_rate,
         batch_size=args.batch_size, drums_gain_db=args.drums_gain_db,
-        s3_endpoint_url=args.s3_endpoint_url, address=args.address)
+        s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        resources=ResourceRequest.from_args(args))
     try:
         summary = run_generate(cfg)
     except (GenerateError, FileNotFoundError) as err:
@@ -181,6 +186,7 @@ when several GENERATED sets share clip ids.""",
                         "silence) and the sanity ladder (default: on when the reference has 2 or more clips)")
     p.add_argument("--report-clips", type=int, default=24, metavar="N",
                    help="clips per set shown in the report: the N worst, best and random ones (default: 24)")
+    add_resource_options(p, what="Inception")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_score)
@@ -192,11 +198,14 @@ def _run_score(args) -> int:
     from infer.grader import AnnotationError
     from infer.score import ScoreConfig, ScoreError, run_score
 
+    from cluster.resources import ResourceRequest
+
     cfg = ScoreConfig(
         generated=[args.generated] + list(args.also), reference=args.reference, output=args.output,
         annotations=args.annotations, grader=args.grader, inception_weights=args.inception_weights,
         batch_size=args.batch_size, grader_c=args.grader_c, seed=args.seed, baselines=args.baselines,
-        report_clips=args.report_clips, s3_endpoint_url=args.s3_endpoint_url, address=args.address)
+        report_clips=args.report_clips, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        resources=ResourceRequest.from_args(args))
     try:
         summary = run_score(cfg)
     except (ScoreError, AnnotationError) as err:

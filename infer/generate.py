@@ -6,8 +6,9 @@ Griffin-Lim):
      256-frame windows with 50 frames of overlap, the tail padded with silence so
      every frame is covered (`pipelines.mel.cut_windows(pad_tail=True)`).  For a
      Parquet window set: its `test` rows' `bass` windows, one clip per window.
-  2. generate (an actor pool; one actor per GPU when the cluster has GPUs, else CPU
-     actors, see `infer.runtime.actor_plan`): the generator is loaded once per actor
+  2. generate (an actor pool sized by the shared resource policy, cluster/resources.py:
+     GPU actors with --device cuda / auto on a GPU cluster, else CPU actors): the
+     generator is loaded once per actor
      with `train.checkpoint.load_generator`; windows go through it `batch_size` at a
      time.
   3. render (CPU tasks): windows stitched with a cross-faded overlap-add of their mel
@@ -32,12 +33,12 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from cluster.resources import ResourceRequest
 from cycledrums_cli import UserError
-
 from pipelines.storage import read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class GenerateConfig:
     drums_gain_db: float = 0.0
     s3_endpoint_url: str | None = None
     address: str | None = None
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
 
     def validate(self) -> None:
         if self.griffin_lim_iters < 1:
@@ -81,6 +83,8 @@ _ROW_DEFAULTS = {
     "n_windows": 0, "n_frames": 0, "model_samples": 0, "input_rate": 0, "input_samples": 0,
     "channels": 0, "bass_from_mel": False, "seconds_decode": 0.0, "seconds_generate": 0.0,
     "transient": False,
+    # filled when the generator actor inverts (on GPU): stitched drum image, audio at the mel rate
+    "drums_image": b"", "drums_audio": b"", "bass_audio": b"", "seconds_stitch": 0.0, "seconds_invert": 0.0,
 }
 
 
@@ -194,17 +198,18 @@ class GeneratorActor:
     """Holds the bass->drums generator (loaded once per actor) and runs windows through it."""
 
     def __init__(self, checkpoint: str, device: str, batch_size: int, variation: float, seed: int,
-                 s3_endpoint_url: str | None = None, generator: tuple[dict, dict] | None = None):
+                 s3_endpoint_url: str | None = None, generator: tuple[dict, dict] | None = None,
+                 placements=None, torch_threads: int = 1, invert: bool = False, n_iter: int = 32):
         """`generator` = (checkpoint config, generator state dict), as the driver read them:
         the actors then need no storage access (fewer places for an S3 fault to kill one)."""
         import torch
 
+        from cluster.resources import claim_device
         from pipelines.mel import MelParams
         from train.checkpoint import load_generator
         from train.models import build_generator
 
-        if device == "cuda" and not torch.cuda.is_available():
-            device = "cpu"
+        device = claim_device(device, "generator", placements, torch_threads)
         if device == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed 256x256 windows: pick the fastest kernels once
         self.device = device
@@ -218,6 +223,7 @@ class GeneratorActor:
             self.model, self.params, _ = load_generator(checkpoint, device=device,
                                                         s3_endpoint_url=s3_endpoint_url)
         self.batch_size, self.variation, self.seed = batch_size, variation, seed
+        self.invert, self.n_iter = invert, n_iter
 
     def model_input(self, windows, clip_id: str):
         """uint8 windows -> [n, 1, mels, frames] model input, with the seeded variation noise."""
@@ -266,7 +272,49 @@ class GeneratorActor:
         total_windows = max(1, sum(int(r["n_windows"]) for r in todo))
         for r in todo:
             r["seconds_generate"] = seconds * int(r["n_windows"]) / total_windows
+        if self.invert and todo:
+            self.invert_rows(todo)
         return _columns(rows)
+
+    def invert_rows(self, todo: list[dict]) -> None:
+        """Stitch and invert (pseudo-inverse + batched Griffin-Lim) on this actor's device.
+
+        On a GPU this is where the time goes on CPU nodes (32 STFT/iSTFT pairs per clip),
+        so doing it beside the generator keeps the GPU, not 1-CPU render tasks, the pace.
+        """
+        import torch
+
+        from infer import render
+
+        p = self.params
+        images, lengths, owners = [], [], []
+        for r in todo:
+            t0 = time.perf_counter()
+            try:
+                image = _stitched_image(r, p)
+            except ValueError as err:  # reported by the render stage, like on CPU
+                r["error"], r["stage"] = str(err), "stitch"
+                continue
+            r["seconds_stitch"] = time.perf_counter() - t0
+            r["drums_image"] = image.numpy().tobytes()
+            images.append(image.to(self.device))
+            lengths.append(int(r["model_samples"]))
+            owners.append((r, "drums_audio"))
+            if r["bass_from_mel"]:
+                bass = torch.frombuffer(bytearray(r["windows"]), dtype=torch.uint8).reshape(p.n_mels, p.window_frames)
+                images.append(bass.to(self.device))
+                lengths.append(int(r["model_samples"]))
+                owners.append((r, "bass_audio"))
+        if not images:
+            return
+        t0 = time.perf_counter()
+        audio = render.invert_images(images, lengths, p, self.n_iter)
+        audio = [a.float().cpu().numpy() for a in audio]
+        seconds = time.perf_counter() - t0
+        total = max(1, sum(img.shape[-1] for img in images))
+        for (r, key), a, img in zip(owners, audio, images):
+            r[key] = np.ascontiguousarray(a, dtype=np.float32).tobytes()
+            r["seconds_invert"] = float(r["seconds_invert"]) + seconds * img.shape[-1] / total
 
 
 # ---------------------------------------------------------------- stage 3: render
@@ -325,7 +373,18 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
     start = time.perf_counter()
     images, lengths, owners = [], [], []
     stitch_seconds = {}
+    inverted = {}  # clip id -> {"drums": audio, "bass": audio} inverted by the generator actor (GPU)
     for r in todo:
+        if r["drums_audio"]:
+            cid = r["clip_id"]
+            inverted[cid] = {k: torch.from_numpy(np.frombuffer(r[f"{k}_audio"], dtype=np.float32).copy())
+                             for k in ("drums", "bass") if r[f"{k}_audio"]}
+            images.append(torch.frombuffer(bytearray(r["drums_image"]), dtype=torch.uint8)
+                          .reshape(params.n_mels, int(r["n_frames"])))
+            lengths.append(int(r["model_samples"]))
+            owners.append(("drums", cid))
+            stitch_seconds[cid] = float(r["seconds_stitch"])
+            continue
         t0 = time.perf_counter()
         try:
             image = _stitched_image(r, params)
@@ -343,9 +402,14 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
             lengths.append(int(r["model_samples"]))
             owners.append(("bass", r["clip_id"]))
     t0 = time.perf_counter()
-    audio = dict(zip(owners, render.invert_images(images, lengths, params, n_iter))) if images else {}
+    todo_invert = [i for i, (_, cid) in enumerate(owners) if cid not in inverted]
+    audio = dict(zip([owners[i] for i in todo_invert],
+                     render.invert_images([images[i] for i in todo_invert], [lengths[i] for i in todo_invert],
+                                          params, n_iter))) if todo_invert else {}
+    for cid, parts in inverted.items():
+        audio.update({(kind, cid): a for kind, a in parts.items()})
     invert_total = time.perf_counter() - t0
-    frames_total = max(1, sum(img.shape[-1] for img in images))
+    frames_total = max(1, sum(images[i].shape[-1] for i in todo_invert))
 
     for r in rows:
         base = {"clip_id": str(r["clip_id"]), "input": str(r["input"])}
@@ -389,7 +453,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
             "mel_path": f"{cid}/{OUTPUT_FILES['mel']}",
             "seconds_decode": float(r["seconds_decode"]), "seconds_generate": float(r["seconds_generate"]),
             "seconds_stitch": stitch_seconds[cid],
-            "seconds_invert": invert_total * frames / frames_total,
+            "seconds_invert": float(r["seconds_invert"]) if cid in inverted
+            else invert_total * frames / frames_total,
             "seconds_mix_write": time.perf_counter() - t0,
         })
     log.debug("rendered %d clips in %.2f s", len(todo), time.perf_counter() - start)
@@ -526,8 +591,10 @@ def run_generate(cfg: GenerateConfig) -> dict:
     import pyarrow as pa
 
     from cluster.ray_runtime import init_ray
+    from cluster.resources import ResourceError, placement_summary, plan_model_stage, read_placements
 
-    from infer.runtime import Progress, actor_plan, join_uri, write_table
+    from infer.runtime import join_uri, write_table
+
 
     cfg, job = preflight(cfg)
     checkpoint, config, params = job["checkpoint"], job["config"], job["params"]
@@ -535,14 +602,19 @@ def run_generate(cfg: GenerateConfig) -> dict:
     init_ray(cfg.address)
     start = time.perf_counter()
     ds = _source_dataset(cfg, job)
-    plan = actor_plan()
-    log.info("generating drums for %d %s clip(s) with %s (%s) on %s x%d", n_clips, kind, checkpoint,
-             config.get("model"), plan.device, plan.size)
+    try:
+        plan, book = plan_model_stage(cfg.resources, what="generator")
+    except ResourceError as err:
+        raise GenerateError(str(err)) from err
+    log.info("generating drums for %d %s clip(s) with %s (%s); generator: %s", n_clips, kind, checkpoint,
+             config.get("model"), plan.describe())
     ds = ds.map_batches(
         GeneratorActor, batch_size=cfg.batch_size, batch_format="numpy", compute=plan.compute(),
         fn_constructor_kwargs={"checkpoint": checkpoint, "device": plan.device, "batch_size": cfg.batch_size,
                                "variation": cfg.variation, "seed": cfg.seed,
-                               "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"]},
+                               "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"],
+                               "placements": book, "torch_threads": plan.torch_threads,
+                               "invert": invert_on_actor(plan.device), "n_iter": cfg.griffin_lim_iters},
         **plan.remote_args())
     ds = ds.map_batches(
         render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
@@ -550,16 +622,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
                    "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
                    "s3_endpoint_url": cfg.s3_endpoint_url})
 
-    progress = Progress("generate", n_clips)
-    manifest, errors = [], []
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=16):
-        rows = [json.loads(s) for s in batch["result"]]
-        bad = [r for r in rows if r["error"]]
-        errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"], "reason": r["error"],
-                    "transient": bool(r.get("transient"))} for r in bad]
-        manifest += [{k: v for k, v in r.items() if k not in ("error", "stage", "transient")}
-                     for r in rows if not r["error"]]
-        progress.update(len(rows), len(bad))
+    manifest, errors = _collect_results(ds, n_clips)
     seconds = time.perf_counter() - start
 
     manifest.sort(key=lambda r: r["clip_id"])
@@ -582,6 +645,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
         "clips_per_second": round(len(manifest) / seconds, 4) if seconds > 0 else None,
         "realtime_factor": round(audio_seconds / seconds, 3) if seconds > 0 else None,
         "device": plan.device, "generator_actors": plan.size,
+        "inversion": "generator actor (cuda)" if invert_on_actor(plan.device) else "render tasks (cpu)",
+        "resources": placement_summary(plan, read_placements(book)),
         "options": {k: v for k, v in asdict(cfg).items() if k not in ("inputs", "output", "checkpoint")},
         "mel_params": params.to_dict(), "outputs": outputs,
     }
@@ -590,6 +655,39 @@ def run_generate(cfg: GenerateConfig) -> dict:
     log.info("generate: %d clip(s) done, %d error(s), %.1f s of audio in %.1f s", len(manifest), len(errors),
              audio_seconds, seconds)
     return summary
+
+
+def invert_on_actor(device: str) -> bool:
+    """Where Griffin-Lim runs.  On a GPU: in the generator actor (a GPU inverts a clip in a
+    fraction of what one CPU takes).  On CPU: in the render tasks, as before: the model
+    actors hold half the CPUs and render tasks use the rest, and moving inversion into
+    the actors would serialize it behind the generator (benchmarks/bench_generate.py)."""
+    return device == "cuda"
+
+
+def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
+    """(manifest rows, error rows) as the job's batches come back."""
+    from cluster.resources import no_cuda_message
+
+    from infer.runtime import Progress
+
+    progress = Progress("generate", n_clips)
+    manifest, errors = [], []
+    try:
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=16):
+            rows = [json.loads(s) for s in batch["result"]]
+            bad = [r for r in rows if r["error"]]
+            errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"],
+                        "reason": r["error"], "transient": bool(r.get("transient"))} for r in bad]
+            manifest += [{k: v for k, v in r.items() if k not in ("error", "stage", "transient")}
+                         for r in rows if not r["error"]]
+            progress.update(len(rows), len(bad))
+    except Exception as err:
+        message = no_cuda_message(err)
+        if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
+            raise GenerateError(message) from err
+        raise
+    return manifest, errors
 
 
 def _manifest_schema():

@@ -76,16 +76,26 @@ def run_score(cfg: ScoreConfig) -> dict:
     """Run the whole scoring job; returns the summary (also written to OUTPUT/summary.json)."""
     from cluster.ray_runtime import init_ray
 
+    from cluster.resources import no_cuda_message, placement_summary, read_placements
+
     sets, reference, weights, grader, annotations = prepare_inputs(cfg)
     init_ray(cfg.address)
     start = time.perf_counter()
-    ds, plan = build_dataset(reference, sets, cfg, weights)
+    ds, plan, book = build_dataset(reference, sets, cfg, weights)
     n_generated = sum(len(s.matches) for s in sets)
     log.info("scoring %d generated clips in %d set(s) against %d reference clips (%s; baselines %s); "
              "Inception on %s x%d", n_generated, len(sets), len(reference.clip_ids), reference.kind,
              "on" if cfg.baselines else "off", plan.device, plan.size)
-    collected = collect(ds, len(reference.clip_ids))
-    return finish(collected, sets, reference, cfg, grader, annotations, time.perf_counter() - start)
+    try:
+        collected = collect(ds, len(reference.clip_ids))
+    except Exception as err:
+        message = no_cuda_message(err)
+        if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
+            raise ScoreError(message) from err
+        raise
+    resources = placement_summary(plan, read_placements(book))
+    return finish(collected, sets, reference, cfg, grader, annotations, time.perf_counter() - start,
+                  resources)
 
 
 def prepare_inputs(cfg: ScoreConfig):
@@ -180,8 +190,9 @@ def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig):
 
 
 def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreConfig, weights: str):
+    """(the lazy dataset, the Inception actors' plan, their placement book)."""
+    from cluster.resources import ResourceError, plan_model_stage
     from infer import score_stages as stages
-    from infer.runtime import actor_plan
 
     params = reference.params
     ds = reference_dataset(reference, cfg)
@@ -189,14 +200,18 @@ def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreC
                         fn_kwargs={"lookup": generated_lookup(sets), "params_dict": params.to_dict(),
                                    "s3_endpoint_url": cfg.s3_endpoint_url, "baselines": bool(cfg.baselines),
                                    "seed": cfg.seed})
-    plan = actor_plan()
+    try:
+        plan, book = plan_model_stage(cfg.resources, what="Inception")
+    except ResourceError as err:
+        raise ScoreError(str(err)) from err
     ds = ds.map_batches(
         stages.InceptionActor,
         fn_constructor_kwargs={"weights": weights, "n_mels": params.n_mels,
                                "window_frames": params.window_frames, "device": plan.device,
-                               "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size},
+                               "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size,
+                               "placements": book, "torch_threads": plan.torch_threads},
         batch_format="numpy", batch_size=cfg.batch_size, compute=plan.compute(), **plan.remote_args())
-    return ds, plan
+    return ds, plan, book
 
 
 def collect(ds, n_reference: int) -> Collected:

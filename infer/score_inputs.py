@@ -14,6 +14,8 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
+from cluster.resources import ResourceRequest
+
 MATCHING_RULE = ("clip ids match when equal, or when one is the other with leading folders removed "
                  "('track-1' matches 'test/track-1' and vice versa), if exactly one reference clip fits")
 
@@ -37,6 +39,7 @@ class ScoreConfig:
     report_clips: int = 24
     s3_endpoint_url: str | None = None
     address: str | None = None
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
 
 
 def parse_generated(spec: str) -> tuple[str | None, str]:

@@ -220,12 +220,12 @@ class InceptionActor:
     """Loads the Inception network once per actor; adds the pooled activations of every row."""
 
     def __init__(self, weights: str, n_mels: int, window_frames: int, device: str,
-                 s3_endpoint_url: str | None = None, batch_size: int = 16):
-        import torch
-
+                 s3_endpoint_url: str | None = None, batch_size: int = 16, placements=None,
+                 torch_threads: int = 1):
+        from cluster.resources import claim_device
         from infer.inception import InceptionFeatures, load_state_dict
 
-        self.device = device if (device != "cuda" or torch.cuda.is_available()) else "cpu"
+        self.device = claim_device(device, "Inception", placements, torch_threads)
         self.net = InceptionFeatures(load_state_dict(weights, s3_endpoint_url)).to(self.device)
         self.n_mels, self.window_frames, self.batch_size = n_mels, window_frames, batch_size
 

@@ -144,7 +144,7 @@ def _error_rows(cols: dict, sets: list[GeneratedSet], reference: ReferenceSet) -
 
 
 def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceSet, cfg: ScoreConfig,
-           grader, annotations, job_seconds: float) -> dict:
+           grader, annotations, job_seconds: float, resources: dict | None = None) -> dict:
     import pyarrow as pa
 
     from infer.ladder import passing_metrics, sanity_ladder
@@ -201,6 +201,7 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
                     "inception_total": float(table["seconds_inception"].sum())},
         "clips_per_second": round(int((~table["baseline"]).sum()) / job_seconds, 3) if job_seconds > 0 else None,
         "mel_params": params.to_dict(),
+        "device": (resources or {}).get("device"), "resources": resources or {},
         "outputs": outputs,
     }
     summary_path = join_uri(cfg.output, "summary.json")

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from cluster.resources import add_resource_options
 from cycledrums_cli import add_job_options
 
 
@@ -186,19 +187,22 @@ def _register_prepare(sub) -> None:
                    "nothing that runs code; a file that needs more is refused. Use local files "
                    "only from a source you trust")
     p.add_argument("--separators", type=int, default=None,
-                   help="mixes: Demucs actors (default: one per GPU in the cluster, or 1 on CPU)")
+                   help="mixes: Demucs actors, the same as --actors N (default: see --actors)")
     p.add_argument("--num-cpus", type=float, default=None,
                    help="cap on the logical CPUs this job uses (default: all of the cluster's)")
     p.add_argument("--limit", type=int, default=None,
                    help="process at most this many tracks in this run (default: all)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo tracks already in OUTPUT (default: skip them)")
+    add_resource_options(p, what="mixes: Demucs",
+                         cpu_default="1 actor using all the CPUs but one as torch threads")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_prepare)
 
 
 def _run_prepare(args) -> int:
+    from cluster.resources import ResourceError, ResourceRequest
     from cycledrums_cli import CliError
     from pipelines.catalog import CatalogError
     from pipelines.prepare import PrepareConfig, PrepareError, exit_problem, format_summary, run_prepare
@@ -211,10 +215,11 @@ def _run_prepare(args) -> int:
         min_level_db=args.min_level_db, demucs_model=args.demucs_model,
         separators=args.separators, num_cpus=args.num_cpus, overwrite=args.overwrite,
         limit=args.limit, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        resources=ResourceRequest.from_args(args),
     )
     try:
         summary = run_prepare(cfg)
-    except (CatalogError, PrepareError, ModelSpecError) as err:
+    except (CatalogError, PrepareError, ModelSpecError, ResourceError) as err:
         raise CliError(str(err)) from err
     print(json.dumps(summary) if args.json else format_summary(summary))
     problem = exit_problem(summary)

@@ -5,7 +5,7 @@ shares memory with others):
 
     catalog (driver: names only)
       -> decode: read the bytes, decode, mono, resample       CPU tasks
-      -> separate (mixes only): Demucs, keep bass and drums     actor pool, 1 GPU each if any
+      -> separate (mixes only): Demucs, keep bass and drums     actor pool (cluster/resources.py)
       -> windows: mel / dB / uint8, 256x256 windows, drop       CPU tasks
          near-silent ones, write the track's Parquet file
 
@@ -30,13 +30,13 @@ import json
 import logging
 import posixpath
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 
+from cluster.resources import ResourceRequest
 from cycledrums_cli import UserError
-
 from pipelines.catalog import DEFAULT_TEST_FRACTION, Catalog, Track, build_catalog
 from pipelines.mel import MelParams
 from pipelines.separation import DEFAULT_MODEL
@@ -90,13 +90,21 @@ class PrepareConfig:
     test_fraction: float = DEFAULT_TEST_FRACTION
     min_level_db: float = DEFAULT_MIN_LEVEL_DB
     demucs_model: str = DEFAULT_MODEL
-    separators: int | None = None  # Demucs actors; None: one per GPU, else 1
+    separators: int | None = None  # Demucs actors (same as resources.actors=(N, N)); None: policy
     num_cpus: float | None = None  # cap on logical CPUs the job uses; None: the cluster's
     overwrite: bool = False
     limit: int | None = None
     s3_endpoint_url: str | None = None
     address: str | None = None
     params: MelParams = field(default_factory=MelParams)
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
+
+    def resource_request(self) -> ResourceRequest:
+        if self.separators is None:
+            return self.resources
+        if self.separators < 1:
+            raise PrepareError(f"--separators must be at least 1, got {self.separators}")
+        return replace(self.resources, actors=(self.separators, self.separators))
 
 
 # ----------------------------------------------------------------- output naming
@@ -251,14 +259,13 @@ def decode_mix(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) 
 class DemucsSeparator:
     """Ray Data actor: loads the Demucs model once, separates one song per call."""
 
-    def __init__(self, model_spec: str, params: MelParams, use_gpu: bool, cpu_threads: int = 1):
-        import torch
-
+    def __init__(self, model_spec: str, params: MelParams, device: str, torch_threads: int = 1,
+                 placements=None):
+        from cluster.resources import claim_device
         from pipelines.separation import load_model
 
-        torch.set_num_threads(max(1, int(cpu_threads)))
         self.params = params
-        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.device = claim_device(device, "Demucs", placements, torch_threads)
         self.model = load_model(model_spec).to(self.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -363,30 +370,30 @@ def _catalog_failure(track: Track) -> dict:
     return row
 
 
-def _cluster_plan(cfg: PrepareConfig, layout: str) -> dict:
-    """Resources: how many Demucs actors, on GPUs or CPUs, within the CPU cap."""
+def _cluster_plan(cfg: PrepareConfig, layout: str) -> tuple[dict, object]:
+    """(resources of the job, placement book): the Demucs actor pool (mixes) per the shared policy."""
     import ray
 
+    from cluster.resources import ResourceError, plan_model_stage
+
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = float(cfg.num_cpus or resources.get("CPU", 1))
-    plan = {"gpus": gpus, "cpus": cpus, "separators": 0, "use_gpu": False}
+    plan = {"gpus": resources.get("GPU", 0), "cpus": float(cfg.num_cpus or resources.get("CPU", 0)),
+            "actors": None}
     if layout != "mixes":
-        return plan
-    separators = cfg.separators or max(gpus, 1)
-    if separators < 1:
-        raise PrepareError(f"--separators must be at least 1, got {separators}")
-    if gpus and separators > gpus:
-        raise PrepareError(f"--separators {separators} needs {separators} GPUs; the cluster has {gpus}")
-    if separators + 1 > cpus:
-        # Each Demucs actor holds a logical CPU; the decode / window tasks need one more.
-        raise PrepareError(f"{separators} Demucs actor(s) plus the CPU stages need at least "
-                           f"{separators + 1} logical CPUs; {cpus:g} available")
-    plan.update(separators=separators, use_gpu=gpus > 0)
-    return plan
+        return plan, None
+    try:
+        # On CPU, Demucs is the slow stage: one actor (unless --actors / --separators) using
+        # every CPU but one as torch threads; the decode / window tasks get the one left.
+        actors, book = plan_model_stage(cfg.resource_request(), what="Demucs", cpu_share=1.0,
+                                        reserve_cpus=1.0, default_cpu_actors=1,
+                                        cpu_limit=cfg.num_cpus)
+    except ResourceError as err:
+        raise PrepareError(str(err)) from err
+    plan["actors"] = actors
+    return plan, book
 
 
-def build_dataset(rows: list[dict], cfg: PrepareConfig, layout: str, plan: dict):
+def build_dataset(rows: list[dict], cfg: PrepareConfig, layout: str, plan: dict, placements=None):
     """The lazy Ray Data pipeline for the pending tracks (one track per block)."""
     import ray
 
@@ -398,15 +405,16 @@ def build_dataset(rows: list[dict], cfg: PrepareConfig, layout: str, plan: dict)
     else:
         ds = ds.map_batches(decode_mix, batch_size=1, batch_format="pyarrow", num_cpus=1,
                             fn_kwargs=common)
+        actors = plan["actors"]
         ds = ds.map_batches(
             DemucsSeparator,
             batch_size=1,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=plan["separators"]),
-            num_gpus=1 if plan["use_gpu"] else 0,
-            num_cpus=1,
+            compute=actors.compute(),
+            **actors.remote_args(),
             fn_constructor_kwargs={"model_spec": cfg.demucs_model, "params": cfg.params,
-                                   "use_gpu": plan["use_gpu"]},
+                                   "device": actors.device, "torch_threads": actors.torch_threads,
+                                   "placements": placements},
         )
     return ds.map_batches(write_windows, batch_size=1, batch_format="pyarrow", num_cpus=1,
                           fn_kwargs={"output": cfg.output, "params": cfg.params,
@@ -414,17 +422,18 @@ def build_dataset(rows: list[dict], cfg: PrepareConfig, layout: str, plan: dict)
                                      "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
-def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> list[dict]:
+def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[list[dict], dict]:
+    """(one result row per track, the resources summary)."""
     from ray.data import DataContext, ExecutionResources
 
     from cluster.ray_runtime import init_ray
+    from cluster.resources import no_cuda_message, placement_summary, read_placements
 
     init_ray(cfg.address)
-    plan = _cluster_plan(cfg, layout)
-    log.info("processing %d tracks (%s layout) on %g CPUs, %d GPUs%s", len(rows), layout,
+    plan, book = _cluster_plan(cfg, layout)
+    log.info("processing %d tracks (%s layout) on %g CPUs, %g GPUs%s", len(rows), layout,
              plan["cpus"], plan["gpus"],
-             f", {plan['separators']} Demucs actor(s) on {'GPU' if plan['use_gpu'] else 'CPU'}"
-             if plan["separators"] else "")
+             f", Demucs: {plan['actors'].describe()}" if plan["actors"] else "")
     ctx = DataContext.get_current()
     saved = (ctx.execution_options.resource_limits, ctx.max_errored_blocks,
              ctx.op_resource_reservation_enabled)
@@ -440,12 +449,17 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> list[dic
         ctx.op_resource_reservation_enabled = False
     results = []
     try:
-        for row in build_dataset(rows, cfg, layout, plan).iter_rows():
+        for row in build_dataset(rows, cfg, layout, plan, book).iter_rows():
             if row["status"] == "failed":
                 log.warning("%s: failed in %s: %s", row["track_id"], row["stage"], row["reason"])
             elif row["warning"]:
                 log.warning("%s: %s", row["track_id"], row["warning"])
             results.append(dict(row))
+    except Exception as err:
+        message = no_cuda_message(err)
+        if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
+            raise PrepareError(message) from err
+        raise
     finally:
         (ctx.execution_options.resource_limits, ctx.max_errored_blocks,
          ctx.op_resource_reservation_enabled) = saved
@@ -457,11 +471,14 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> list[dic
                   "of memory?); see the Ray Data logs; a re-run retries it")
             lost["transient"] = True
             results.append(lost)
-    return results
+    resources = {"device": "cpu", "cpus": plan["cpus"], "gpus": plan["gpus"]}
+    if plan["actors"]:
+        resources = placement_summary(plan["actors"], read_placements(book))
+    return results, resources
 
 
 def summarize(cfg: PrepareConfig, catalog: Catalog, results: list[dict], skipped: int,
-              wall_seconds: float) -> dict:
+              wall_seconds: float, resources: dict | None = None) -> dict:
     ok = [r for r in results if r["status"] == "ok"]
     audio_seconds = sum(r["seconds"] for r in ok)
     splits = {s: {"tracks": sum(r["split"] == s for r in ok),
@@ -488,6 +505,8 @@ def summarize(cfg: PrepareConfig, catalog: Catalog, results: list[dict], skipped
         "test_fraction": cfg.test_fraction,
         "mel_params": cfg.params.to_dict(),
         "errors_file": ERRORS_FILE,
+        "device": (resources or {}).get("device", "cpu"),
+        "resources": resources or {},
     }
 
 
@@ -570,9 +589,11 @@ def run_prepare(cfg: PrepareConfig) -> dict:
              len(catalog.tracks), catalog.layout, len(catalog.filtered), skipped, len(todo))
     results = [_catalog_failure(t) for t in todo if t.error]
     pending = [_pending_row(t) for t in todo if not t.error]
+    resources = None
     if pending:
-        results += _run_pipeline(pending, cfg, catalog.layout)
-    summary = summarize(cfg, catalog, results, skipped, time.perf_counter() - started)
+        done_rows, resources = _run_pipeline(pending, cfg, catalog.layout)
+        results += done_rows
+    summary = summarize(cfg, catalog, results, skipped, time.perf_counter() - started, resources)
     # The counts above are this run's; `dataset` is what OUTPUT holds after it (all runs).
     summary["dataset"] = dataset_totals(cfg.output, cfg.s3_endpoint_url)
     write_bytes_atomic(out_fs, posixpath.join(out_root, ERRORS_FILE), errors_csv(results))

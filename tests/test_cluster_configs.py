@@ -20,9 +20,10 @@ CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 RAY_VERSION = "2.60.0"
 PY_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"
-CPU_IMAGE = f"rayproject/ray:{RAY_VERSION}-{PY_TAG}-cpu"
-GPU_IMAGE = f"rayproject/ray:{RAY_VERSION}-{PY_TAG}-gpu"
+BASE_IMAGE = f"rayproject/ray:{RAY_VERSION}-{PY_TAG}-gpu"
+IMAGE = "CHANGE-ME.dkr.ecr.us-west-2.amazonaws.com/cycledrums:0.1.0"  # built from cluster/Dockerfile
 JOBS = ("prepare", "train", "generate", "score")
+ROOT = CLUSTER.parent
 
 # KubeRay ray.io/v1 fields (verified against the API reference).
 RAY_CLUSTER_SPEC = {"suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations",
@@ -133,10 +134,10 @@ def test_ray_version_images_and_gpu_limits():
             assert spec["rayVersion"] == RAY_VERSION, name
             assert spec["headGroupSpec"]["rayStartParams"].get("num-cpus") == "0", name
             for group, spec_group, c in containers(spec):
-                assert c["image"] in (CPU_IMAGE, GPU_IMAGE), (name, group, c["image"])
+                assert c["image"] == IMAGE, (name, group, c["image"])  # every pod: the project's image
                 limits, requests = c["resources"]["limits"], c["resources"]["requests"]
                 gpus = limits.get("nvidia.com/gpu")
-                if c["image"] == GPU_IMAGE:
+                if group.startswith("gpu"):
                     gpu_groups += 1
                     assert gpus == "1" and requests.get("nvidia.com/gpu") == gpus, (name, group)
                 else:
@@ -167,19 +168,25 @@ def test_nothing_is_exposed_and_no_credentials_are_in_the_repo():
             assert "LoadBalancer" not in text.replace("no LoadBalancer", ""), path
 
 
-def test_rayjobs_run_the_cli_with_valid_arguments_and_the_projects_dependencies():
-    from cluster.submit import project_requirements, project_root, validate_job_args
+def test_rayjobs_run_the_cli_from_the_image_with_the_gpu_options():
+    from cluster.submit import validate_job_args
+    from cycledrums_cli import build_parser
 
     for job in JOBS:
         doc = _docs(KUBERAY / f"rayjob-{job}.yaml")[0]
         spec = doc["spec"]
         argv = shlex.split(spec["entrypoint"])
-        assert argv[:4] == ["python", "-m", "cycledrums_cli", job]
-        validate_job_args(job, argv[4:])  # the CLI of this checkout accepts them
-        runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
-        code = runtime_env["working_dir"]
-        assert code.startswith("s3://") and code.endswith(".zip")
-        assert runtime_env["pip"] == project_requirements(project_root())
+        assert argv[:2] == ["cycledrums", job]
+        validate_job_args(job, argv[2:])  # the CLI of this checkout accepts them
+        args = build_parser().parse_args(argv[1:])
+        assert args.device == "cuda", job  # the GPU group scales from 0 only if the job asks
+        gpu_group = next(g for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+        if job == "train":
+            assert args.num_workers <= gpu_group["maxReplicas"]
+        else:  # the model actors' autoscaling range fits the GPU group
+            assert args.actors[1] <= gpu_group["maxReplicas"] / args.gpus_per_actor, job
+        runtime_env = yaml.safe_load(spec["runtimeEnvYAML"]) or {}
+        assert not {"pip", "uv", "conda", "working_dir"} & set(runtime_env), job  # all in the image
         assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
         assert spec["submissionMode"] in ("K8sJobMode", "HTTPMode")
 
@@ -218,11 +225,32 @@ def test_aws_cluster_shape():
     for worker in (gpu, cpu):
         assert 0 == worker["min_workers"] < worker["max_workers"] <= config["max_workers"]
         assert worker["node_config"]["IamInstanceProfile"]  # S3 through the instance role
-    docker = config["docker"]
-    assert docker["image"] == GPU_IMAGE and docker["head_image"] == CPU_IMAGE
-    assert cpu["docker"]["worker_image"] == CPU_IMAGE
-    assert any("pip install" in c and "/home/ray/cycledrums" in c for c in config["setup_commands"])
-    assert "/home/ray/cycledrums" in config["file_mounts"]
+    assert config["docker"]["image"] == IMAGE and "head_image" not in config["docker"]
+    assert not any("docker" in t for t in types.values())  # every node: the project's image
+    assert not any("pip" in c for c in config["setup_commands"] + config["worker_setup_commands"])
+
+
+# ------------------------------------------------------------------ the image
+
+
+def test_the_image_and_the_makefile_install_through_the_same_script():
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert re.search(rf"^FROM {re.escape(BASE_IMAGE)}$", dockerfile, re.M)
+    assert re.search(r"^RUN cluster/install\.sh python \.", dockerfile, re.M)
+    assert "ARG BAKE_WEIGHTS" in dockerfile
+    makefile = (ROOT / "Makefile").read_text()
+    install = makefile.split("$(VENV)/.installed:")[1].split("\n\n")[0]
+    assert "cluster/install.sh $(BIN)/python -e '.[dev]'" in install
+    assert "pip install" not in install  # no second install command that could drift
+    script = (CLUSTER / "install.sh").read_text()
+    assert '-m pip install --no-cache-dir -c constraints.txt "$@"' in script
+
+
+def test_the_install_script_refuses_to_run_without_a_python():
+    import subprocess
+
+    done = subprocess.run(["sh", str(CLUSTER / "install.sh")], capture_output=True, text=True)
+    assert done.returncode == 2 and "usage: cluster/install.sh PYTHON" in done.stderr
 
 
 def test_aws_dashboard_stays_on_the_head_and_only_ssh_is_open():

@@ -219,13 +219,16 @@ def test_demucs_actors_are_sized_to_the_cluster(ray_local):
     from pipelines.prepare import PrepareError, _cluster_plan
 
     cfg = PrepareConfig(input="in", output="out")
-    assert _cluster_plan(cfg, "stems")["separators"] == 0
-    plan = _cluster_plan(cfg, "mixes")  # the test Ray has 4 CPUs and no GPU
-    assert (plan["separators"], plan["use_gpu"]) == (1, False)
-    with pytest.raises(PrepareError, match="logical CPUs"):
+    assert _cluster_plan(cfg, "stems")[0]["actors"] is None
+    actors = _cluster_plan(cfg, "mixes")[0]["actors"]  # the test Ray has 4 CPUs and no GPU
+    # one CPU Demucs actor using 3 CPUs as torch threads; one CPU left for decode / windows
+    assert (actors.device, actors.size, actors.num_cpus, actors.torch_threads) == ("cpu", 1, 3.0, 3)
+    with pytest.raises(PrepareError, match="capped at 1"):
         _cluster_plan(PrepareConfig(input="in", output="out", num_cpus=1), "mixes")
-    with pytest.raises(PrepareError, match="logical CPUs"):
+    with pytest.raises(PrepareError, match="needs 5 CPU; the cluster has 4 CPUs"):
         _cluster_plan(PrepareConfig(input="in", output="out", separators=4), "mixes")
+    with pytest.raises(PrepareError, match="--separators must be at least 1, got 0"):
+        _cluster_plan(PrepareConfig(input="in", output="out", separators=0), "mixes")
 
 
 # ----------------------------------------------------------------- mixes: real songs, tiny Demucs

@@ -127,7 +127,7 @@ def test_cli_help_lists_every_option_with_its_default():
     train_parser = sub.choices["train"]
     options = [a for a in train_parser._actions if a.option_strings and a.dest != "help"]
     assert {"--num-workers", "--resume", "--init-from", "--max-steps", "--ngf",
-            "--checkpoint-every", "--s3-endpoint-url", "--address", "--gpu"} <= {
+            "--checkpoint-every", "--s3-endpoint-url", "--address", "--device"} <= {
         s for a in options for s in a.option_strings}
     for action in options:
         assert "default" in (action.help or ""), action.option_strings

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cluster.resources import add_device_option
 from cycledrums_cli import add_job_options
 
 from train.config import TrainConfig, option_fields
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
     groups = {name: (p if name == "model" else p.add_argument_group(name)) for name in _GROUPS}
     run = groups["cluster"]
     run.add_argument("--num-workers", type=int, default=1, help="Ray Train workers, data parallel (default: 1)")
-    run.add_argument("--gpu", action="store_true", help="one GPU per worker: bf16 autocast, channels-last, NCCL (default: CPU)")
+    add_device_option(run)  # cuda: one GPU per worker, bf16 autocast, channels-last, NCCL
     run.add_argument("--cpus-per-worker", type=float, default=1.0,
                      help="logical CPUs each worker reserves; leave some for Ray Data (default: 1)")
     run.add_argument("--max-failures", type=int, default=3,
@@ -85,16 +86,29 @@ def run_train(args) -> int:
         TrainConfig(**{k: v for k, v in options.items() if v is not None}).resolved()
     except ValueError as err:
         raise CliError(str(err)) from err
+    from ray.train import TrainingFailedError
+
+    from cluster.ray_runtime import local_cluster_view
+    from cluster.resources import ResourceError, plan_workers
+
+    try:
+        local = local_cluster_view(args.address)
+        if local:  # an impossible request fails before a local Ray starts
+            plan_workers(args.device, args.num_workers, args.cpus_per_worker, view=local)
+    except ResourceError as err:
+        raise CliError(str(err)) from err
     # Data, RUN_DIR, options and checkpoints are checked before Ray starts; their errors
     # are user errors (exit 2, no traceback).
     plan = preflight(args.data, args.run_dir, options, num_workers=args.num_workers,
                      resume=args.resume, s3_endpoint_url=args.s3_endpoint_url)
-    from ray.train import TrainingFailedError
-
-    init_ray(args.address)
+    try:
+        init_ray(args.address)
+        device, placements = plan_workers(args.device, args.num_workers, args.cpus_per_worker)
+    except ResourceError as err:
+        raise CliError(str(err)) from err
     try:
         summary = train(plan.data, plan.run_dir, options, num_workers=args.num_workers,
-                        use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                        device=device, placements=placements, cpus_per_worker=args.cpus_per_worker,
                         resume=args.resume, max_failures=args.max_failures,
                         s3_endpoint_url=args.s3_endpoint_url, plan=plan)
     except TrainingFailedError as err:
@@ -107,6 +121,8 @@ def run_train(args) -> int:
     print(f"trained to step {summary.step}/{summary.total_steps}: {losses}; "
           f"{metrics.get('samples_per_s', 0.0):.2f} samples/s")
     print(f"checkpoint: {summary.checkpoint}")
+    print(f"device: {summary.resources.get('device')} on node(s) {summary.resources.get('nodes')}, "
+          f"GPU ids {summary.resources.get('gpu_ids')} (RUN_DIR/logs/resources.json)")
     print(f"logs: {summary.run_dir.rstrip('/')}/logs/metrics.jsonl")
     if summary.step < summary.total_steps:
         print("stopped early; continue with --resume")

@@ -50,6 +50,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from cluster.resources import claim_train_device
+
     cfg = TrainConfig.from_dict(loop_config["config"])
     params = MelParams.from_dict(loop_config["mel_params"])
     steps_per_epoch, total_steps = loop_config["steps_per_epoch"], loop_config["total_steps"]
@@ -59,7 +61,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                          "total_steps": total_steps}
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    # The shared policy's checks: a GPU worker without CUDA stops the run (cluster/resources.py).
+    device = claim_train_device(ray.train.torch.get_device(), book=loop_config.get("placements"),
+                                torch_threads=int(loop_config.get("cpus_per_worker", 1)))
     on_gpu = device.type == "cuda"
     if not on_gpu:  # one intra-op thread per reserved CPU, so workers don't oversubscribe cores
         torch.set_num_threads(max(1, int(loop_config.get("cpus_per_worker", 1))))

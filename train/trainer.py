@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cycledrums_cli import UserError
 
@@ -49,6 +49,7 @@ class TrainSummary:
     step: int
     total_steps: int
     metrics: dict
+    resources: dict = field(default_factory=dict)  # device and where the workers ran
 
 
 def inspect_data(data: str, s3_endpoint_url: str | None = None) -> DataSummary:
@@ -218,11 +219,13 @@ def preflight(data: str, run_dir: str, options: dict, *, num_workers: int = 1,
                    cfg.total_steps(steps_per_epoch), resume_checkpoint, damaged)
 
 
-def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_gpu: bool = False,
+def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, device: str = "cpu",
           cpus_per_worker: float = 1.0, resume: bool = False, max_failures: int = 3,
-          s3_endpoint_url: str | None = None, on_step=None,
+          s3_endpoint_url: str | None = None, placements=None, on_step=None,
           plan: RunPlan | None = None) -> TrainSummary:
     """Train (or resume) a run in RUN_DIR on the windows in DATA.  Ray must be initialised.
+
+    `device` and `placements` come from cluster.resources.plan_workers (the shared policy).
 
     `plan` is what `preflight` returned for the same arguments (the CLI checks before it
     starts Ray); without it the checks run here.
@@ -232,8 +235,9 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_g
     It is not part of the run's config and never reaches a checkpoint.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
+    from cluster.resources import read_placements, train_backend
     from train.loop import train_loop_per_worker
 
     plan = plan or preflight(data, run_dir, options, num_workers=num_workers, resume=resume,
@@ -243,7 +247,9 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_g
     data_summary = plan.data_summary
 
     storage_fs, storage_path = arrow_filesystem(run_dir, s3_endpoint_url)
+    use_gpu = device == "cuda"
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    backend = train_backend(device)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -252,7 +258,9 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_g
             "run_dir": run_dir, "s3_endpoint_url": s3_endpoint_url,
             "cpus_per_worker": cpus_per_worker, "resume_checkpoint": plan.resume_checkpoint,
             "damaged_checkpoints": plan.damaged_checkpoints, "on_step": on_step,
+            "placements": placements,
         },
+        torch_config=TorchConfig(backend=backend) if backend else None,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -271,8 +279,29 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, use_g
         raise result.error
     checkpoint = resolve_checkpoint(run_dir, s3_endpoint_url)
     step = int(read_progress(checkpoint, s3_endpoint_url)["step"])
+    resources = _resources_summary(device, num_workers, cpus_per_worker, read_placements(placements))
+    _write_resources(run_dir, resources, s3_endpoint_url)
     return TrainSummary(run_dir=run_dir, checkpoint=checkpoint, step=step,
-                        total_steps=total_steps, metrics=dict(result.metrics or {}))
+                        total_steps=total_steps, metrics=dict(result.metrics or {}),
+                        resources=resources)
+
+
+def _resources_summary(device: str, num_workers: int, cpus_per_worker: float, entries: list[dict]) -> dict:
+    return {"device": device, "workers": num_workers, "cpus_per_worker": cpus_per_worker,
+            "nodes": sorted({e["node_id"] for e in entries}),
+            "gpu_ids": sorted({g for e in entries for g in e["gpu_ids"]}),
+            "cpu_standin": any(e["cpu_standin"] for e in entries), "placements": entries}
+
+
+def _write_resources(run_dir: str, resources: dict, s3_endpoint_url: str | None) -> None:
+    """RUN_DIR/logs/resources.json: this invocation's device and worker placements."""
+    import json
+
+    from pipelines.storage import write_bytes
+    from train.runlog import LOG_DIR
+
+    write_bytes(posixpath.join(run_dir.rstrip("/"), LOG_DIR, "resources.json"),
+                json.dumps(resources, indent=2).encode(), s3_endpoint_url)
 
 
 def run_folder(run_dir: str) -> str:
