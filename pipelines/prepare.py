@@ -447,7 +447,10 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
         # (half the cluster split among operators, input included) held it to a single task
         # on a 2-CPU Ray: 1 -> 2 CPUs gave 1.1x.  Without it: 2.1x (benchmarks/bench_prepare.py).
         ctx.op_resource_reservation_enabled = False
+    from cluster.console import Progress
+
     results = []
+    progress = Progress("prepare", len(rows), unit="tracks")
     try:
         for row in build_dataset(rows, cfg, layout, plan, book).iter_rows():
             if row["status"] == "failed":
@@ -455,6 +458,7 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
             elif row["warning"]:
                 log.warning("%s: %s", row["track_id"], row["warning"])
             results.append(dict(row))
+            progress.update(1, errors=int(row["status"] == "failed"))
     except Exception as err:
         message = no_cuda_message(err)
         if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import re
+
+import pytest
 
 from cluster.console import Progress, filter_batch, format_duration, is_noise
 
@@ -41,3 +44,50 @@ def test_progress_line_has_done_total_rate_and_eta(caplog):
 
 def test_durations_read_like_a_clock():
     assert [format_duration(s) for s in (0, 9.6, 65, 3725)] == ["0s", "10s", "1m05s", "1h02m"]
+
+
+def _run(args: list[str], timeout: float) -> str:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("cycledrums")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    done = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+RAY_INTERNAL = ("PlacementGroupCleaner", "PYTHON worker processes have been started",
+                "Token authentication is enabled", "Wrapping provided model", "Requesting resources",
+                "logging_progress", "Failed to query Ray Train Controller", "max_restarts > 0",
+                "Traceback (most recent call last)")
+
+
+def _check_readable(output: str) -> list[str]:
+    import collections
+    import re
+
+    lines = [re.sub(r"^\S+ \S+ (INFO|WARNING) ", "", line).strip() for line in output.splitlines()]
+    lines = [line for line in lines if line]
+    noisy = [line for line in lines if any(n in line for n in RAY_INTERNAL)]
+    assert not noisy, "\n".join(noisy[:10])
+    repeated = [(n, line) for line, n in collections.Counter(lines).items() if n > 3]
+    assert not repeated, repeated
+    return lines
+
+
+@pytest.mark.timeout(900)
+def test_a_small_job_prints_a_readable_console(synth_data, tmp_path):
+    """prepare then train, as a user runs them: no Ray-internal chatter, no line repeated more
+    than a few times, progress lines with done/total and an ETA."""
+    windows = tmp_path / "windows"
+    lines = _check_readable(_run(["prepare", str(synth_data), str(windows)], timeout=400))
+    assert any(line.startswith("prepare: 6/6 tracks done") and "ETA" in line for line in lines), lines
+    lines = _check_readable(_run(["train", str(windows), str(tmp_path / "run"), "--ngf", "4", "--ndf", "4",
+                                  "--n-blocks", "1", "--max-steps", "3", "--log-every", "1",
+                                  "--checkpoint-every", "3", "--num-workers", "2"], timeout=480))
+    steps = [line for line in lines if re.match(r"(\(.*\) )?step \d+/3 ", line)]
+    assert steps and all("ETA" in line for line in steps), lines
+    assert len(lines) < 60, "\n".join(lines)
