@@ -71,6 +71,10 @@ def read_annotations(path: str, s3_endpoint_url: str | None = None):
                               f"(+ optional 'set')")
     if df.empty:
         raise AnnotationError(f"{path}: no annotation rows")
+    blank = df["clip_id"].isna() | (df["clip_id"].astype(str).str.strip() == "")
+    if blank.any():  # refused, not dropped: a grade without its clip is a data error
+        raise AnnotationError(f"{path}: data row {int(np.flatnonzero(blank.to_numpy())[0]) + 1} "
+                              f"has a blank clip_id ({int(blank.sum())} such row(s))")
     for dim in DIMENSIONS:
         values = pd.to_numeric(df[dim], errors="coerce")
         bad = values.isna() | (values % 1 != 0) | (values < 0) | (values > 9)

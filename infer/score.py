@@ -117,7 +117,24 @@ def prepare_inputs(cfg: ScoreConfig):
     attach_matches(sets, reference)
     if cfg.baselines is None:
         cfg.baselines = len(reference.clip_ids) >= 2
-    return sets, reference, weights, _load_grader_if_any(cfg), _read_annotations_if_any(cfg)
+    annotations = _read_annotations_if_any(cfg)
+    if annotations is not None:
+        _check_annotated_ids(annotations, sets, cfg.annotations)
+    return sets, reference, weights, _load_grader_if_any(cfg), annotations
+
+
+def _check_annotated_ids(annotations, sets: list[GeneratedSet], path: str) -> None:
+    """Annotations must name clips this job scores: else the whole job would run for nothing."""
+    scored = {(s.label, c.clip_id) for s in sets for c in s.clips if c.clip_id in s.matches}
+    by_set = "set" in annotations.columns
+    keys = zip(annotations["set"], annotations["clip_id"]) if by_set else annotations["clip_id"]
+    known = {(label, cid) for label, cid in scored} if by_set else {cid for _, cid in scored}
+    if not any(k in known for k in keys):
+        ids = sorted({cid for _, cid in scored})[:3]
+        raise ScoreError(
+            f"--annotations {path}: none of its clip ids{' (with their set)' if by_set else ''} is a "
+            f"clip scored here (e.g. {', '.join(annotations['clip_id'].astype(str).head(3))}); "
+            f"scored clips look like {', '.join(ids) or '(none)'}")
 
 
 def _check_labels(sets: list[GeneratedSet]) -> None:

@@ -130,3 +130,28 @@ def test_sanity_ladder_passes_a_metric_that_ranks_real_drums_and_fails_one_that_
     assert ladder["good"]["clips"] == 20
     no_baselines = pd.DataFrame([r for r in rows if not r["baseline"]])
     assert sanity_ladder(no_baselines, ["good"]) is None
+
+
+# ---------------------------------------------------------------- annotations, before Ray
+
+
+def test_annotations_naming_no_scored_clip_are_refused_before_the_job_runs(tmp_path):
+    from infer.grader import AnnotationError, read_annotations
+    from infer.score import _check_annotated_ids
+    from infer.sources import AudioClip
+
+    header = "clip_id,rater,quality,contamination,credibility,time\n"
+    sets = [GeneratedSet("cyclegan", "gen", [AudioClip("test/t1", "x"), AudioClip("test/t2", "y")],
+                         matches={"test/t1": "test/t1", "test/t2": "test/t2"})]
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text(header + "nope-1,r1,5,5,5,5\nnope-2,r1,6,6,6,6\n")
+    with pytest.raises(ScoreError, match="none of its clip ids") as err:
+        _check_annotated_ids(read_annotations(str(unknown)), sets, str(unknown))
+    assert "nope-1" in str(err.value) and "test/t1" in str(err.value)
+    known = tmp_path / "known.csv"
+    known.write_text(header + "test/t1,r1,5,5,5,5\nnope-2,r1,6,6,6,6\n")
+    _check_annotated_ids(read_annotations(str(known)), sets, str(known))  # one match is enough
+    blank = tmp_path / "blank.csv"
+    blank.write_text(header + "test/t1,r1,5,5,5,5\n ,r1,6,6,6,6\n")
+    with pytest.raises(AnnotationError, match="blank clip_id"):
+        read_annotations(str(blank))
