@@ -18,7 +18,9 @@ import time
 log = logging.getLogger(__name__)
 
 # Actors of Ray's own whose output is never useful on our console.
-NOISY_ACTORS = ("PlacementGroupCleaner",)
+# SplitCoordinator / DatasetManager: Ray Train's feeders of each worker's data shard, which
+# narrate every epoch's pipeline (plan, start, finish) and Ray Data's own deprecations.
+NOISY_ACTORS = ("PlacementGroupCleaner", "SplitCoordinator", "DatasetManager")
 # Lines from Ray's internals, by pattern (matched anywhere in the line).
 NOISY_LINES = tuple(re.compile(p) for p in (
     r"Requesting resources: \{",
@@ -41,8 +43,8 @@ NOISY_RECORDS = (
     re.compile(r"Token authentication is enabled for this Ray cluster"),
 )
 
-_installed = False
-
+_records_filtered = False
+_handler_wrapped = False
 
 def is_noise(line: str) -> bool:
     return any(p.search(line) for p in NOISY_LINES)
@@ -67,17 +69,26 @@ class _RecordFilter(logging.Filter):
 def quiet_ray_logs(verbose: bool = False) -> None:
     """Filter Ray's internal chatter from this driver's console (no-op with -v).
 
-    Call once Ray is initialised (the worker-log handler exists then); safe to call twice.
-    Ray Data's periodic progress blocks are left to INFO only with -v: our jobs print their
-    own progress lines (done/total, rate, ETA) and in a terminal Ray Data draws its bars.
+    Call it before `ray.init` (for Ray's own driver-side records, such as the token notice
+    printed while a local Ray starts) and again after (the worker-log handler exists only
+    then); each part is installed once.  Ray Data's periodic progress blocks are left to
+    -v: our jobs print their own progress lines (done/total, rate, ETA), and in a terminal
+    Ray Data still draws its bars.
     """
-    global _installed
-    if verbose or _installed:
+    global _records_filtered, _handler_wrapped
+    if verbose:
         return
-    for name in ("ray", "ray.data", "ray.train"):
-        logging.getLogger(name).addFilter(_RecordFilter())
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    _installed = _wrap_worker_log_handler()
+    if not _records_filtered:
+        # Ray's loggers print through the handlers of the "ray" logger (it does not propagate):
+        # a filter on those handlers sees the records of every ray.* logger.
+        for handler in logging.getLogger("ray").handlers:
+            handler.addFilter(_RecordFilter())
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        _records_filtered = True
+    if not _handler_wrapped:
+        _handler_wrapped = _wrap_worker_log_handler()
+        if _handler_wrapped:
+            _wrap_error_printer()
 
 
 def _wrap_worker_log_handler() -> bool:
@@ -87,11 +98,30 @@ def _wrap_worker_log_handler() -> bool:
         return False
     with dispatcher._lock:
         handlers = list(dispatcher.handlers)
+        found = False
         for i, (name, handler) in enumerate(handlers):
             if name == "ray_print_logs":
                 handlers[i] = (name, _filtered(handler))
+                found = True
         dispatcher.handlers = handlers
-    return True
+    return found  # False before ray.init: try again after it
+
+
+def _wrap_error_printer() -> None:
+    """The raylet's notices (e.g. worker-process counts) reach the driver through another
+    thread that calls `ray._private.worker.print_to_stdstream` by name: filter there too."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = worker.print_to_stdstream
+
+    def print_to_stdstream(data, ignore_prefix: bool):
+        kept = filter_batch(data)
+        if kept is not None:
+            original(kept, ignore_prefix)
+
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def _filtered(handler):

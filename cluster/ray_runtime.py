@@ -32,6 +32,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": {STANDIN_ENV: os.environ[STANDIN_ENV]}} if os.environ.get(STANDIN_ENV) else None
+    quiet_ray_logs(verbose=log.isEnabledFor(logging.DEBUG))  # before: Ray logs while starting
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to Ray at %s", address)
