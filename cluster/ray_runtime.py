@@ -1,6 +1,7 @@
 """Connecting a job to Ray: an existing cluster when there is one, else a small local one."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -41,25 +42,38 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     cpus = local_cpus(num_cpus)
     log.info("starting a local Ray with %d logical CPUs on %s", cpus, LOCAL_HOST)
-    keep_local()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
-             _node_ip_address=LOCAL_HOST, dashboard_host=LOCAL_HOST)
+    with keep_local():
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
+                 _node_ip_address=LOCAL_HOST, dashboard_host=LOCAL_HOST)
     quiet_ray_logs(verbose=log.isEnabledFor(logging.DEBUG))
 
 
-def keep_local() -> None:
-    """Make the Ray about to start on this machine use the loopback address for its node.
+@contextlib.contextmanager
+def keep_local():
+    """While the local Ray starts, make it use the loopback address for its node.
 
     `ray.init(_node_ip_address="127.0.0.1")` alone is not enough: Ray turns a loopback
     address into the machine's network address (services.resolve_ip_for_localhost)
     unless multi-node clusters are switched off, which is what Ray does on macOS and
     Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).  The variable is read at import, so
-    both the environment (for the processes Ray starts) and the loaded constant are set.
+    both the environment (for the processes Ray starts) and the loaded constant are set,
+    and both are restored afterwards: a later `ray start` or a client of a real cluster
+    started from this process must not inherit the switch.
     """
     import ray._private.ray_constants as ray_constants
 
+    saved_env = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved_env is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved_env
 
 
 def local_cpus(num_cpus: int | None = None) -> int:

@@ -131,6 +131,7 @@ def start(base: Path, *, head_cpus: float, worker_types: dict, extra_env: dict |
                RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_NODE_ID,
                CYCLEDRUMS_FAKE_CLUSTER=str(temp_dir), RAY_USAGE_STATS_ENABLED="0", **(extra_env or {}))
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # a real multi-node cluster, however started
     ray_bin = str(Path(sys.executable).with_name("ray"))
     process = subprocess.Popen(
         [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
