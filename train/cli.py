@@ -53,8 +53,8 @@ def _add_option_flag(group, f) -> None:
     """One flag for one TrainConfig field; unset flags stay None so the config decides."""
     meta = f.metadata
     help_text = meta["help"]
-    if f.default is not None and "default:" not in help_text:
-        help_text += f" (default: {f.default})"
+    if "default:" not in help_text:
+        help_text += f" (default: {'unset' if f.default is None else f.default})"
     kwargs = {"default": None, "help": help_text, "dest": f.name}
     base_type = str(f.type).replace(" | None", "")
     if base_type == "bool":
