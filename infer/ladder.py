@@ -19,6 +19,9 @@ RUNGS = ((TRUE, OTHER), (OTHER, NOISE), (OTHER, SILENCE), (OTHER, BASS))
 MIN_WIN_RATE = 0.5
 
 
+TIE_RTOL, TIE_ATOL = 1e-9, 1e-12
+
+
 def oriented(metric: str, values):
     values = np.asarray(values, np.float64)
     return -np.abs(values) if metric == "level_diff_db" else values
@@ -32,8 +35,12 @@ def _rung(per_set: dict, higher: str, lower: str) -> dict | None:
     if not len(common):
         return None
     x, y = a.loc[common].to_numpy(), b.loc[common].to_numpy()
-    win = float(((x > y).sum() + 0.5 * (x == y).sum()) / len(common))
-    ordered = bool(a.mean() > b.mean())
+    # Equal up to float rounding is a tie: the order of a parallel job's sums must not decide
+    # whether a metric that cannot tell two sets apart passes.
+    tie = np.isclose(x, y, rtol=TIE_RTOL, atol=TIE_ATOL)
+    win = float((((x > y) & ~tie).sum() + 0.5 * tie.sum()) / len(common))
+    ordered = bool(a.mean() > b.mean()
+                   and not np.isclose(a.mean(), b.mean(), rtol=TIE_RTOL, atol=TIE_ATOL))
     return {"higher": higher, "lower": lower, "mean_higher": float(a.mean()), "mean_lower": float(b.mean()),
             "means_ordered": ordered, "win_rate": round(win, 4), "clips": int(len(common)),
             "passes": ordered and win >= MIN_WIN_RATE}
