@@ -5,19 +5,24 @@ clips), 44.1 kHz stereo WAV files of procedural songs.  A freshly initialised
 full-size CycleGAN checkpoint (resnet_9blocks, ngf 64: 11.4 M parameters) is used;
 the cost does not depend on the weights' values.
 
-1. baseline: the job's own stage functions called in this process, one clip after
-   the other, no Ray (decode -> generator -> stitch + Griffin-Lim + mix + write);
-2. the Ray Data job (`run_generate`) on a local Ray, after one warm-up job so Ray's
-   start and the actors' imports are not counted.
-Prints medians of --repeats runs, the ratio to the baseline, the time split per
-stage (from the manifest), and an estimate for 14,000 clips on one GPU node.
+1. the one-thread loop: the job's own stage functions called in this process, one clip
+   after the other, no Ray, torch on one thread (decode -> generator + Griffin-Lim ->
+   mix + write);
+2. the Ray Data job (`run_generate`) on a local Ray with every core, after one warm-up
+   job so Ray's start and the actors' imports are not counted.
+Both run on --clips clips and again on --growth times as many.  Prints medians of
+--repeats runs, the ratio to the loop, the per-clip cost of each stage in the loop and
+in the Ray job side by side, the peak memory of the driver and of the Ray workers, and
+an estimate for 14,000 clips on one GPU node.
 
-    .venv/bin/python benchmarks/bench_generate.py [--clips 6 --repeats 2]
+    .venv/bin/python benchmarks/bench_generate.py [--clips 24 --growth 4 --repeats 3]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shutil
 import statistics
 import tempfile
 import time
@@ -28,6 +33,7 @@ import pandas as pd
 import soundfile as sf
 import torch
 
+from memory import PeakMemory
 from pipelines.mel import MelParams
 
 GFLOP_PER_WINDOW = 97.0  # full-size generator, one 256x256 window (DESIGN.md)
@@ -67,41 +73,76 @@ def write_clips(folder: Path, n: int, seconds: float) -> list[Path]:
 
 
 def baseline(checkpoint: str, clips: list[Path], out: Path, batch_size: int, iters: int) -> dict:
-    """The job's stage functions, in this process, one clip at a time."""
+    """The job's stage functions, in this process, one clip at a time (the generator also
+    inverts, as in the job, so the per-stage split is the same as the manifest's)."""
     from infer.generate import GeneratorActor, decode_batch, render_batch
 
     params = MelParams()
-    actor = GeneratorActor(checkpoint, "cpu", batch_size, 0.0, 0)
-    split = dict.fromkeys(("decode", "generate", "render"), 0.0)
+    actor = GeneratorActor(checkpoint, "cpu", batch_size, 0.0, 0, invert=True, n_iter=iters)
+    rows = []
     start = time.perf_counter()
     for i, path in enumerate(clips):
-        t = time.perf_counter()
         batch = decode_batch({"clip_id": np.array([f"c{i}"], dtype=object),
                               "uri": np.array([str(path)], dtype=object)}, params.to_dict(), None)
-        split["decode"] += time.perf_counter() - t
-        t = time.perf_counter()
-        batch = actor(batch)
-        split["generate"] += time.perf_counter() - t
-        t = time.perf_counter()
-        render_batch(batch, params.to_dict(), str(out), iters, None, 0.0, None)
-        split["render"] += time.perf_counter() - t
-    return {"seconds": time.perf_counter() - start, **split}
+        result = render_batch(actor(batch), params.to_dict(), str(out), iters, None, 0.0, None)
+        rows += [json.loads(r) for r in result["result"]]
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rows": pd.DataFrame(rows)}
 
 
-def ray_job(checkpoint: str, clips_dir: Path, out: Path, batch_size: int, iters: int) -> tuple[dict, pd.DataFrame]:
+def ray_job(checkpoint: str, clips_dir: Path, out: Path, batch_size: int, iters: int) -> dict:
     from infer.generate import GenerateConfig, run_generate
 
-    summary = run_generate(GenerateConfig(checkpoint=checkpoint, inputs=[str(clips_dir)], output=str(out),
-                                          batch_size=batch_size, griffin_lim_iters=iters))
-    return summary, pd.read_parquet(out / "manifest.parquet")
+    with PeakMemory() as peak:
+        summary = run_generate(GenerateConfig(checkpoint=checkpoint, inputs=[str(clips_dir)], output=str(out),
+                                              batch_size=batch_size, griffin_lim_iters=iters))
+    return {"seconds": summary["seconds"]["job"], "rows": pd.read_parquet(out / "manifest.parquet"),
+            "summary": summary, "peak": peak}
+
+
+def per_clip(rows: pd.DataFrame) -> dict:
+    return {stage: float(rows[f"seconds_{stage}"].median()) for stage in STAGES}
+
+
+def measure(tmp: Path, checkpoint: str, n_clips: int, args) -> dict:
+    """Baseline and Ray job on the same n_clips clips, --repeats times each."""
+    clips_dir = tmp / f"clips{n_clips}"
+    clips = write_clips(clips_dir, n_clips, args.seconds)
+    torch.set_num_threads(1)
+    base = [baseline(checkpoint, clips, tmp / f"base{n_clips}-{r}", args.batch_size, args.griffin_lim_iters)
+            for r in range(args.repeats)]
+    runs = [ray_job(checkpoint, clips_dir, tmp / f"ray{n_clips}-{r}", args.batch_size, args.griffin_lim_iters)
+            for r in range(args.repeats)]
+    base_s = statistics.median(b["seconds"] for b in base)
+    job_s = statistics.median(r["seconds"] for r in runs)
+    return {"clips": n_clips, "base_s": base_s, "job_s": job_s, "base_rate": n_clips / base_s,
+            "job_rate": n_clips / job_s, "base_stages": per_clip(base[-1]["rows"]),
+            "job_stages": per_clip(runs[-1]["rows"]), "summary": runs[-1]["summary"],
+            "peak": max((r["peak"] for r in runs), key=lambda p: p.workers_total_mb),
+            "windows": float(runs[-1]["rows"]["windows"].mean())}
+
+
+def report(m: dict) -> None:
+    print(f"\n{m['clips']} clips: one-thread loop {m['base_rate']:.3f} clips/s (median {m['base_s']:.1f} s), "
+          f"Ray job {m['job_rate']:.3f} clips/s (median {m['job_s']:.1f} s) = "
+          f"{m['job_rate'] / m['base_rate']:.2f}x the loop")
+    print(f"  {m['summary']['generator_actors']} generator actor(s) on {m['summary']['device']}, "
+          f"inversion in the {m['summary']['inversion']}")
+    print("  per clip, median seconds   " + "  ".join(f"{s:>9s}" for s in STAGES))
+    print("    in-process loop          " + "  ".join(f"{m['base_stages'][s]:9.3f}" for s in STAGES))
+    print("    in the Ray job           " + "  ".join(f"{m['job_stages'][s]:9.3f}" for s in STAGES))
+    print("    Ray / loop               " + "  ".join(
+        f"{m['job_stages'][s] / max(1e-9, m['base_stages'][s]):8.2f}x" for s in STAGES))
+    print(f"  {m['peak'].describe()}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clips", type=int, default=6, help="clips per run (default 6)")
+    ap.add_argument("--clips", type=int, default=24, help="clips per run at 1x (default 24)")
+    ap.add_argument("--growth", type=int, default=4, help="also run at this many times the clips; 1 = off (default 4)")
     ap.add_argument("--seconds", type=float, default=MelParams().window_samples / MelParams().sample_rate,
                     help="clip length in seconds (default 5.92: one window)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs of each, median reported (default 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each, median reported (default 3)")
     ap.add_argument("--batch-size", type=int, default=4, help="generate --batch-size (default 4)")
     ap.add_argument("--griffin-lim-iters", type=int, default=32, help="Griffin-Lim iterations (default 32)")
     ap.add_argument("--model", default="cyclegan", choices=("cyclegan", "pix2pix"), help="(default cyclegan)")
@@ -116,53 +157,39 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     checkpoint = write_checkpoint(tmp / "checkpoint", args.model)
-    clips = write_clips(tmp / "clips", args.clips, args.seconds)
-    print(f"{len(clips)} clips of {args.seconds:.2f} s; baseline with 1 torch thread, Ray tasks 1 CPU each")
-
-    # The baseline runs with one torch thread, like each Ray task / actor here (Ray sets
-    # OMP_NUM_THREADS to the task's CPUs): the ratio then shows what the pipelined stages
-    # bring, not how torch's intra-op threads fare on a shared machine.
-    torch.set_num_threads(1)
-    base = [baseline(checkpoint, clips, tmp / f"base{r}", args.batch_size, args.griffin_lim_iters)
-            for r in range(args.repeats)]
-    base_s = statistics.median(b["seconds"] for b in base)
-    print(f"baseline (no Ray, in-process): {len(clips) / base_s:.3f} clips/s "
-          f"(median {base_s:.1f} s; decode {statistics.median(b['decode'] for b in base):.2f} s, "
-          f"generate {statistics.median(b['generate'] for b in base):.2f} s, "
-          f"render {statistics.median(b['render'] for b in base):.2f} s)")
-
+    print(f"clips of {args.seconds:.2f} s; the loop runs with 1 torch thread; medians of {args.repeats} runs")
     init_ray()
-    ray_job(checkpoint, tmp / "clips", tmp / "warmup", args.batch_size, args.griffin_lim_iters)
-    runs = [ray_job(checkpoint, tmp / "clips", tmp / f"ray{r}", args.batch_size, args.griffin_lim_iters)
-            for r in range(args.repeats)]
-    job_s = statistics.median(s["seconds"]["job"] for s, _ in runs)
-    manifest = runs[-1][1]
-    per_clip = {stage: float(manifest[f"seconds_{stage}"].median()) for stage in STAGES}
-    print(f"Ray Data job: {len(clips) / job_s:.3f} clips/s (median {job_s:.1f} s), "
-          f"{len(clips) / job_s / (len(clips) / base_s):.2f}x the baseline")
-    total = sum(per_clip.values())
-    print("in the Ray job, per clip, median seconds by stage: " + ", ".join(
-        f"{stage} {per_clip[stage]:.3f} ({100 * per_clip[stage] / total:.0f}%)" for stage in STAGES))
-    print(f"inversion (Griffin-Lim, {args.griffin_lim_iters} iterations) ran in the "
-          f"{runs[-1][0]['inversion']}: {per_clip['invert']:.3f} s per clip (median); on a GPU node it runs "
-          "in the generator actor (benchmarks/gpu_check.py measures it there)")
-    windows = float(manifest["windows"].mean())
-    gen_per_window = per_clip["generate"] / windows
-    print(f"generator on this CPU: {gen_per_window:.2f} s/window = {GFLOP_PER_WINDOW / gen_per_window:.0f} GFLOP/s")
+    warm = write_clips(tmp / "warm", 2, args.seconds)  # Ray's start and the actors' imports are not counted
+    ray_job(checkpoint, warm[0].parent, tmp / "warmup", args.batch_size, args.griffin_lim_iters)
+    scales = [args.clips] + ([args.clips * args.growth] if args.growth > 1 else [])
+    results = [measure(tmp, checkpoint, n, args) for n in scales]
+    for m in results:
+        report(m)
+    if len(results) == 2:
+        small, big = results
+        print(f"\ngrowth x{args.growth}: Ray job throughput {big['job_rate'] / small['job_rate']:.2f}x the 1x run's "
+              f"(loop {big['base_rate'] / small['base_rate']:.2f}x); peak worker RSS "
+              f"{small['peak'].worker_mb:.0f} -> {big['peak'].worker_mb:.0f} MB, driver "
+              f"{small['peak'].driver_mb:.0f} -> {big['peak'].driver_mb:.0f} MB")
+    estimate(results[0], args)
+    shutil.rmtree(tmp, ignore_errors=True)
 
-    # 14,000 clips on one GPU node: generator on the GPU, every other stage on the CPUs
-    # (one core per task), the two pipelined by Ray Data, so the slower side sets the pace.
-    # Per-core CPU cost from the baseline (one thread, nothing else of ours running): the
-    # Ray job's own stage times also carry the contention of its stages for this machine's
-    # two cores.
+
+def estimate(m: dict, args) -> None:
+    """14,000 clips on one GPU node: generator and inversion on the GPU, decode and write on
+    the CPUs, pipelined by Ray Data, so the slower side sets the pace."""
+    gen_per_window = m["base_stages"]["generate"] / m["windows"]
+    print(f"generator on this CPU (one thread): {gen_per_window:.2f} s/window = "
+          f"{GFLOP_PER_WINDOW / gen_per_window:.0f} GFLOP/s")
     n = 14000
-    cpu_s = statistics.median((b["decode"] + b["render"]) / len(clips) for b in base)
+    cpu_s = m["base_stages"]["decode"] + m["base_stages"]["mix_write"]
     cpu_time = n * cpu_s / max(1, args.node_cpus - 1)  # one core goes to the generator actor
-    gpu_time = n * windows * GFLOP_PER_WINDOW / (args.gpu_tflops * 1e3)
+    gpu_time = n * m["windows"] * GFLOP_PER_WINDOW / (args.gpu_tflops * 1e3)
     print(f"estimate, {n} clips on one node with 1 GPU ({args.gpu_tflops:g} TFLOP/s effective) and "
           f"{args.node_cpus} cores: CPU stages {cpu_s:.2f} s/clip/core -> {cpu_time / 60:.1f} min, generator "
-          f"{gpu_time / 60:.1f} min -> about {max(cpu_time, gpu_time) / 60:.1f} min "
-          f"({'CPU' if cpu_time > gpu_time else 'GPU'}-bound)")
+          f"{gpu_time / 60:.1f} min (+ Griffin-Lim on the GPU, benchmarks/gpu_check.py) -> about "
+          f"{max(cpu_time, gpu_time) / 60:.1f} min ({'CPU' if cpu_time > gpu_time else 'GPU'}-bound)")
+
 
 if __name__ == "__main__":
     main()

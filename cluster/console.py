@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import warnings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,12 @@ NOISY_LINES = tuple(re.compile(p) for p in (
     r"core_worker\.cc:\d+: Actor with class name: .* max_restarts > 0",
     r"PYTHON worker processes have been started on node",
     r"Progress will be logged because stdout is a non-interactive terminal",
+    # The GCS, as a local Ray shuts down, about an actor that never existed.
+    r"gcs_actor_scheduler\.cc:\d+: Failed to kill actor NIL_ID",
 ))
+# Python warnings of Ray's that describe its scheduling, not a problem with the job: a small
+# job (fewer blocks than model actors) leaves some actors idle, which is expected.
+NOISY_WARNINGS = (r"The minimum number of concurrent actors for .* is set to",)
 # Driver-side log records of Ray's that say nothing a user can act on for a local run.
 NOISY_RECORDS = (
     re.compile(r"Token authentication is enabled for this Ray cluster"),
@@ -79,6 +85,8 @@ def quiet_ray_logs(verbose: bool = False) -> None:
     if verbose:
         return
     if not _records_filtered:
+        for pattern in NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
         # Ray's loggers print through the handlers of the "ray" logger (it does not propagate):
         # a filter on those handlers sees the records of every ray.* logger.
         for handler in logging.getLogger("ray").handlers:

@@ -20,7 +20,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     a laptop or CI machine opens nothing to the network.  It advertises at least 4
     logical CPUs even on a 2-core machine: logical CPUs are scheduling tokens, and a
     job whose training workers hold one each must still leave tokens for its Ray Data
-    tasks, or it waits forever.  Its object store takes Ray's default share of the
+    tasks, or it waits forever.  It also declares the custom resource `node_cores` (the
+    machine's cores), so jobs that run one busy process per core do not count tokens as
+    cores (cluster.resources.ClusterView.cores).  Its object store takes Ray's default share of the
     machine's memory (no fixed cap).
 
     The test-only switch CYCLEDRUMS_TEST_CPU_STANDIN_FOR_GPU (cluster/resources.py)
@@ -28,7 +30,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """
     import ray
 
-    from cluster.resources import STANDIN_ENV
+    from cluster.resources import NODE_CORES, STANDIN_ENV
 
     if ray.is_initialized():
         return
@@ -43,8 +45,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     cpus = local_cpus(num_cpus)
     log.info("starting a local Ray with %d logical CPUs on %s", cpus, LOCAL_HOST)
     with keep_local():
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
-                 _node_ip_address=LOCAL_HOST, dashboard_host=LOCAL_HOST)
+        ray.init(num_cpus=cpus, resources={NODE_CORES: float(os.cpu_count() or 1)}, include_dashboard=False,
+                 log_to_driver=True, runtime_env=runtime_env, _node_ip_address=LOCAL_HOST,
+                 dashboard_host=LOCAL_HOST)
     quiet_ray_logs(verbose=log.isEnabledFor(logging.DEBUG))
 
 
@@ -83,11 +86,11 @@ def local_cpus(num_cpus: int | None = None) -> int:
 def local_cluster_view(address: str | None = None, num_cpus: int | None = None):
     """What the local Ray `init_ray` would start has (a ClusterView), known before starting it,
     so an impossible request fails in a second; None when the job joins a cluster."""
-    from cluster.resources import ClusterView
+    from cluster.resources import NODE_CORES, ClusterView
 
     if address or os.environ.get("RAY_ADDRESS"):
         return None
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return ClusterView([{"CPU": float(local_cpus(num_cpus)), "GPU": float(gpus)}])
+    return ClusterView([{"CPU": float(local_cpus(num_cpus)), "GPU": float(gpus), NODE_CORES: float(os.cpu_count() or 1)}])

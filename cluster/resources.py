@@ -45,6 +45,9 @@ DEVICES = ("auto", "cuda", "cpu")
 STANDIN_ENV = "CYCLEDRUMS_TEST_CPU_STANDIN_FOR_GPU"
 ACTOR_MEMORY = 2 << 30  # bytes of RAM reserved per model actor (Inception-v3 on CPU peaks near 0.9 GiB)
 UNLIMITED = -1
+# A custom resource the local Ray declares with the machine's core count (nothing asks
+# for it): its logical CPUs are tokens, more than its cores (cluster/ray_runtime.py).
+NODE_CORES = "node_cores"
 
 
 class ResourceError(ValueError):
@@ -158,6 +161,13 @@ class ClusterView:
         values = [n.get(resource, 0.0) for n in self.nodes]
         values += [t.resources.get(resource, 0.0) for t in self.node_types if t.max_nodes != 0]
         return max(values, default=0.0)
+
+    def cores(self) -> float:
+        """CPU cores to run busy processes on: the CPUs the cluster has now (or one launchable
+        node has), counting a node that declares NODE_CORES (the local Ray, which advertises
+        more logical CPUs than its cores) by its cores."""
+        now = sum(min(n.get("CPU", 0.0), n.get(NODE_CORES, math.inf)) for n in self.nodes)
+        return max(now, max((t.resources.get("CPU", 0.0) for t in self.node_types if t.max_nodes != 0), default=0.0))
 
     def capacity(self, resource: str) -> float:
         """All of `resource` the cluster has now plus what its autoscaler may add (inf: no limit)."""
@@ -309,6 +319,7 @@ class ActorPlan:
     num_cpus: float
     reason: str = ""
     memory: int = ACTOR_MEMORY
+    io_task_cpus: float = 1.0  # what each of the job's other (decode, write) tasks reserves
 
     @property
     def size(self) -> int:
@@ -351,7 +362,7 @@ class ActorPlan:
 def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "model",
                 cpu_share: float = 0.5, reserve_cpus: float = 1.0,
                 default_cpu_actors: int | None = None, memory: int = ACTOR_MEMORY,
-                cpu_limit: float | None = None) -> ActorPlan:
+                cpu_limit: float | None = None, io_cpus: float | None = None) -> ActorPlan:
     """The model actor pool of a Ray Data job.
 
     cuda: each actor holds `gpus_per_actor` GPUs and 1 CPU; default pool 1..(GPUs the
@@ -360,7 +371,15 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
     cluster has, or one launchable node has) minus `reserve_cpus` for the job's CPU
     stages; `default_cpu_actors` of them (None: one per CPU), each using its CPUs as
     torch threads.  `cpu_limit` (a job's --num-cpus) caps the CPUs the job may use.
+
+    `io_cpus` (cpu only) is for jobs whose actors do all of a clip's heavy work (model and
+    inversion): the actors then take every CPU but `io_cpus`, one actor per core with one
+    torch thread each (one thread per process scales best for these small convolutions,
+    benchmarks/bench_generate.py), and the job's light decode / write tasks share
+    `io_cpus`, two at a time.
     """
+    if io_cpus is not None and choose_device(request.device, view)[0] == "cpu":
+        return _plan_fused_cpu_actors(request, view, what, io_cpus, memory, cpu_limit)
     device, why = choose_device(request.device, view)
     if not view.node_types_declare_memory():
         memory = 0
@@ -386,6 +405,21 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
     if cpu_limit and needed > cpu_limit:
         raise ResourceError(f"{plan.min_size} {what} actor(s) x {plan.num_cpus:g} CPU (+{reserve_cpus:g} CPU "
                             f"for the other stages) need {needed:g} CPUs; the job is capped at {cpu_limit:g}")
+    return plan
+
+
+def _plan_fused_cpu_actors(request: ResourceRequest, view: ClusterView, what: str, io_cpus: float,
+                           memory: int, cpu_limit: float | None) -> ActorPlan:
+    _, why = choose_device(request.device, view)
+    cpus = view.cores()
+    if cpu_limit:
+        cpus = min(cpus, cpu_limit)
+    budget = max(1.0, cpus - io_cpus)
+    lo, hi = request.actors or (math.ceil(budget),) * 2
+    # Logical CPUs are scheduling tokens: 2 cores give 2 actors x 0.75 + 2 I/O tasks x 0.25.
+    each = math.floor(1000 * budget / hi) / 1000
+    plan = ActorPlan("cpu", lo, hi, 0, each, why, memory, io_task_cpus=io_cpus / 2)
+    check_satisfiable({"CPU": each}, lo, view, what=f"{what} actor", reserve_cpus=io_cpus)
     return plan
 
 

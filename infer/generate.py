@@ -1,22 +1,24 @@
 """`cycledrums generate CHECKPOINT INPUT... OUTPUT`: drums for bass lines, as a Ray Data job.
 
-Stages (CPU work kept apart from the model, so a GPU never waits on decoding or
-Griffin-Lim):
+Stages (the model and Griffin-Lim in one actor per GPU or per CPU core; decoding and
+writing in light tasks beside them, so neither waits on the other):
   1. decode (CPU tasks): read the bass file, mono at the model's mel rate, mel image,
      256-frame windows with 50 frames of overlap, the tail padded with silence so
      every frame is covered (`pipelines.mel.cut_windows(pad_tail=True)`).  For a
      Parquet window set: its `test` rows' `bass` windows, one clip per window.
-  2. generate (an actor pool sized by the shared resource policy, cluster/resources.py:
-     GPU actors with --device cuda / auto on a GPU cluster, else CPU actors): the
-     generator is loaded once per actor
-     with `train.checkpoint.load_generator`; windows go through it `batch_size` at a
-     time.
-  3. render (CPU tasks): windows stitched with a cross-faded overlap-add of their mel
-     power (`infer.render` says why power, not dB), batched Griffin-Lim
-     (`pipelines.mel.image_to_audio`),
-     resampled to the output rate, level-matched to the bass, mixed with the ORIGINAL
-     bass audio (re-read from the input; for Parquet input the bass is re-synthesised
-     from its mel window), written as drums.wav, mix.wav and drums_mel.png.
+  2. generate + invert (an actor pool sized by the shared resource policy,
+     cluster/resources.py: GPU actors with --device cuda / auto on a GPU cluster, else
+     one CPU actor per core with one torch thread): the generator is loaded once per
+     actor with `train.checkpoint.load_generator`; windows go through it `batch_size`
+     at a time; then the windows are stitched with a cross-faded overlap-add of their
+     mel power (`infer.render` says why power, not dB) and inverted with batched
+     Griffin-Lim (`pipelines.mel.image_to_audio`).  Inverting in the actor keeps the
+     audio path on the GPU there, and on CPU it keeps a clip's compute in one
+     process: nothing heavy waits in the object store for a free task.
+  3. write (CPU tasks): resampled to the output rate, level-matched to the bass, mixed
+     with the ORIGINAL bass audio (re-read from the input; for Parquet input the bass is
+     re-synthesised from its mel window), written as drums.wav, mix.wav and
+     drums_mel.png.  (`render_batch` can also invert rows an actor left un-inverted.)
 Then the driver writes manifest.parquet/.csv, errors.parquet/.csv and summary.json.
 
 Controlled randomness (`variation`, `seed`): noise N(0, variation^2) is added to the
@@ -44,6 +46,9 @@ from pipelines.storage import read_bytes, write_bytes
 log = logging.getLogger(__name__)
 
 OUTPUT_FILES = {"drums": "drums.wav", "mix": "mix.wav", "mel": "drums_mel.png"}
+# CPUs the decode and write tasks share on a CPU cluster; the generator actors, which also
+# invert, take the rest (cluster.resources.plan_actors).
+IO_CPUS = 0.5
 
 
 class GenerateError(UserError):
@@ -277,11 +282,9 @@ class GeneratorActor:
         return _columns(rows)
 
     def invert_rows(self, todo: list[dict]) -> None:
-        """Stitch and invert (pseudo-inverse + batched Griffin-Lim) on this actor's device.
-
-        On a GPU this is where the time goes on CPU nodes (32 STFT/iSTFT pairs per clip),
-        so doing it beside the generator keeps the GPU, not 1-CPU render tasks, the pace.
-        """
+        """Stitch and invert (pseudo-inverse + batched Griffin-Lim) on this actor's device:
+        32 STFT/iSTFT pairs per clip, fast on a GPU, and on CPU one core's worth of work
+        kept beside the generator instead of queued for a task."""
         import torch
 
         from infer import render
@@ -536,17 +539,17 @@ def _plan_sources(cfg: GenerateConfig, plan: dict) -> dict:
     return plan
 
 
-def _source_dataset(cfg: GenerateConfig, plan: dict):
+def _source_dataset(cfg: GenerateConfig, plan: dict, num_cpus: float):
     """Ray dataset of decoded clips (the plan's audio clips or Parquet test windows)."""
     import ray.data
 
     params = plan["params"]
     if plan["kind"] == "parquet":
-        return _parquet_dataset(cfg, params, plan["source"])
+        return _parquet_dataset(cfg, params, plan["source"], num_cpus)
     clips = plan["clips"]
     ds = ray.data.from_items([{"clip_id": c.clip_id, "uri": c.uri} for c in clips],
                              override_num_blocks=max(1, len(clips)))
-    return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=1,
+    return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
                           fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
@@ -573,16 +576,18 @@ def _parquet_test_rows(uri: str, params, s3_endpoint_url: str | None) -> int:
     return n
 
 
-def _parquet_dataset(cfg: GenerateConfig, params, uri: str):
+def _parquet_dataset(cfg: GenerateConfig, params, uri: str, num_cpus: float):
     import ray.data
     from ray.data.expressions import col
 
     from pipelines.storage import arrow_filesystem
 
     fs, path = arrow_filesystem(uri, cfg.s3_endpoint_url)
-    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["track_id", "split", "window", "bass"])
-    ds = ds.filter(expr=col("split") == "test")
-    return ds.map_batches(parquet_batch, batch_size=64, batch_format="pyarrow", num_cpus=1,
+    # Every stage says what it reserves: a default 1-CPU read could wait forever behind the actors.
+    ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=num_cpus).select_columns(
+        ["track_id", "split", "window", "bass"])
+    ds = ds.filter(expr=col("split") == "test", num_cpus=num_cpus)
+    return ds.map_batches(parquet_batch, batch_size=64, batch_format="pyarrow", num_cpus=num_cpus,
                           fn_kwargs={"params_dict": params.to_dict(), "source": uri})
 
 
@@ -601,11 +606,11 @@ def run_generate(cfg: GenerateConfig) -> dict:
     n_clips, kind = job["n_clips"], job["kind"]
     init_ray(cfg.address)
     start = time.perf_counter()
-    ds = _source_dataset(cfg, job)
-    try:
-        plan, book = plan_model_stage(cfg.resources, what="generator")
+    try:  # the actors generate and invert (Griffin-Lim): the heavy work; the tasks only decode and write
+        plan, book = plan_model_stage(cfg.resources, what="generator", io_cpus=IO_CPUS)
     except ResourceError as err:
         raise GenerateError(str(err)) from err
+    ds = _source_dataset(cfg, job, plan.io_task_cpus)
     log.info("generating drums for %d %s clip(s) with %s (%s); generator: %s", n_clips, kind, checkpoint,
              config.get("model"), plan.describe())
     ds = ds.map_batches(
@@ -614,10 +619,10 @@ def run_generate(cfg: GenerateConfig) -> dict:
                                "variation": cfg.variation, "seed": cfg.seed,
                                "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"],
                                "placements": book, "torch_threads": plan.torch_threads,
-                               "invert": invert_on_actor(plan.device), "n_iter": cfg.griffin_lim_iters},
+                               "invert": True, "n_iter": cfg.griffin_lim_iters},
         **plan.remote_args())
     ds = ds.map_batches(
-        render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
+        render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=plan.io_task_cpus,
         fn_kwargs={"params_dict": params.to_dict(), "output": cfg.output, "n_iter": cfg.griffin_lim_iters,
                    "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
                    "s3_endpoint_url": cfg.s3_endpoint_url})
@@ -645,7 +650,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         "clips_per_second": round(len(manifest) / seconds, 4) if seconds > 0 else None,
         "realtime_factor": round(audio_seconds / seconds, 3) if seconds > 0 else None,
         "device": plan.device, "generator_actors": plan.size,
-        "inversion": "generator actor (cuda)" if invert_on_actor(plan.device) else "render tasks (cpu)",
+        "inversion": f"generator actor ({plan.device})",
         "resources": placement_summary(plan, read_placements(book)),
         "options": {k: v for k, v in asdict(cfg).items() if k not in ("inputs", "output", "checkpoint")},
         "mel_params": params.to_dict(), "outputs": outputs,
@@ -655,14 +660,6 @@ def run_generate(cfg: GenerateConfig) -> dict:
     log.info("generate: %d clip(s) done, %d error(s), %.1f s of audio in %.1f s", len(manifest), len(errors),
              audio_seconds, seconds)
     return summary
-
-
-def invert_on_actor(device: str) -> bool:
-    """Where Griffin-Lim runs.  On a GPU: in the generator actor (a GPU inverts a clip in a
-    fraction of what one CPU takes).  On CPU: in the render tasks, as before: the model
-    actors hold half the CPUs and render tasks use the rest, and moving inversion into
-    the actors would serialize it behind the generator (benchmarks/bench_generate.py)."""
-    return device == "cuda"
 
 
 def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:

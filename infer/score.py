@@ -70,6 +70,9 @@ from infer.score_stages import DENSITY_FEATURES, REFERENCE_LABEL, SCALAR_FEATURE
 from infer.score_summary import Collected, finish, grader_feature_names  # noqa: F401
 
 log = logging.getLogger(__name__)
+# CPUs the reference-decoding tasks share on a CPU cluster; the actors that compute the
+# features and Inception take the rest (cluster.resources.plan_actors).
+IO_CPUS = 0.5
 
 
 def run_score(cfg: ScoreConfig) -> dict:
@@ -175,7 +178,7 @@ def generated_lookup(sets: list[GeneratedSet]) -> dict[str, list]:
     return lookup
 
 
-def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig):
+def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, num_cpus: float = 1.0):
     """Ray dataset of reference rows (clip_id, ref_image, bass_image, other_image, ref_error, ref_seconds)."""
     import ray.data
 
@@ -188,12 +191,13 @@ def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig):
         from pipelines.storage import arrow_filesystem
 
         fs, path = arrow_filesystem(reference.uri, cfg.s3_endpoint_url)
-        ds = ray.data.read_parquet(path, filesystem=fs).select_columns(
+        # Every stage says what it reserves: a default 1-CPU read could wait forever behind the actors.
+        ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=num_cpus).select_columns(
             ["track_id", "split", "window", "bass", "drums"])
-        ds = ds.filter(expr=col("split") == "test")
+        ds = ds.filter(expr=col("split") == "test", num_cpus=num_cpus)
         return ds.map_batches(stages.parquet_reference_batch, batch_format="pyarrow", batch_size=64,
                               fn_kwargs={"params_dict": params.to_dict(), "baselines": bool(cfg.baselines),
-                                         "seed": cfg.seed}, num_cpus=1)
+                                         "seed": cfg.seed}, num_cpus=num_cpus)
     rows = [dict(r, other_id="", other_uri="") for r in reference.audio_rows]
     if cfg.baselines and len(rows) >= 2:  # the other-clip baseline: a seeded derangement of the clips
         from infer.baselines import song_derangement
@@ -202,32 +206,38 @@ def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig):
             partner = reference.audio_rows[j]
             row.update(other_id=partner["clip_id"], other_uri=partner["drums_uri"])
     ds = ray.data.from_items(rows)
-    return ds.map_batches(stages.audio_reference_batch, batch_format="numpy", batch_size=8, num_cpus=1,
+    # Small blocks: each goes whole to one model actor, so they spread the work evenly.
+    return ds.map_batches(stages.audio_reference_batch, batch_format="numpy", batch_size=2, num_cpus=num_cpus,
                           fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
 def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreConfig, weights: str):
-    """(the lazy dataset, the Inception actors' plan, their placement book)."""
+    """(the lazy dataset, the Inception actors' plan, their placement book).
+
+    GPU: features on CPU tasks, Inception on the GPU actors.  CPU: both in one actor per
+    core (score_stages.FeaturesInceptionActor), the reference decoding in light tasks."""
     from cluster.resources import ResourceError, plan_model_stage
     from infer import score_stages as stages
 
     params = reference.params
-    ds = reference_dataset(reference, cfg)
-    ds = ds.map_batches(stages.features_batch, batch_format="numpy", batch_size=8, num_cpus=1,
-                        fn_kwargs={"lookup": generated_lookup(sets), "params_dict": params.to_dict(),
-                                   "s3_endpoint_url": cfg.s3_endpoint_url, "baselines": bool(cfg.baselines),
-                                   "seed": cfg.seed})
     try:
-        plan, book = plan_model_stage(cfg.resources, what="Inception")
+        plan, book = plan_model_stage(cfg.resources, what="Inception", io_cpus=IO_CPUS)
     except ResourceError as err:
         raise ScoreError(str(err)) from err
-    ds = ds.map_batches(
-        stages.InceptionActor,
-        fn_constructor_kwargs={"weights": weights, "n_mels": params.n_mels,
-                               "window_frames": params.window_frames, "device": plan.device,
-                               "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size,
-                               "placements": book, "torch_threads": plan.torch_threads},
-        batch_format="numpy", batch_size=cfg.batch_size, compute=plan.compute(), **plan.remote_args())
+    ds = reference_dataset(reference, cfg, plan.io_task_cpus)
+    features = {"lookup": generated_lookup(sets), "params_dict": params.to_dict(),
+                "s3_endpoint_url": cfg.s3_endpoint_url, "baselines": bool(cfg.baselines), "seed": cfg.seed}
+    inception = {"weights": weights, "n_mels": params.n_mels, "window_frames": params.window_frames,
+                 "device": plan.device, "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size,
+                 "placements": book, "torch_threads": plan.torch_threads}
+    if plan.device == "cpu":
+        # A few reference clips per call: the work spreads evenly over the actors.
+        ds = ds.map_batches(stages.FeaturesInceptionActor, fn_constructor_kwargs={"features": features, **inception},
+                            batch_format="numpy", batch_size=2, compute=plan.compute(), **plan.remote_args())
+        return ds, plan, book
+    ds = ds.map_batches(stages.features_batch, batch_format="numpy", batch_size=8, num_cpus=1, fn_kwargs=features)
+    ds = ds.map_batches(stages.InceptionActor, fn_constructor_kwargs=inception, batch_format="numpy",
+                        batch_size=cfg.batch_size, compute=plan.compute(), **plan.remote_args())
     return ds, plan, book
 
 

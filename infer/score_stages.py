@@ -7,6 +7,7 @@
                          generated clip matched to it (decoded, mel features), and one
                          "baseline" row per baseline (infer.baselines)
   Inception (actor pool) pooled activations of every row's image
+On a CPU cluster the features stage runs inside the Inception actors (one per core).
 """
 from __future__ import annotations
 
@@ -244,3 +245,19 @@ class InceptionActor:
             out[f"act_{layer}"] = full
         out["seconds_inception"] = np.full(n, (time.perf_counter() - start) / max(1, n))
         return out
+
+
+class FeaturesInceptionActor(InceptionActor):
+    """On a CPU cluster: the features stage and Inception in one actor, one actor per core.
+
+    Both are CPU-bound per clip, so one process doing a clip's whole work keeps every
+    core busy without shipping images between processes; on GPUs the features stay in
+    CPU tasks and Inception gets the GPU actors (score.build_dataset)."""
+
+    def __init__(self, features: dict, **inception):
+        super().__init__(**inception)
+        self.features = features  # features_batch's keyword arguments
+
+    def __call__(self, batch: dict) -> dict:
+        return super().__call__(features_batch(batch, **self.features))
+

@@ -63,11 +63,16 @@ def s3_bucket(s3_endpoint, request):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole session (4 logical CPUs on any machine, no dashboard)."""
+    """One local Ray for the whole session (4 logical CPUs on any machine, no dashboard), with
+    the machine's cores declared as the jobs' own local Ray declares them (cluster/ray_runtime.py)."""
+    import os
+
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=400 * 1024 * 1024,
-             log_to_driver=False)
+    from cluster.resources import NODE_CORES
+
+    ray.init(num_cpus=4, resources={NODE_CORES: float(os.cpu_count() or 1)}, include_dashboard=False,
+             object_store_memory=400 * 1024 * 1024, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster.resources import (
+    NODE_CORES,
     STANDIN_ENV,
     ClusterView,
     NodeType,
@@ -49,6 +50,23 @@ def test_auto_on_a_cpu_cluster_runs_cpu_actors_that_thread_over_their_cpus():
     # a head with 0 CPUs whose autoscaler adds CPU nodes: planned from the node type
     head0 = ClusterView([{"CPU": 0.0}], [NodeType("cpu_node", {"CPU": 16.0}, 2)], "test")
     assert plan_actors(ResourceRequest(), head0, cpu_share=1.0, default_cpu_actors=1).num_cpus == 15.0
+
+
+def test_actors_that_do_all_the_heavy_work_take_one_core_each_and_leave_the_io_share_to_tasks():
+    two = plan_actors(ResourceRequest(), ClusterView([{"CPU": 2.0}]), io_cpus=0.5)
+    assert (two.size, two.num_cpus, two.torch_threads, two.io_task_cpus) == (2, 0.75, 1, 0.25)
+    # every stage can run at once on 2 cores: 2 actors + one decode task + one write task
+    assert two.size * two.num_cpus + 2 * two.io_task_cpus <= 2.0
+    # the local Ray on a 2-core machine: 4 logical CPUs (tokens) but 2 cores, so 2 actors
+    local = plan_actors(ResourceRequest(), ClusterView([{"CPU": 4.0, NODE_CORES: 2.0}]), io_cpus=0.5)
+    assert (local.size, local.num_cpus) == (2, 0.75)
+    sixteen = plan_actors(ResourceRequest(), ClusterView([{"CPU": 16.0}]), io_cpus=0.5)
+    assert (sixteen.size, sixteen.torch_threads) == (16, 1) and sixteen.size * sixteen.num_cpus <= 15.5
+    chosen = plan_actors(ResourceRequest(actors=(1, 3)), ClusterView([{"CPU": 16.0}]), io_cpus=0.5)
+    assert (chosen.min_size, chosen.max_size, chosen.num_cpus, chosen.torch_threads) == (1, 3, 5.166, 5)
+    # on GPUs the policy is the GPU one: one actor per GPU, tasks 1 CPU each
+    gpu = plan_actors(ResourceRequest(), GPU_FROM_ZERO, io_cpus=0.5)
+    assert (gpu.device, gpu.num_gpus, gpu.io_task_cpus) == ("cuda", 1.0, 1.0)
 
 
 def test_requests_the_cluster_can_never_satisfy_fail_with_what_it_has():

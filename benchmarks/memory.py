@@ -1,0 +1,67 @@
+"""Peak memory of a benchmark's driver and of the Ray worker processes, sampled while it runs.
+
+Ray names its worker processes `ray::<task or actor>` (ray::IDLE when idle), so a
+sampler thread in the driver can find them with psutil.  Peak RSS is sampled every
+`interval` s: short spikes between samples are missed, which is fine for the question
+asked here (does memory grow with the work?).
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import psutil
+
+
+def _is_ray_worker(proc: psutil.Process) -> bool:
+    try:
+        name = proc.name()
+        cmd = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return name.startswith("ray::") or bool(cmd and cmd[0].startswith("ray::"))
+
+
+class PeakMemory:
+    """`with PeakMemory() as peak: ...` then peak.driver_mb, peak.worker_mb (largest one
+    worker reached), peak.workers_total_mb (largest sum over all workers at one time)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.driver_mb = self.worker_mb = self.workers_total_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = psutil.Process(os.getpid())
+        while True:
+            self._sample(me)
+            if self._stop.wait(self.interval):
+                return
+
+    def _sample(self, me: psutil.Process) -> None:
+        mb = 1024 * 1024
+        self.driver_mb = max(self.driver_mb, me.memory_info().rss / mb)
+        total = 0.0
+        for proc in psutil.process_iter():
+            if not _is_ray_worker(proc):
+                continue
+            try:
+                rss = proc.memory_info().rss / mb
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total += rss
+            self.worker_mb = max(self.worker_mb, rss)
+        self.workers_total_mb = max(self.workers_total_mb, total)
+
+    def describe(self) -> str:
+        return (f"peak RSS: driver {self.driver_mb:.0f} MB, largest Ray worker {self.worker_mb:.0f} MB, "
+                f"all Ray workers {self.workers_total_mb:.0f} MB")
