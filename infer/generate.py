@@ -671,7 +671,7 @@ def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
     progress = Progress("generate", n_clips)
     manifest, errors = [], []
     try:
-        for batch in ds.iter_batches(batch_format="numpy", batch_size=16):
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes: progress stays current
             rows = [json.loads(s) for s in batch["result"]]
             bad = [r for r in rows if r["error"]]
             errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"],

@@ -247,7 +247,7 @@ def collect(ds, n_reference: int) -> Collected:
 
     progress = Progress("score (reference clips)", n_reference)
     parts: dict[str, list] = {}
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes: progress stays current
         for k, v in batch.items():
             parts.setdefault(k, []).append(v)
         real = batch["kind"] == "real"
