@@ -117,10 +117,16 @@ def prepare_inputs(cfg: ScoreConfig):
     attach_matches(sets, reference)
     if cfg.baselines is None:
         cfg.baselines = len(reference.clip_ids) >= 2
+    grader, annotations = prepare_annotations_and_grader(cfg, sets)
+    return sets, reference, weights, grader, annotations
+
+
+def prepare_annotations_and_grader(cfg: ScoreConfig, sets: list[GeneratedSet]):
+    """(the saved grader or None, the annotations or None), checked against the sets' clips."""
     annotations = _read_annotations_if_any(cfg)
     if annotations is not None:
         _check_annotated_ids(annotations, sets, cfg.annotations)
-    return sets, reference, weights, _load_grader_if_any(cfg), annotations
+    return _load_grader_if_any(cfg), annotations
 
 
 def _check_annotated_ids(annotations, sets: list[GeneratedSet], path: str) -> None:
@@ -221,14 +227,20 @@ def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreC
         plan, book = plan_model_stage(cfg.resources, what="Inception")
     except ResourceError as err:
         raise ScoreError(str(err)) from err
-    ds = ds.map_batches(
+    return inception_stage(ds, params, cfg, weights, plan, book), plan, book
+
+
+def inception_stage(ds, params, cfg: ScoreConfig, weights: str, plan, book):
+    """Feature rows through the Inception actor pool of `plan` (activations added, images dropped)."""
+    from infer import score_stages as stages
+
+    return ds.map_batches(
         stages.InceptionActor,
         fn_constructor_kwargs={"weights": weights, "n_mels": params.n_mels,
                                "window_frames": params.window_frames, "device": plan.device,
                                "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size,
                                "placements": book, "torch_threads": plan.torch_threads},
         batch_format="numpy", batch_size=cfg.batch_size, compute=plan.compute(), **plan.remote_args())
-    return ds, plan, book
 
 
 def collect(ds, n_reference: int) -> Collected:
