@@ -308,6 +308,8 @@ def model_input_batch(batch: dict, inputs: dict, kind: str, params_dict: dict, s
     from infer import generate
 
     ids = [str(c) for c in batch["clip_id"]]
+    if not ids:
+        return batch
     if kind == "parquet":
         decoded = _parquet_model_input(batch, ids, inputs, params_dict)
     else:
