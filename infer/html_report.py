@@ -53,7 +53,8 @@ def select_clips(scores: np.ndarray, clip_ids: list[str], n: int, seed: int) -> 
     worst, best = order[:k], [i for i in reversed(order[-k:]) if i not in order[:k]] if k else []
     rest = [i for i in order if i not in set(worst) | set(best)]
     rng = np.random.default_rng(seed)
-    random = list(rng.choice(rest, size=min(len(rest), n - len(worst) - len(best)), replace=False)) if rest else []
+    size = max(0, min(len(rest), n - len(worst) - len(best)))  # n < 3: the worst and the best only
+    random = list(rng.choice(rest, size=size, replace=False)) if rest else []
     return [(clip_ids[i], c) for c, group in (("worst", worst), ("best", best), ("random", random)) for i in group]
 
 

@@ -55,7 +55,7 @@ def evaluated(ray_local, models, test_set, inception, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("evaluate")
     assert main(["evaluate", models["cyclegan"], str(test_set), str(out), "--inception-weights", inception,
-                 "--griffin-lim-iters", GL_ITERS, "--report-clips", "1"]) == 0
+                 "--griffin-lim-iters", GL_ITERS, "--report-clips", "2"]) == 0
     return out
 
 
@@ -67,7 +67,7 @@ def test_evaluate_gives_the_figures_of_generate_then_score(evaluated, models, te
     assert main(["generate", models["cyclegan"], str(test_set), str(generated),
                  "--griffin-lim-iters", GL_ITERS]) == 0
     assert main(["score", str(generated), str(test_set), str(scored), "--inception-weights", inception,
-                 "--report-clips", "1"]) == 0
+                 "--report-clips", "2"]) == 0
     ours, theirs = _clips(evaluated), _clips(scored)
     assert list(ours["set"]) == list(theirs["set"]) and list(ours["clip_id"]) == list(theirs["clip_id"])
     assert set(ours["set"]) == {"cyclegan", "true-drums", "other-clip", "bass-copy", "shaped-noise", "silence"}
@@ -94,7 +94,7 @@ def test_only_the_report_clips_get_audio_and_the_table_names_it(evaluated):
     ours = clips[clips["set"] == "cyclegan"]
     written = sorted(p.parent.name for p in (evaluated / "audio" / "cyclegan").glob("*/drums.wav"))
     shown = sorted({Path(p).parent.name for p in _report_audio(evaluated)})
-    assert written == shown and 0 < len(written) < len(ours)  # --report-clips 1: the worst and the best
+    assert written == shown and 0 < len(written) < len(ours)  # --report-clips 2: the worst and the best
     for cid, path in zip(ours["clip_id"], ours["generated"]):
         assert path == (str(evaluated / "audio" / "cyclegan" / cid / "drums.wav") if cid in written else "")
     for cid in written:
@@ -111,7 +111,7 @@ def test_also_adds_a_model_as_a_set_and_keep_audio_writes_every_clip(ray_local, 
     out = tmp_path / "both"
     assert main(["evaluate", f"cg={models['cyclegan']}", str(test_set), str(out), "--also",
                  f"p2p={models['pix2pix']}", "--inception-weights", inception, "--griffin-lim-iters", GL_ITERS,
-                 "--report-clips", "1", "--keep-audio", "--no-baselines"]) == 0
+                 "--report-clips", "2", "--keep-audio", "--no-baselines"]) == 0
     clips = _clips(out)
     songs = sorted(p.name for p in test_set.iterdir() if p.is_dir())
     assert set(clips["set"]) == {"cg", "p2p"}
