@@ -9,6 +9,13 @@ initialised.  Prints, per way, the median wall time of --repeats runs, their rat
 and the bytes each left in its OUTPUT folder(s).
 
     .venv/bin/python benchmarks/bench_evaluate.py [--clips 24 --report-clips 6 --repeats 3]
+
+Measured 2026-11-30 on the 2-core development machine under heavy load from other jobs
+(load average 20-40; my own tests ran beside the first runs), --clips 12 --seconds 6
+--report-clips 3 --iters 16 --repeats 3: generate + score median 99.5 s (86-137 s),
+evaluate median 105.3 s (78-119 s): 0.94x, i.e. no measurable gain at this noise and
+size; evaluate wrote 9.1 MB, generate + score 23.9 MB (38%; most of evaluate's bytes are
+the report's media, which score writes too).  Not yet the issue's 1.2x target.
 """
 from __future__ import annotations
 
