@@ -1,4 +1,8 @@
-"""`cycledrums demo`: synth -> prepare -> train -> generate -> score on one Ray, then a summary.
+"""`cycledrums demo`: synth -> prepare -> train -> evaluate on one Ray, then a summary.
+
+evaluate is generate + score in one job: the listening report, the scores and the
+generated audio (OUTPUT/audio/cyclegan/<song>/drums.wav, mix.wav: the demo's test
+songs are fewer than the report's clips per set, so every one gets audio).
 
 Every step is the real subcommand, called in-process through `cycledrums_cli.main(argv)`
 with the arguments a user would type, so the demo depends only on the command-line
@@ -17,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # Sub-folders (and files) of OUT that the demo writes; --force removes only these.
+# ("generated": written by earlier versions, which ran generate then score; evaluate puts the audio
+# under scores/audio.)
 OUTPUTS = ("data", "windows", "run", "generated", "scores", "inception_random.pth", "demo_summary.json")
 CALIBRATION_STEPS = 10  # first, timed training chunk when the run length is a time budget
 
@@ -110,11 +116,12 @@ class StepLog:
 
 
 def run_demo(opts: DemoOptions) -> dict:
-    """Run the five steps into opts.out; return (and print) the summary."""
+    """Run the four steps into opts.out; return (and print) the summary."""
     from cluster.ray_runtime import init_ray
 
     out = _prepare_out(opts)
-    paths = {name: out / name for name in ("data", "windows", "run", "generated", "scores")}
+    paths = {name: out / name for name in ("data", "windows", "run", "scores")}
+    paths["generated"] = paths["scores"] / "audio" / "cyclegan"  # evaluate's audio of the cyclegan set
     started = time.perf_counter()
     steps = StepLog()
     init_ray(opts.address)
@@ -127,14 +134,13 @@ def run_demo(opts: DemoOptions) -> dict:
                             "--seconds", f"{opts.seconds:g}", "--seed", str(opts.seed)])
     steps.run("prepare", ["prepare", str(paths["data"]), str(paths["windows"])])
     train_steps = _train(steps, opts, paths["windows"], paths["run"])
-    test_songs = paths["data"] / "test"  # musdb layout: generate uses the <song>/bass.* files
-    steps.run("generate", ["generate", str(paths["run"]), str(test_songs), str(paths["generated"]),
-                           "--griffin-lim-iters", str(opts.griffin_lim_iters)])
+    test_songs = paths["data"] / "test"  # musdb layout: <song>/bass.* in, <song>/drums.* the truth
     weights, weights_note = _inception_weights(out)
-    score_argv = ["score", f"cyclegan={paths['generated']}", str(test_songs), str(paths["scores"])]
+    evaluate_argv = ["evaluate", f"cyclegan={paths['run']}", str(test_songs), str(paths["scores"]),
+                     "--griffin-lim-iters", str(opts.griffin_lim_iters)]
     if weights:
-        score_argv += ["--inception-weights", str(weights)]
-    steps.run("score", score_argv)
+        evaluate_argv += ["--inception-weights", str(weights)]
+    steps.run("evaluate", evaluate_argv)
 
     summary = {
         "out": str(out),
@@ -238,7 +244,7 @@ def collect_results(paths: dict[str, Path]) -> dict[str, list[str]]:
         "audio": found((gen, "*/mix.wav"), (gen, "*/drums.wav")),
         "plots": found((scores, "*.png"), (gen, "*/drums_mel.png"), (run / "logs", "*.png")),
         "tables": found((windows, "_summary.json"), (windows, "_errors.csv"),
-                        (gen, "manifest.csv"), (gen, "errors.csv"), (scores, "clips.csv"),
+                        (scores, "clips.csv"),
                         (scores, "errors.csv"), (scores, "summary.json"),
                         (run / "logs", "metrics.jsonl")),
     }
@@ -250,7 +256,7 @@ def _glob(pattern: tuple[Path, str]):
 
 
 def _score_headline(scores: Path) -> dict:
-    """Mean objective scores per generated set, from score's summary.json (empty if absent)."""
+    """Mean objective scores per generated set, from evaluate's summary.json (empty if absent)."""
     try:
         summary = json.loads((scores / "summary.json").read_text())
     except (OSError, ValueError):

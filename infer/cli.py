@@ -1,4 +1,5 @@
-"""Subcommands of the inference side: generate (drums for bass lines) and score (automatic evaluation).
+"""Subcommands of the inference side: generate (drums for bass lines), score (automatic evaluation),
+evaluate (both in one job).
 
 Only argparse here: torch and Ray are imported when a subcommand runs, so `--help` is instant.
 """
@@ -15,6 +16,7 @@ from cycledrums_cli import add_job_options
 def register(sub: argparse._SubParsersAction) -> None:
     _register_generate(sub)
     _register_score(sub)
+    _register_evaluate(sub)
 
 
 # ---------------------------------------------------------------- generate
@@ -226,4 +228,126 @@ def _run_score(args) -> int:
         print(f"grader: cross-validated accuracy {g['cv_accuracy']:.3f} on {g['trained_on']} clips "
               f"(majority baseline {g['majority_baseline']:.3f})")
     print(f"outputs in {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _register_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="generate drums for a test set and score them, in one Ray Data job (= generate + score)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Generate drums for a test set with one or more checkpoints and score them, in one
+Ray Data job: the test clips stream through the generator into the scoring stages,
+with the same outputs as `cycledrums generate` then `cycledrums score` on the same
+clips, without writing every generated clip to storage and reading it back.
+
+CHECKPOINT  [LABEL=]checkpoint folder or training run folder (its latest
+            checkpoint), local or s3://.  Its set is labelled LABEL, default the
+            model in its config (cyclegan / pix2pix).  More models: --also.
+TEST_SET    the test clips, with their true drums: a folder of <clip>/bass.* and
+            <clip>/drums.* stems (the musdb18 layout; clips without a bass are
+            reference only), or a `prepare` Parquet window set (its `test` split,
+            one clip per window, "<track_id>/w<window:04d>").
+OUTPUT      folder, local or s3:// (created if missing): score's outputs,
+            clips.parquet/.csv, errors.parquet/.csv, summary.json (with an
+            `evaluate` part: models, where their audio is), features.png (and
+            buckets.png / grades.png / grader.joblib with a grader), report.html
+            with media/ beside it; and the generated audio as generate lays it out,
+            audio/<set>/<clip>/drums.wav, mix.wav, drums_mel.png.
+
+Audio is written only for the clips report.html shows (the worst, best and random
+--report-clips per set; they are generated again once the scores pick them, with
+the same seed), or for every clip with --keep-audio.  The clips table's
+`generated` column names each clip's drums.wav ('' where none was written).
+
+The job: reference rows and the models' input (CPU tasks) -> per model, the
+generator (actors) and the drums rendered as generate renders them, then analysed
+as score analyses a drums.wav (CPU tasks) -> features and baselines (CPU tasks) ->
+Inception (actors).  --device / --actors apply to both actor pools: on CPU each pool
+gets half of what generate or score give their one pool; on GPU a generator and an
+Inception actor share each GPU (each reserves half of --gpus-per-actor).""",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="[LABEL=]checkpoint or training run folder (see above)")
+    p.add_argument("test_set", metavar="TEST_SET", help="stems folder or Parquet window set (see above)")
+    p.add_argument("output", metavar="OUTPUT", help="output folder, local or s3:// (created if missing)")
+    p.add_argument("--also", metavar="LABEL=CHECKPOINT", action="append", default=[],
+                   help="another model evaluated in the same run as a set of its own (e.g. pix2pix=RUN); "
+                        "repeatable (default: none)")
+    p.add_argument("--keep-audio", action="store_true",
+                   help="write every clip's drums.wav, mix.wav and drums_mel.png (default: only the clips the "
+                        "report shows)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the --variation noise, the other-clip pairing, the baseline noise and the "
+                        "report's random clips (default: 0)")
+    p.add_argument("--variation", type=float, default=0.0,
+                   help="as generate --variation: noise added to the generator's input (default: 0)")
+    p.add_argument("--griffin-lim-iters", type=int, default=32,
+                   help="Griffin-Lim iterations of the mel inversion (default: 32)")
+    p.add_argument("--sample-rate", type=int, default=None,
+                   help="rate of the generated audio, as generate --sample-rate (default: each input's own "
+                        "rate; the mel rate for Parquet)")
+    p.add_argument("--generate-batch-size", type=int, default=8,
+                   help="windows per generator forward pass and clips per generate batch (default: 8)")
+    p.add_argument("--drums-gain-db", type=float, default=0.0,
+                   help="drums level relative to the bass's level (active RMS), in dB (default: 0)")
+    p.add_argument("--inception-weights", metavar="PATH", default=None,
+                   help="Inception-v3 state dict, as score --inception-weights (default: torchvision's cache; "
+                        "nothing is downloaded)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per Inception batch (default: 16)")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
+                   help="score the baseline sets and the sanity ladder, as score (default: on when TEST_SET "
+                        "has 2 or more clips)")
+    p.add_argument("--report-clips", type=int, default=24, metavar="N",
+                   help="clips per set shown in the report, and so given audio: the N worst, best and random "
+                        "ones (default: 24)")
+    p.add_argument("--annotations", metavar="CSV", default=None,
+                   help="human grades to train the grader, as score --annotations (default: none)")
+    p.add_argument("--grader", metavar="PATH", default=None,
+                   help="apply a saved grader (a pickle: load only files you trust), as score --grader "
+                        "(default: none)")
+    p.add_argument("--grader-c", type=float, default=1.0,
+                   help="inverse L2 regularisation strength of the logistic regression (default: 1.0)")
+    add_resource_options(p, what="generator and Inception")
+    add_job_options(p)
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from cycledrums_cli import CliError
+
+    from cluster.resources import ResourceRequest
+
+    from infer.evaluate import EvaluateConfig, run_evaluate
+    from infer.grader import AnnotationError
+    from infer.score import ScoreError
+
+    cfg = EvaluateConfig(
+        checkpoint=args.checkpoint, test_set=args.test_set, output=args.output, also=list(args.also),
+        keep_audio=args.keep_audio, seed=args.seed, variation=args.variation,
+        griffin_lim_iters=args.griffin_lim_iters, sample_rate=args.sample_rate,
+        generate_batch_size=args.generate_batch_size, drums_gain_db=args.drums_gain_db,
+        inception_weights=args.inception_weights, batch_size=args.batch_size, baselines=args.baselines,
+        report_clips=args.report_clips, annotations=args.annotations, grader=args.grader,
+        grader_c=args.grader_c, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        resources=ResourceRequest.from_args(args))
+    try:
+        summary = run_evaluate(cfg)
+    except (ScoreError, AnnotationError, FileNotFoundError) as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for label, s in summary["sets"].items():
+        audio = summary["evaluate"]["models"][label]
+        print(f"{label}: {s['scored']} clips scored, {s['errors']} errors, mean stoi {s['mean']['stoi_mean']}; "
+              f"audio of {audio['audio_clips']} clip(s) in {audio['audio']}")
+    if summary.get("sanity_ladder"):
+        verdicts = ", ".join(f"{m} {'pass' if r['passes'] else 'FAIL'}" for m, r in summary["sanity_ladder"].items())
+        print(f"sanity ladder (true > other clip > noise/silence/bass): {verdicts}")
+    print(f"outputs in {args.output} (open report.html)")
     return 0

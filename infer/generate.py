@@ -355,28 +355,37 @@ def _bass_audio(row: dict, out_rate: int, bass_mel_audio, params, s3_endpoint_ur
     return resample(signal, rate, out_rate).numpy()
 
 
-def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sample_rate: int | None,
-                 drums_gain_db: float, s3_endpoint_url: str | None) -> dict:
-    """Generated windows -> drums.wav, mix.wav, drums_mel.png; returns manifest / error rows."""
+@dataclass
+class Inverted:
+    """A batch's clips after stitching and Griffin-Lim: audio at the mel rate, keyed (kind, clip id)."""
+
+    audio: dict           # ("drums" | "bass", clip id) -> [n] tensor
+    images: dict          # clip id -> stitched uint8 drum image [n_mels, frames]
+    stitch_seconds: dict  # clip id -> seconds
+    on_actor: dict        # clip id -> seconds_invert of clips the generator actor inverted (GPU)
+    invert_total: float = 0.0
+    frames_total: int = 1
+
+    def invert_seconds(self, row: dict) -> float:
+        """The clip's share of the batch's inversion time (by frames inverted)."""
+        cid = row["clip_id"]
+        if cid in self.on_actor:
+            return self.on_actor[cid]
+        frames = self.images[cid].shape[-1] * (2 if row["bass_from_mel"] else 1)
+        return self.invert_total * frames / self.frames_total
+
+
+def invert_batch(todo: list[dict], params, n_iter: int) -> Inverted:
+    """Stitch the rows' generated windows and invert them (one batched Griffin-Lim); a row whose
+    windows do not fit its clip gets an error (stage "stitch") instead."""
     import torch
 
-    from pipelines.audio import resample
-    from pipelines.mel import MelParams
-
-    from pipelines.storage import is_transient
-
     from infer import render
-    from infer.runtime import join_uri, remove_quietly
 
-    params = MelParams.from_dict(params_dict)
-    rows = _rows(batch)
-    todo = [r for r in rows if not r["error"]]
-    results = []
-
-    start = time.perf_counter()
     images, lengths, owners = [], [], []
     stitch_seconds = {}
     inverted = {}  # clip id -> {"drums": audio, "bass": audio} inverted by the generator actor (GPU)
+    on_actor = {}
     for r in todo:
         if r["drums_audio"]:
             cid = r["clip_id"]
@@ -387,6 +396,7 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
             lengths.append(int(r["model_samples"]))
             owners.append(("drums", cid))
             stitch_seconds[cid] = float(r["seconds_stitch"])
+            on_actor[cid] = float(r["seconds_invert"])
             continue
         t0 = time.perf_counter()
         try:
@@ -411,8 +421,52 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
                                           params, n_iter))) if todo_invert else {}
     for cid, parts in inverted.items():
         audio.update({(kind, cid): a for kind, a in parts.items()})
-    invert_total = time.perf_counter() - t0
-    frames_total = max(1, sum(images[i].shape[-1] for i in todo_invert))
+    return Inverted(audio, {cid: images[i] for i, (kind, cid) in enumerate(owners) if kind == "drums"},
+                    stitch_seconds, on_actor, time.perf_counter() - t0,
+                    max(1, sum(images[i].shape[-1] for i in todo_invert)))
+
+
+def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_gain_db: float,
+                s3_endpoint_url: str | None) -> tuple[dict, dict]:
+    """One clip's output files as bytes ({"drums", "mix", "mel"}) and its manifest fields: the drums
+    at the output rate, level-matched to the bass, mixed with the original bass, peak-safe."""
+    from pipelines.audio import resample
+
+    from infer import render
+
+    cid = r["clip_id"]
+    out_rate = sample_rate or int(r["input_rate"])
+    bass = _bass_audio(r, out_rate, inv.audio.get(("bass", cid)), params, s3_endpoint_url)
+    n_out = bass.shape[-1]
+    drums = resample(inv.audio[("drums", cid)].unsqueeze(0), params.sample_rate, out_rate)
+    drums = render.fit_length(drums[0].numpy().astype(np.float64), n_out)
+    gain_db = render.level_match_gain_db(drums, bass, drums_gain_db)
+    drums = drums * 10 ** (gain_db / 20)
+    mixed, mix_trim_db = render.peak_safe(render.mix(bass, drums))
+    drums, drums_trim_db = render.peak_safe(drums)
+    contents = {"drums": render.wav_bytes(drums, out_rate), "mix": render.wav_bytes(mixed, out_rate),
+                "mel": render.mel_png_bytes(inv.images[cid].numpy())}
+    return contents, {"sample_rate": int(out_rate), "channels": int(bass.shape[0]), "samples": int(n_out),
+                      "drums_gain_db": round(gain_db, 3), "drums_trim_db": round(drums_trim_db, 3),
+                      "mix_trim_db": round(mix_trim_db, 3)}
+
+
+def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sample_rate: int | None,
+                 drums_gain_db: float, s3_endpoint_url: str | None) -> dict:
+    """Generated windows -> drums.wav, mix.wav, drums_mel.png; returns manifest / error rows."""
+    from pipelines.mel import MelParams
+
+    from pipelines.storage import is_transient
+
+    from infer.runtime import join_uri, remove_quietly
+
+    params = MelParams.from_dict(params_dict)
+    rows = _rows(batch)
+    todo = [r for r in rows if not r["error"]]
+    results = []
+
+    start = time.perf_counter()
+    inv = invert_batch(todo, params, n_iter)
 
     for r in rows:
         base = {"clip_id": str(r["clip_id"]), "input": str(r["input"])}
@@ -423,18 +477,7 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
         cid = r["clip_id"]
         t0 = time.perf_counter()
         try:
-            out_rate = sample_rate or int(r["input_rate"])
-            bass = _bass_audio(r, out_rate, audio.get(("bass", cid)), params, s3_endpoint_url)
-            n_out = bass.shape[-1]
-            drums = resample(audio[("drums", cid)].unsqueeze(0), params.sample_rate, out_rate)
-            drums = render.fit_length(drums[0].numpy().astype(np.float64), n_out)
-            gain_db = render.level_match_gain_db(drums, bass, drums_gain_db)
-            drums = drums * 10 ** (gain_db / 20)
-            mixed, mix_trim_db = render.peak_safe(render.mix(bass, drums))
-            drums, drums_trim_db = render.peak_safe(drums)
-            image = images[owners.index(("drums", cid))].numpy()
-            contents = {"drums": render.wav_bytes(drums, out_rate), "mix": render.wav_bytes(mixed, out_rate),
-                        "mel": render.mel_png_bytes(image)}
+            contents, rendered = render_clip(r, inv, params, sample_rate, drums_gain_db, s3_endpoint_url)
             for kind, data in contents.items():
                 write_bytes(join_uri(output, cid, OUTPUT_FILES[kind]), data, s3_endpoint_url)
         except (OSError, ValueError, RuntimeError) as err:
@@ -443,21 +486,15 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
             results.append({**base, "error": str(err) if is_transient(err) else f"{type(err).__name__}: {err}",
                             "stage": "render", "transient": is_transient(err)})
             continue
-        frames = image.shape[-1] * (2 if r["bass_from_mel"] else 1)
         results.append({
             **base, "error": "", "stage": "",
             "duration_s": float(r["input_samples"]) / float(r["input_rate"]),
-            "input_sample_rate": int(r["input_rate"]), "sample_rate": int(out_rate),
-            "channels": int(bass.shape[0]), "samples": int(n_out), "windows": int(r["n_windows"]),
+            "input_sample_rate": int(r["input_rate"]), **rendered, "windows": int(r["n_windows"]),
             "bass_source": "mel window (re-synthesised)" if r["bass_from_mel"] else "original audio",
-            "drums_gain_db": round(gain_db, 3), "drums_trim_db": round(drums_trim_db, 3),
-            "mix_trim_db": round(mix_trim_db, 3),
             "drums_path": f"{cid}/{OUTPUT_FILES['drums']}", "mix_path": f"{cid}/{OUTPUT_FILES['mix']}",
             "mel_path": f"{cid}/{OUTPUT_FILES['mel']}",
             "seconds_decode": float(r["seconds_decode"]), "seconds_generate": float(r["seconds_generate"]),
-            "seconds_stitch": stitch_seconds[cid],
-            "seconds_invert": float(r["seconds_invert"]) if cid in inverted
-            else invert_total * frames / frames_total,
+            "seconds_stitch": inv.stitch_seconds[cid], "seconds_invert": inv.invert_seconds(r),
             "seconds_mix_write": time.perf_counter() - t0,
         })
     log.debug("rendered %d clips in %.2f s", len(todo), time.perf_counter() - start)
@@ -613,19 +650,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
     ds = _source_dataset(cfg, job, plan.io_task_cpus)
     log.info("generating drums for %d %s clip(s) with %s (%s); generator: %s", n_clips, kind, checkpoint,
              config.get("model"), plan.describe())
-    ds = ds.map_batches(
-        GeneratorActor, batch_size=cfg.batch_size, batch_format="numpy", compute=plan.compute(),
-        fn_constructor_kwargs={"checkpoint": checkpoint, "device": plan.device, "batch_size": cfg.batch_size,
-                               "variation": cfg.variation, "seed": cfg.seed,
-                               "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"],
-                               "placements": book, "torch_threads": plan.torch_threads,
-                               "invert": True, "n_iter": cfg.griffin_lim_iters},
-        **plan.remote_args())
-    ds = ds.map_batches(
-        render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=plan.io_task_cpus,
-        fn_kwargs={"params_dict": params.to_dict(), "output": cfg.output, "n_iter": cfg.griffin_lim_iters,
-                   "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
-                   "s3_endpoint_url": cfg.s3_endpoint_url})
+    ds = render_stage(generator_stage(ds, cfg, job, plan, book), cfg, params, plan.io_task_cpus)
 
     manifest, errors = _collect_results(ds, n_clips)
     seconds = time.perf_counter() - start
@@ -660,6 +685,27 @@ def run_generate(cfg: GenerateConfig) -> dict:
     log.info("generate: %d clip(s) done, %d error(s), %.1f s of audio in %.1f s", len(manifest), len(errors),
              audio_seconds, seconds)
     return summary
+
+
+def generator_stage(ds, cfg: GenerateConfig, job: dict, plan, book):
+    """`ds` (decoded clips) through the generator actor pool of `plan` (preflight's `job`)."""
+    return ds.map_batches(
+        GeneratorActor, batch_size=cfg.batch_size, batch_format="numpy", compute=plan.compute(),
+        fn_constructor_kwargs={"checkpoint": job["checkpoint"], "device": plan.device,
+                               "batch_size": cfg.batch_size, "variation": cfg.variation, "seed": cfg.seed,
+                               "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"],
+                               "placements": book, "torch_threads": plan.torch_threads,
+                               "invert": True, "n_iter": cfg.griffin_lim_iters},
+        **plan.remote_args())
+
+
+def render_stage(ds, cfg: GenerateConfig, params, num_cpus: float = 1.0):
+    """Generated rows -> the clips' files under cfg.output (CPU tasks); rows of manifest / error JSON."""
+    return ds.map_batches(
+        render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=num_cpus,
+        fn_kwargs={"params_dict": params.to_dict(), "output": cfg.output, "n_iter": cfg.griffin_lim_iters,
+                   "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
+                   "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
 def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:

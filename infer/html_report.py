@@ -53,8 +53,20 @@ def select_clips(scores: np.ndarray, clip_ids: list[str], n: int, seed: int) -> 
     worst, best = order[:k], [i for i in reversed(order[-k:]) if i not in order[:k]] if k else []
     rest = [i for i in order if i not in set(worst) | set(best)]
     rng = np.random.default_rng(seed)
-    random = list(rng.choice(rest, size=min(len(rest), n - len(worst) - len(best)), replace=False)) if rest else []
+    size = max(0, min(len(rest), n - len(worst) - len(best)))  # n < 3: the worst and the best only
+    random = list(rng.choice(rest, size=size, replace=False)) if rest else []
     return [(clip_ids[i], c) for c, group in (("worst", worst), ("best", best), ("random", random)) for i in group]
+
+
+def report_clips(table, ladder: dict | None, labels: list[str], n: int, seed: int) -> dict[str, list]:
+    """{set label: [(clip id, 'worst' | 'best' | 'random')]}: the clips the report shows per set."""
+    _, scores = ranking(table, ladder)
+    table = table.assign(_score=scores)
+    out = {}
+    for label in labels:
+        rows = table[table["set"] == label]
+        out[label] = select_clips(rows["_score"].to_numpy(), rows["clip_id"].tolist(), n, seed)
+    return out
 
 
 # ---------------------------------------------------------------- media
@@ -297,9 +309,10 @@ def write_report(table, summary: dict, reference, sets: list, output: str, param
     labels = [s.label for s in sets] + list(summary.get("baselines", {}))
     sections = []
     shared: dict[str, dict] = {}
+    shown = report_clips(table, summary.get("sanity_ladder"), labels, n_clips, seed)
     for index, label in enumerate(labels):
         rows = table[table["set"] == label]
-        chosen = select_clips(rows["_score"].to_numpy(), rows["clip_id"].tolist(), n_clips, seed)
+        chosen = shown[label]
         by_id = rows.set_index("clip_id")
         body = []
         for clip_id, category in chosen:

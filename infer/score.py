@@ -120,10 +120,16 @@ def prepare_inputs(cfg: ScoreConfig):
     attach_matches(sets, reference)
     if cfg.baselines is None:
         cfg.baselines = len(reference.clip_ids) >= 2
+    grader, annotations = prepare_annotations_and_grader(cfg, sets)
+    return sets, reference, weights, grader, annotations
+
+
+def prepare_annotations_and_grader(cfg: ScoreConfig, sets: list[GeneratedSet]):
+    """(the saved grader or None, the annotations or None), checked against the sets' clips."""
     annotations = _read_annotations_if_any(cfg)
     if annotations is not None:
         _check_annotated_ids(annotations, sets, cfg.annotations)
-    return sets, reference, weights, _load_grader_if_any(cfg), annotations
+    return _load_grader_if_any(cfg), annotations
 
 
 def _check_annotated_ids(annotations, sets: list[GeneratedSet], path: str) -> None:
@@ -227,18 +233,31 @@ def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreC
     ds = reference_dataset(reference, cfg, plan.io_task_cpus)
     features = {"lookup": generated_lookup(sets), "params_dict": params.to_dict(),
                 "s3_endpoint_url": cfg.s3_endpoint_url, "baselines": bool(cfg.baselines), "seed": cfg.seed}
-    inception = {"weights": weights, "n_mels": params.n_mels, "window_frames": params.window_frames,
-                 "device": plan.device, "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size,
-                 "placements": book, "torch_threads": plan.torch_threads}
     if plan.device == "cpu":
         # A few reference clips per call: the work spreads evenly over the actors.
-        ds = ds.map_batches(stages.FeaturesInceptionActor, fn_constructor_kwargs={"features": features, **inception},
+        ds = ds.map_batches(stages.FeaturesInceptionActor,
+                            fn_constructor_kwargs={"features": features,
+                                                   **inception_kwargs(params, cfg, weights, plan, book)},
                             batch_format="numpy", batch_size=2, compute=plan.compute(), **plan.remote_args())
         return ds, plan, book
     ds = ds.map_batches(stages.features_batch, batch_format="numpy", batch_size=8, num_cpus=1, fn_kwargs=features)
-    ds = ds.map_batches(stages.InceptionActor, fn_constructor_kwargs=inception, batch_format="numpy",
-                        batch_size=cfg.batch_size, compute=plan.compute(), **plan.remote_args())
-    return ds, plan, book
+    return inception_stage(ds, params, cfg, weights, plan, book), plan, book
+
+
+def inception_kwargs(params, cfg: ScoreConfig, weights: str, plan, book) -> dict:
+    """The Inception actors' constructor arguments."""
+    return {"weights": weights, "n_mels": params.n_mels, "window_frames": params.window_frames,
+            "device": plan.device, "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size,
+            "placements": book, "torch_threads": plan.torch_threads}
+
+
+def inception_stage(ds, params, cfg: ScoreConfig, weights: str, plan, book):
+    """Feature rows through the Inception actor pool of `plan` (activations added, images dropped)."""
+    from infer import score_stages as stages
+
+    return ds.map_batches(stages.InceptionActor, fn_constructor_kwargs=inception_kwargs(params, cfg, weights, plan, book),
+                          batch_format="numpy", batch_size=cfg.batch_size, compute=plan.compute(),
+                          **plan.remote_args())
 
 
 def collect(ds, n_reference: int) -> Collected:

@@ -31,6 +31,11 @@ def mel_feature_names(n_mels: int = 256) -> list[str]:
 
 def load_mel_image(uri: str, params, s3_endpoint_url: str | None = None) -> np.ndarray:
     """Audio file (local or URL) -> uint8 mel image [n_mels, frames]; silence allowed (it is a valid clip)."""
+    return mel_image_from_bytes(read_bytes(uri, s3_endpoint_url), uri, params)
+
+
+def mel_image_from_bytes(data: bytes, name: str, params) -> np.ndarray:
+    """Audio file bytes -> uint8 mel image, exactly as `load_mel_image` analyses a file."""
     import io
 
     from pipelines.audio import load_audio
@@ -38,10 +43,10 @@ def load_mel_image(uri: str, params, s3_endpoint_url: str | None = None) -> np.n
 
     from infer.sources import check_long_enough
 
-    f = io.BytesIO(read_bytes(uri, s3_endpoint_url))
-    f.name = uri  # for error messages
+    f = io.BytesIO(data)
+    f.name = name  # for error messages
     audio = load_audio(f, params.sample_rate, allow_silent=True)
-    check_long_enough(audio, params, uri)
+    check_long_enough(audio, params, name)
     return audio_to_image(audio, params).numpy()
 
 
@@ -174,14 +179,23 @@ class _Rows:
 def features_batch(batch: dict, lookup: dict, params_dict: dict, s3_endpoint_url: str | None,
                    baselines: bool, seed: int) -> dict:
     """Reference rows -> a 'real' row each, a 'generated' row per matched generated clip, baseline rows."""
-    from pipelines.audio import AudioError
     from pipelines.mel import MelParams
+
+    params = MelParams.from_dict(params_dict)
+    return clip_rows(batch, lookup, params, baselines, seed,
+                     lambda i, label, uri: load_mel_image(uri, params, s3_endpoint_url))
+
+
+def clip_rows(batch: dict, lookup: dict, params, baselines: bool, seed: int, generated_image) -> dict:
+    """features_batch's work; `generated_image(row index, set label, uri)` gives a generated clip's
+    mel image (or raises AudioError / OSError): read from a file by score, made in the job by evaluate."""
+    from pipelines.audio import AudioError
 
     from infer.baselines import OTHER, TRUE, baseline_images
 
-    params = MelParams.from_dict(params_dict)
     rows = _Rows(len(mel_feature_names(params.n_mels)))
-    for clip_id, ref_b, bass_b, other_b, other_id, ref_error, ref_seconds in zip(*(batch[k] for k in REF_COLUMNS)):
+    for i, (clip_id, ref_b, bass_b, other_b, other_id, ref_error, ref_seconds) in enumerate(
+            zip(*(batch[k] for k in REF_COLUMNS))):
         rows.emit("real", REFERENCE_LABEL, clip_id, clip_id, "", ref_b, ref_error)
         if ref_error:
             for label, uri, gen_id in lookup.get(clip_id, ()):
@@ -193,7 +207,7 @@ def features_batch(batch: dict, lookup: dict, params_dict: dict, s3_endpoint_url
         for label, uri, gen_id in lookup.get(clip_id, ()):
             start = time.perf_counter()
             try:
-                gen = load_mel_image(uri, params, s3_endpoint_url)
+                gen = generated_image(i, label, uri)
             except (AudioError, FileNotFoundError, OSError) as err:
                 rows.emit("generated", label, gen_id, clip_id, uri, b"", str(err))
                 continue

@@ -144,7 +144,11 @@ def _error_rows(cols: dict, sets: list[GeneratedSet], reference: ReferenceSet) -
 
 
 def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceSet, cfg: ScoreConfig,
-           grader, annotations, job_seconds: float, resources: dict | None = None) -> dict:
+           grader, annotations, job_seconds: float, resources: dict | None = None,
+           before_write=None, extra: dict | None = None) -> dict:
+    """Tables, summary, plots and report from the job's rows.  `before_write(table, ladder)` runs
+    once the clips table is final but not yet written (evaluate writes the report clips' audio
+    there); `extra` is added to the summary."""
     import pyarrow as pa
 
     from infer.ladder import passing_metrics, sanity_ladder
@@ -173,6 +177,8 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
     errors_table = pa.Table.from_pylist(errors, schema=pa.schema(
         [("set", pa.string()), ("clip_id", pa.string()), ("input", pa.string()), ("reason", pa.string())]))
 
+    if before_write is not None:
+        before_write(table, ladder)
     outputs = write_table(pa.Table.from_pandas(table, preserve_index=False), cfg.output, "clips",
                           cfg.s3_endpoint_url)
     outputs += write_table(errors_table, cfg.output, "errors", cfg.s3_endpoint_url)
@@ -203,6 +209,7 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
         "mel_params": params.to_dict(),
         "device": (resources or {}).get("device"), "resources": resources or {},
         "outputs": outputs,
+        **(extra or {}),
     }
     summary_path = join_uri(cfg.output, "summary.json")
     summary["outputs"].append(summary_path)

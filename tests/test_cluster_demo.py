@@ -29,14 +29,15 @@ def test_quick_demo_runs_every_step_and_lists_its_results(tmp_path):
                             capture_output=True, text=True, timeout=850)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert list(summary["step_seconds"]) == ["synth", "prepare", "train", "generate", "score"]
+    assert list(summary["step_seconds"]) == ["synth", "prepare", "train", "evaluate"]
     assert summary["train_steps"] == 4
     results = summary["results"]
     test_songs = sorted(p.name for p in (out / "data" / "test").iterdir() if p.is_dir())
     assert len(test_songs) == 2
     assert sorted(Path(p).parent.name for p in results["audio"] if p.endswith("mix.wav")) == test_songs
     assert any("/scores/" in p for p in results["plots"])  # score's figures
-    assert {Path(p).name for p in results["tables"]} >= {"clips.csv", "manifest.csv", "_summary.json"}
+    assert {Path(p).name for p in results["tables"]} >= {"clips.csv", "summary.json", "_summary.json"}
+    assert all("/scores/audio/cyclegan/" in p for p in results["audio"])  # evaluate's audio, every test song
     assert [Path(p).name for p in results["report"]] == ["report.html"]  # score's listening report
     for path in results["audio"] + results["plots"] + results["tables"]:
         assert Path(path).is_file() and Path(path).stat().st_size > 0

@@ -1,0 +1,467 @@
+"""`cycledrums evaluate CHECKPOINT TEST_SET OUTPUT`: generate and score in one Ray Data job.
+
+What `cycledrums generate` then `cycledrums score` do, without writing every generated
+clip to storage and reading it back.  One pipeline, one row per reference clip:
+
+  reference (CPU tasks)   score's reference rows: true drums, bass, the other-clip
+                          partner (infer.score_stages)
+  bass -> model input     generate's decode (a Parquet set: its bass window), per
+  (CPU tasks)             distinct mel parameters of the models
+  per model:
+    generator (actors)    generate's GeneratorActor (GPU actors also invert on the GPU)
+    drums (CPU tasks)     generate's stitch, Griffin-Lim, level match and WAV encoding
+                          (infer.generate.invert_batch / render_clip), then the WAV bytes
+                          are analysed exactly as score analyses a drums.wav file
+  features (CPU tasks)    score's features and baselines (score_stages.clip_rows)
+  Inception (actors)      score's InceptionActor
+then score's driver-side work (infer.score_summary.finish): the same clips / errors
+tables, summary.json, baselines, sanity ladder, plots and report.html.
+
+Audio written: by default only for the clips the report shows (its worst / best /
+random N per set): once the table is final, those clips go through generate's own
+stages again (same seed, same drums) and land as generate lays them out,
+OUTPUT/audio/<set>/<clip>/drums.wav, mix.wav, drums_mel.png; the clips table's
+`generated` column names the drums.wav ('' where none was written).  When every clip
+of a set is shown, or with --keep-audio, the files are written in the main job.
+
+A generated clip is named after its reference clip: TEST_SET is one source (a folder
+of `<clip>/drums.*` + `<clip>/bass.*` stems, or a `prepare` Parquet window set), so the
+ids generate and score would give agree.  Both model pools share the cluster: on CPU
+each gets half of what generate / score give their one pool; on GPU each actor
+reserves half of --gpus-per-actor, so a generator and an Inception actor share a GPU.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from cluster.resources import ResourceRequest
+from cycledrums_cli import UserError
+
+log = logging.getLogger(__name__)
+
+AUDIO = "audio"  # OUTPUT/audio/<set label>/<clip>/drums.wav ...
+
+
+class EvaluateError(UserError):
+    """A problem with the job as a whole (bad options, labels, inputs)."""
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str                                   # [LABEL=]CHECKPOINT
+    test_set: str
+    output: str
+    also: list[str] = field(default_factory=list)     # [LABEL=]CHECKPOINT each
+    keep_audio: bool = False
+    # generation, as `generate`
+    seed: int = 0
+    variation: float = 0.0
+    griffin_lim_iters: int = 32
+    sample_rate: int | None = None
+    generate_batch_size: int = 8
+    drums_gain_db: float = 0.0
+    # scoring, as `score`
+    inception_weights: str | None = None
+    batch_size: int = 16
+    baselines: bool | None = None
+    report_clips: int = 24
+    annotations: str | None = None
+    grader: str | None = None
+    grader_c: float = 1.0
+    s3_endpoint_url: str | None = None
+    address: str | None = None
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
+
+
+@dataclass
+class Model:
+    """One generated set: a checkpoint, generate's config for it and what its pre-flight loaded."""
+
+    label: str
+    index: int
+    gen_cfg: object       # GenerateConfig (output: OUTPUT/audio/<label>)
+    job: dict             # generate.preflight's plan: checkpoint, config, params, generator
+    write_all: bool       # write every clip's audio in the main job (--keep-audio, or all are shown)
+
+
+@dataclass
+class EvaluateJob:
+    cfg: EvaluateConfig
+    score_cfg: object     # ScoreConfig
+    reference: object     # ReferenceSet
+    models: list[Model]
+    sets: list            # [GeneratedSet], one per model
+    inputs: dict          # reference clip id -> bass input (file, or "<parquet>#<clip>")
+    weights: str
+    grader: object
+    annotations: object
+
+
+# ---------------------------------------------------------------- pre-flight (no Ray)
+
+
+def preflight(cfg: EvaluateConfig) -> EvaluateJob:
+    """Every check generate and score make before Ray starts, on evaluate's inputs."""
+    from pipelines.storage import local_path_resolved
+
+    from infer.score import ScoreConfig, check_inception_weights, check_output, prepare_annotations_and_grader
+
+    if cfg.batch_size < 1:
+        raise EvaluateError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.report_clips < 0:
+        raise EvaluateError(f"--report-clips must be >= 0, got {cfg.report_clips}")
+    cfg = replace(cfg, test_set=local_path_resolved(cfg.test_set), output=local_path_resolved(cfg.output))
+    specs = _model_specs(cfg)
+    check_output(cfg.output, cfg.s3_endpoint_url)
+    weights = check_inception_weights(cfg.inception_weights, cfg.s3_endpoint_url)
+    reference = _reference(cfg)
+    inputs = _bass_inputs(reference)
+    score_cfg = ScoreConfig(
+        generated=[], reference=cfg.test_set, output=cfg.output, annotations=cfg.annotations, grader=cfg.grader,
+        inception_weights=weights, batch_size=cfg.batch_size, grader_c=cfg.grader_c, seed=cfg.seed,
+        baselines=len(reference.clip_ids) >= 2 if cfg.baselines is None else cfg.baselines,
+        report_clips=cfg.report_clips, s3_endpoint_url=cfg.s3_endpoint_url, address=cfg.address,
+        resources=cfg.resources)
+    models = [_model(cfg, label, checkpoint, i, len(inputs)) for i, (label, checkpoint) in enumerate(specs)]
+    sets = _generated_sets(models, inputs)
+    grader, annotations = prepare_annotations_and_grader(score_cfg, sets)
+    return EvaluateJob(cfg, score_cfg, reference, models, sets, inputs, weights, grader, annotations)
+
+
+def _model_specs(cfg: EvaluateConfig) -> list[tuple[str | None, str]]:
+    from pipelines.storage import local_path_resolved
+
+    from infer.score_inputs import parse_generated
+
+    specs = []
+    for spec in [cfg.checkpoint] + list(cfg.also):
+        label, checkpoint = parse_generated(spec)
+        specs.append((label, local_path_resolved(checkpoint)))
+    return specs
+
+
+def _reference(cfg: EvaluateConfig):
+    from infer.score_inputs import load_reference
+    from infer.sources import SourceError
+
+    try:
+        return load_reference(cfg.test_set, cfg.s3_endpoint_url)
+    except SourceError as err:
+        raise EvaluateError(str(err)) from err
+
+
+def _bass_inputs(reference) -> dict[str, str]:
+    """{clip id: the bass the models get}: the `bass.*` beside each `drums.*`, or the Parquet window."""
+    if reference.kind == "parquet":
+        return {cid: f"{reference.uri}#{cid}" for cid in reference.clip_ids}
+    inputs = {r["clip_id"]: r["bass_uri"] for r in reference.audio_rows if r["bass_uri"]}
+    if not inputs:
+        raise EvaluateError(
+            f"TEST_SET {reference.uri}: no clip has a bass beside its drums; evaluate needs "
+            f"<clip>/drums.* and <clip>/bass.* stems (the musdb18 layout) or a `prepare` Parquet window set")
+    return inputs
+
+
+def _model(cfg: EvaluateConfig, label: str | None, checkpoint: str, index: int, n_clips: int) -> Model:
+    """generate's pre-flight of one checkpoint on TEST_SET (loads it; checks the Parquet's mel parameters)."""
+    from infer.generate import GenerateConfig, preflight as generate_preflight
+    from infer.runtime import join_uri
+
+    gen_cfg = GenerateConfig(
+        checkpoint=checkpoint, inputs=[cfg.test_set], output=cfg.output, seed=cfg.seed, variation=cfg.variation,
+        griffin_lim_iters=cfg.griffin_lim_iters, sample_rate=cfg.sample_rate, batch_size=cfg.generate_batch_size,
+        drums_gain_db=cfg.drums_gain_db, s3_endpoint_url=cfg.s3_endpoint_url, address=cfg.address,
+        resources=cfg.resources)
+    gen_cfg, job = generate_preflight(gen_cfg)
+    label = label or job["config"].get("model") or "generated"
+    gen_cfg = replace(gen_cfg, output=join_uri(cfg.output, AUDIO, label))
+    write_all = cfg.keep_audio or (cfg.report_clips > 0 and n_clips <= cfg.report_clips)
+    return Model(label, index, gen_cfg, job, write_all)
+
+
+def _generated_sets(models: list[Model], inputs: dict) -> list:
+    from infer.baselines import BASELINES
+    from infer.score_inputs import GeneratedSet
+    from infer.score_stages import REFERENCE_LABEL
+    from infer.sources import AudioClip
+
+    seen: dict[str, str] = {}
+    for m in models:
+        if m.label in BASELINES or m.label == REFERENCE_LABEL:
+            raise EvaluateError(f"set label {m.label!r} is reserved for a baseline; name the model LABEL=CHECKPOINT")
+        if m.label in seen:
+            raise EvaluateError(f"two models are labelled {m.label!r} ({seen[m.label]} and "
+                                f"{m.job['checkpoint']}); name them LABEL=CHECKPOINT")
+        seen[m.label] = m.job["checkpoint"]
+    return [GeneratedSet(m.label, m.job["checkpoint"], [AudioClip(cid, uri) for cid, uri in inputs.items()],
+                         matches={cid: cid for cid in inputs}) for m in models]
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict:
+    """Run the whole job; returns score's summary (also OUTPUT/summary.json) with an `evaluate` part."""
+    from cluster.ray_runtime import init_ray
+    from cluster.resources import no_cuda_message, placement_summary, read_placements
+
+    from infer.score import ScoreError, collect
+    from infer.score_summary import finish
+
+    job = preflight(cfg)
+    init_ray(cfg.address)
+    start = time.perf_counter()
+    pools = _plan_pools(cfg.resources)
+    ds = build_dataset(job, pools)
+    log.info("evaluating %d model(s) (%s) on %d clip(s) of %s (%s; baselines %s)", len(job.models),
+             ", ".join(m.label for m in job.models), len(job.inputs), job.reference.uri, job.reference.kind,
+             "on" if job.score_cfg.baselines else "off")
+    try:
+        collected = collect(ds, len(job.reference.clip_ids))
+    except Exception as err:
+        message = no_cuda_message(err)
+        if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
+            raise EvaluateError(message) from err
+        raise
+    info = {"test_set": job.reference.uri, "models": {}, "generator_resources": placement_summary(
+        pools["generator"][0], read_placements(pools["generator"][1]))}
+    writer = ReportAudio(job, pools, info)
+    try:
+        summary = finish(collected, job.sets, job.reference, job.score_cfg, job.grader, job.annotations,
+                         time.perf_counter() - start, placement_summary(pools["Inception"][0],
+                                                                        read_placements(pools["Inception"][1])),
+                         before_write=writer, extra={"evaluate": info})
+    except ScoreError as err:
+        raise EvaluateError(str(err)) from err
+    return summary
+
+
+def _plan_pools(request: ResourceRequest) -> dict:
+    """{"generator": (plan, book), "Inception": (plan, book)}: two pools sharing the cluster.
+
+    CPU: each gets a quarter of the CPUs minus half a CPU (generate / score give their one
+    pool half minus one), so the CPU stages keep what they have in either job.  GPU: each
+    actor reserves half of --gpus-per-actor, and by default each pool grows to half of
+    what one pool could, so a generator and an Inception actor share each GPU.
+    """
+    from cluster.resources import ResourceError, plan_model_stage
+
+    g = request.gpus_per_actor
+    shared = replace(request, gpus_per_actor=g / 2 if g <= 1 or g % 2 == 0 else g)
+    pools = {}
+    for what in ("generator", "Inception"):
+        try:
+            plan, book = plan_model_stage(shared, what=what, cpu_share=0.25, reserve_cpus=0.5)
+        except ResourceError as err:
+            raise EvaluateError(str(err)) from err
+        if plan.device == "cuda" and request.actors is None:
+            plan = replace(plan, max_size=max(plan.min_size, plan.max_size // 2))
+        pools[what] = (plan, book)
+    return pools
+
+
+def build_dataset(job: EvaluateJob, pools: dict):
+    """The lazy pipeline: reference rows -> each model's drums -> features -> Inception."""
+    from infer import generate
+    from infer.score import generated_lookup, inception_stage, reference_dataset
+
+    params = job.reference.params
+    ds = reference_dataset(job.reference, job.score_cfg)
+    decoded = None
+    gen_plan, gen_book = pools["generator"]
+    for m in job.models:
+        model_params = m.job["params"]
+        if model_params != decoded:  # the models' input: decoded once per mel parameter set
+            ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=m.gen_cfg.batch_size,
+                                num_cpus=1, fn_kwargs={"inputs": job.inputs, "kind": job.reference.kind,
+                                                       "params_dict": model_params.to_dict(),
+                                                       "s3_endpoint_url": job.cfg.s3_endpoint_url})
+            decoded = model_params
+        ds = generate.generator_stage(ds, m.gen_cfg, m.job, gen_plan, gen_book)
+        ds = ds.map_batches(drums_batch, batch_format="numpy", batch_size=m.gen_cfg.batch_size, num_cpus=1,
+                            fn_kwargs={"index": m.index, "params_dict": model_params.to_dict(),
+                                       "ref_params_dict": params.to_dict(), "n_iter": m.gen_cfg.griffin_lim_iters,
+                                       "sample_rate": m.gen_cfg.sample_rate, "drums_gain_db": m.gen_cfg.drums_gain_db,
+                                       "output": m.gen_cfg.output if m.write_all else None,
+                                       "s3_endpoint_url": job.cfg.s3_endpoint_url})
+    ds = ds.map_batches(features_batch, batch_format="numpy", batch_size=8, num_cpus=1,
+                        fn_kwargs={"lookup": generated_lookup(job.sets), "index": {m.label: m.index for m in job.models},
+                                   "params_dict": params.to_dict(), "baselines": bool(job.score_cfg.baselines),
+                                   "seed": job.cfg.seed})
+    plan, book = pools["Inception"]
+    return inception_stage(ds, params, job.score_cfg, job.weights, plan, book)
+
+
+# ---------------------------------------------------------------- stages
+
+
+GENERATOR_SCRATCH = ("drum_windows", "drums_image", "drums_audio", "bass_audio")
+
+
+def model_input_batch(batch: dict, inputs: dict, kind: str, params_dict: dict, s3_endpoint_url: str | None) -> dict:
+    """Reference rows + generate's decode columns for each clip's bass (a row that cannot be
+    generated, no bass or no usable reference, gets `error` and no windows)."""
+    from infer import generate
+
+    ids = [str(c) for c in batch["clip_id"]]
+    if not ids:
+        return batch
+    if kind == "parquet":
+        decoded = _parquet_model_input(batch, ids, inputs, params_dict)
+    else:
+        todo = [i for i, cid in enumerate(ids) if cid in inputs and not batch["ref_error"][i]]
+        got = generate.decode_batch({"clip_id": np.array([ids[i] for i in todo], dtype=object),
+                                     "uri": np.array([inputs[ids[i]] for i in todo], dtype=object)},
+                                    params_dict, s3_endpoint_url) if todo else {}
+        by_index = dict(zip(todo, generate._rows(got))) if todo else {}
+        decoded = [by_index.get(i) or generate._row(clip_id=cid, input=inputs.get(cid, ""), stage="decode",
+                                                    error=_no_input(cid, inputs, batch["ref_error"][i]))
+                   for i, cid in enumerate(ids)]
+    columns = generate._columns(decoded)
+    columns.pop("clip_id")
+    return {**{k: v for k, v in batch.items() if k not in columns}, **columns}
+
+
+def _no_input(clip_id: str, inputs: dict, ref_error: str) -> str:
+    return f"no usable reference ({ref_error})" if ref_error else f"no bass for clip {clip_id}"
+
+
+def _parquet_model_input(batch: dict, ids: list[str], inputs: dict, params_dict: dict) -> list[dict]:
+    """A Parquet clip's model input is its bass window, the image the reference rows already hold
+    (generate's parquet_batch makes the same bytes from the same column)."""
+    from pipelines.mel import MelParams
+
+    from infer import generate
+
+    p = MelParams.from_dict(params_dict)
+    return [generate._row(clip_id=cid, input=inputs[cid], windows=bytes(batch["bass_image"][i]), n_windows=1,
+                          n_frames=p.window_frames, model_samples=p.window_samples, input_rate=p.sample_rate,
+                          input_samples=p.window_samples, channels=1, bass_from_mel=True)
+            for i, cid in enumerate(ids)]
+
+
+def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dict, n_iter: int,
+                sample_rate: int | None, drums_gain_db: float, output: str | None,
+                s3_endpoint_url: str | None) -> dict:
+    """Model `index`'s generated windows -> its drums as generate renders them -> the mel image score
+    would make of that drums.wav: columns gen_image_<index>, gen_error_<index>.  With `output`, the
+    clip's files are also written there (generate's layout)."""
+    from pipelines.audio import AudioError
+    from pipelines.mel import MelParams
+    from pipelines.storage import write_bytes
+
+    from infer import generate
+    from infer.runtime import join_uri, remove_quietly
+    from infer.score_stages import image_bytes, mel_image_from_bytes
+
+    params, ref_params = MelParams.from_dict(params_dict), MelParams.from_dict(ref_params_dict)
+    rows = generate._rows(batch)
+    todo = [dict(r) for r in rows if not r["error"]]  # copies: a stitch error is this model's, not the row's
+    inverted = generate.invert_batch(todo, params, n_iter)
+    made = {}
+    for r in todo:
+        cid = str(r["clip_id"])
+        if r["error"]:
+            made[cid] = (b"", f"{r['stage']}: {r['error']}")
+            continue
+        try:
+            contents, _ = generate.render_clip(r, inverted, params, sample_rate, drums_gain_db, s3_endpoint_url)
+            image = mel_image_from_bytes(contents["drums"], f"{cid}/drums.wav", ref_params)
+            for kind, data in contents.items() if output else ():
+                write_bytes(join_uri(output, cid, generate.OUTPUT_FILES[kind]), data, s3_endpoint_url)
+        except (AudioError, OSError, ValueError, RuntimeError) as err:
+            if output:
+                for name in generate.OUTPUT_FILES.values():
+                    remove_quietly(join_uri(output, cid, name), s3_endpoint_url)
+            made[cid] = (b"", f"render: {type(err).__name__}: {err}")
+            continue
+        made[cid] = (image_bytes(image), "")
+    out = dict(batch)
+    n = len(rows)
+    for key in GENERATOR_SCRATCH:  # the next model starts from clean generator columns
+        out[key] = np.array([b""] * n, dtype=object)
+    out[f"gen_image_{index}"] = np.array([made.get(str(r["clip_id"]), (b"", ""))[0] for r in rows], dtype=object)
+    out[f"gen_error_{index}"] = np.array([made[str(r["clip_id"])][1] if str(r["clip_id"]) in made
+                                          else f"{r['stage']}: {r['error']}" for r in rows], dtype=object)
+    return out
+
+
+def features_batch(batch: dict, lookup: dict, index: dict, params_dict: dict, baselines: bool, seed: int) -> dict:
+    """score's features stage, the generated images taken from the row instead of files."""
+    from pipelines.audio import AudioError
+    from pipelines.mel import MelParams
+
+    from infer.score_stages import clip_rows, image_from_bytes
+
+    params = MelParams.from_dict(params_dict)
+
+    def generated_image(i: int, label: str, uri: str) -> np.ndarray:
+        error = str(batch[f"gen_error_{index[label]}"][i])
+        if error:
+            raise AudioError(f"{uri}: {error}")
+        return image_from_bytes(batch[f"gen_image_{index[label]}"][i], params.n_mels)
+
+    return clip_rows(batch, lookup, params, baselines, seed, generated_image)
+
+
+# ---------------------------------------------------------------- audio of the report's clips
+
+
+class ReportAudio:
+    """finish's `before_write`: writes the audio of the clips the report shows (or notes where the
+    main job wrote all of it) and points the clips table's `generated` column at each drums.wav."""
+
+    def __init__(self, job: EvaluateJob, pools: dict, info: dict):
+        self.job, self.pools, self.info = job, pools, info
+
+    def __call__(self, table, ladder) -> None:
+        from infer.html_report import report_clips
+        from infer.runtime import join_uri
+
+        job = self.job
+        n = job.score_cfg.report_clips
+        shown = report_clips(table, ladder, [m.label for m in job.models], n, job.cfg.seed) if n else {}
+        for m in job.models:
+            start = time.perf_counter()
+            rows = table["set"] == m.label
+            table.loc[rows, "generated"] = ""
+            if m.write_all:
+                written = set(table.loc[rows, "clip_id"])
+            else:
+                written = self.generate_clips(m, sorted({cid for cid, _ in shown.get(m.label, [])}))
+            has_audio = rows & table["clip_id"].isin(written)
+            table.loc[has_audio, "generated"] = [join_uri(m.gen_cfg.output, cid, "drums.wav")
+                                                 for cid in table.loc[has_audio, "clip_id"]]
+            self.info["models"][m.label] = {
+                "checkpoint": m.job["checkpoint"], "model": m.job["config"].get("model"),
+                "audio": m.gen_cfg.output,
+                "audio_written_for": "every clip" if m.write_all else "the report's clips",
+                "audio_clips": int(has_audio.sum()),
+                "seconds_report_audio": round(time.perf_counter() - start, 3) if not m.write_all else 0.0,
+            }
+
+    def generate_clips(self, m: Model, clip_ids: list[str]) -> set[str]:
+        """generate's own stages on these clips only; returns the ids whose files were written."""
+        from infer import generate
+        from infer.sources import AudioClip
+
+        if not clip_ids:
+            return set()
+        wanted = set(clip_ids)
+        if self.job.reference.kind == "parquet":
+            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "parquet", "source": self.job.reference.uri})
+            ds = ds.filter(lambda row: row["clip_id"] in wanted)
+        else:
+            clips = [AudioClip(cid, self.job.inputs[cid]) for cid in clip_ids]
+            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "audio", "clips": clips})
+        plan, book = self.pools["generator"]
+        ds = generate.render_stage(generate.generator_stage(ds, m.gen_cfg, m.job, plan, book), m.gen_cfg,
+                                   m.job["params"])
+        manifest, errors = generate._collect_results(ds, len(clip_ids))
+        for e in errors:
+            log.warning("report audio of %s / %s not written: %s", m.label, e["clip_id"], e["reason"])
+        return {r["clip_id"] for r in manifest}

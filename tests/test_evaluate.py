@@ -1,0 +1,162 @@
+"""`cycledrums evaluate`: generate + score in one job, with the figures of the two jobs run back to back."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.test_generate import write_tiny_checkpoint
+
+GL_ITERS = "4"  # few Griffin-Lim iterations: the comparison does not need good audio
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory) -> Path:
+    """4 test songs of 7 s in the musdb layout (<song>/bass.wav, <song>/drums.wav)."""
+    from pipelines.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    write_dataset(root, tracks=12, seconds=7.0, seed=3)
+    return root / "test"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {"cyclegan": str(write_tiny_checkpoint(root / "cyclegan")),
+            "pix2pix": str(write_tiny_checkpoint(root / "pix2pix", model="pix2pix", seed=1))}
+
+
+@pytest.fixture(scope="module")
+def inception(tmp_path_factory) -> str:
+    from infer.inception import save_random_weights
+
+    return str(save_random_weights(str(tmp_path_factory.mktemp("inception") / "inception.pth"), seed=0))
+
+
+def _clips(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "clips.csv", keep_default_na=False).sort_values(["set", "clip_id"]) \
+        .reset_index(drop=True)
+
+
+def _report_audio(out: Path, index: str = r"\d+") -> set[str]:
+    """The drums the report plays: media/<clip>/set<index>.ogg (set 0: the first model)."""
+    page = (out / "report.html").read_text()
+    return set(re.findall(rf'src="(media/[^"]+/set{index}\.ogg)"', page))
+
+
+@pytest.fixture(scope="module")
+def evaluated(ray_local, models, test_set, inception, tmp_path_factory) -> Path:
+    from cycledrums_cli import main
+
+    out = tmp_path_factory.mktemp("evaluate")
+    assert main(["evaluate", models["cyclegan"], str(test_set), str(out), "--inception-weights", inception,
+                 "--griffin-lim-iters", GL_ITERS, "--report-clips", "2"]) == 0
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_gives_the_figures_of_generate_then_score(evaluated, models, test_set, inception, tmp_path):
+    from cycledrums_cli import main
+
+    generated, scored = tmp_path / "generated", tmp_path / "scores"
+    assert main(["generate", models["cyclegan"], str(test_set), str(generated),
+                 "--griffin-lim-iters", GL_ITERS]) == 0
+    assert main(["score", str(generated), str(test_set), str(scored), "--inception-weights", inception,
+                 "--report-clips", "2"]) == 0
+    ours, theirs = _clips(evaluated), _clips(scored)
+    assert list(ours["set"]) == list(theirs["set"]) and list(ours["clip_id"]) == list(theirs["clip_id"])
+    assert set(ours["set"]) == {"cyclegan", "true-drums", "other-clip", "bass-copy", "shaped-noise", "silence"}
+    assert (ours["clip_id"][ours["set"] == "cyclegan"].tolist() ==
+            sorted(p.name for p in test_set.iterdir() if p.is_dir()))
+    figures = [c for c in theirs.columns if c.startswith(("stoi_", "level_", "spectrum_", "rhythm_", "density_"))]
+    assert len(figures) > 256
+    np.testing.assert_allclose(ours[figures].to_numpy(float), theirs[figures].to_numpy(float), rtol=1e-4, atol=1e-4)
+    ours_summary = json.loads((evaluated / "summary.json").read_text())
+    theirs_summary = json.loads((scored / "summary.json").read_text())
+    assert ours_summary["sanity_ladder"] == theirs_summary["sanity_ladder"]
+    for label in ("cyclegan", "silence"):
+        fd, ref = ours_summary.get("sets", {}).get(label) or ours_summary["baselines"][label], \
+            theirs_summary.get("sets", {}).get(label) or theirs_summary["baselines"][label]
+        for layer, record in ref["frechet_distance"].items():
+            assert fd["frechet_distance"][layer]["value"] == pytest.approx(record["value"], rel=1e-4, abs=1e-6)
+    # Same report clips, and far less written: generate wrote 3 files for every clip.
+    assert _report_audio(evaluated) == _report_audio(scored)
+
+
+@pytest.mark.timeout(120)
+def test_only_the_report_clips_get_audio_and_the_table_names_it(evaluated):
+    clips = _clips(evaluated)
+    ours = clips[clips["set"] == "cyclegan"]
+    written = sorted(p.parent.name for p in (evaluated / "audio" / "cyclegan").glob("*/drums.wav"))
+    shown = sorted({Path(p).parent.name for p in _report_audio(evaluated, "0")})
+    assert written == shown and 0 < len(written) < len(ours)  # --report-clips 2: the worst and the best
+    for cid, path in zip(ours["clip_id"], ours["generated"]):
+        assert path == (str(evaluated / "audio" / "cyclegan" / cid / "drums.wav") if cid in written else "")
+    for cid in written:
+        assert sorted(p.name for p in (evaluated / "audio" / "cyclegan" / cid).iterdir()) == \
+            ["drums.wav", "drums_mel.png", "mix.wav"]
+    summary = json.loads((evaluated / "summary.json").read_text())
+    assert summary["evaluate"]["models"]["cyclegan"]["audio_clips"] == len(written)
+
+
+@pytest.mark.timeout(600)
+def test_also_adds_a_model_as_a_set_and_keep_audio_writes_every_clip(ray_local, models, test_set, inception, tmp_path):
+    from cycledrums_cli import main
+
+    out = tmp_path / "both"
+    assert main(["evaluate", f"cg={models['cyclegan']}", str(test_set), str(out), "--also",
+                 f"p2p={models['pix2pix']}", "--inception-weights", inception, "--griffin-lim-iters", GL_ITERS,
+                 "--report-clips", "2", "--keep-audio", "--no-baselines"]) == 0
+    clips = _clips(out)
+    songs = sorted(p.name for p in test_set.iterdir() if p.is_dir())
+    assert set(clips["set"]) == {"cg", "p2p"}
+    for label in ("cg", "p2p"):
+        assert clips.loc[clips["set"] == label, "clip_id"].tolist() == songs
+        assert sorted(p.parent.name for p in (out / "audio" / label).glob("*/mix.wav")) == songs
+        assert (clips.loc[clips["set"] == label, "generated"] != "").all()
+    # Two models, two sets of drums: a Pix2Pix is not the CycleGAN.
+    a, b = (clips.loc[clips["set"] == s, "spectrum_match"].to_numpy() for s in ("cg", "p2p"))
+    assert not np.allclose(a, b)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluate"]["models"]["p2p"]["model"] == "pix2pix"
+
+
+def _no_ray(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started: the check did not run before the job")
+    monkeypatch.setattr("cluster.ray_runtime.init_ray", refuse)
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_exits_2_before_ray_and_writes_nothing(models, test_set, inception, tmp_path, monkeypatch, capsys):
+    from cycledrums_cli import main
+
+    _no_ray(monkeypatch)
+    out = tmp_path / "out"
+    common = ["--inception-weights", inception]
+
+    def fails(*argv: str) -> str:
+        assert main(["evaluate", *argv, *common]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err
+
+    assert "no checkpoint" in fails(str(tmp_path / "nowhere"), str(test_set), str(out))
+    err = fails(models["cyclegan"], str(test_set), str(out), "--also", models["cyclegan"])
+    assert "two models are labelled 'cyclegan'" in err and "LABEL=CHECKPOINT" in err
+    assert "reserved for a baseline" in fails(f"silence={models['cyclegan']}", str(test_set), str(out))
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me")
+    assert "existing file" in fails(models["cyclegan"], str(test_set), str(taken))
+    assert taken.read_text() == "keep me"
+    drums_only = tmp_path / "drums-only" / "song"
+    drums_only.mkdir(parents=True)
+    (drums_only / "drums.wav").write_bytes((test_set / sorted(p.name for p in test_set.iterdir())[0] /
+                                           "drums.wav").read_bytes())
+    assert "no clip has a bass beside its drums" in fails(models["cyclegan"], str(drums_only.parent), str(out))
+    assert not out.exists()
