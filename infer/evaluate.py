@@ -452,15 +452,16 @@ class ReportAudio:
         if not clip_ids:
             return set()
         wanted = set(clip_ids)
+        plan, book = self.pools["generator"]
         if self.job.reference.kind == "parquet":
-            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "parquet", "source": self.job.reference.uri})
-            ds = ds.filter(lambda row: row["clip_id"] in wanted)
+            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "parquet", "source": self.job.reference.uri},
+                                          plan.io_task_cpus)
+            ds = ds.filter(lambda row: row["clip_id"] in wanted, num_cpus=plan.io_task_cpus)
         else:
             clips = [AudioClip(cid, self.job.inputs[cid]) for cid in clip_ids]
-            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "audio", "clips": clips})
-        plan, book = self.pools["generator"]
+            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "audio", "clips": clips}, plan.io_task_cpus)
         ds = generate.render_stage(generate.generator_stage(ds, m.gen_cfg, m.job, plan, book), m.gen_cfg,
-                                   m.job["params"])
+                                   m.job["params"], plan.io_task_cpus)
         manifest, errors = generate._collect_results(ds, len(clip_ids))
         for e in errors:
             log.warning("report audio of %s / %s not written: %s", m.label, e["clip_id"], e["reason"])
