@@ -33,7 +33,7 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from memory import PeakMemory
+from memory import PeakMemory, print_growth
 from pipelines.mel import MelParams
 
 GFLOP_PER_WINDOW = 97.0  # full-size generator, one 256x256 window (DESIGN.md)
@@ -166,11 +166,7 @@ def main() -> None:
     for m in results:
         report(m)
     if len(results) == 2:
-        small, big = results
-        print(f"\ngrowth x{args.growth}: Ray job throughput {big['job_rate'] / small['job_rate']:.2f}x the 1x run's "
-              f"(loop {big['base_rate'] / small['base_rate']:.2f}x); peak worker RSS "
-              f"{small['peak'].worker_mb:.0f} -> {big['peak'].worker_mb:.0f} MB, driver "
-              f"{small['peak'].driver_mb:.0f} -> {big['peak'].driver_mb:.0f} MB")
+        print_growth(*results, args.growth)
     estimate(results[0], args)
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,4 +1,5 @@
-"""Peak memory of a benchmark's driver and of the Ray worker processes, sampled while it runs.
+"""Peak memory of a benchmark's driver and of the Ray worker processes, sampled while it runs,
+and the line the benchmarks print when the work grows.
 
 Ray names its worker processes `ray::<task or actor>` (ray::IDLE when idle), so a
 sampler thread in the driver can find them with psutil.  Peak RSS is sampled every
@@ -65,3 +66,12 @@ class PeakMemory:
     def describe(self) -> str:
         return (f"peak RSS: driver {self.driver_mb:.0f} MB, largest Ray worker {self.worker_mb:.0f} MB, "
                 f"all Ray workers {self.workers_total_mb:.0f} MB")
+
+
+def print_growth(small: dict, big: dict, factor: int) -> None:
+    """Throughput and peak memory of the 1x and the `factor`x runs (dicts with job_rate,
+    base_rate and peak)."""
+    print(f"\ngrowth x{factor}: Ray job throughput {big['job_rate'] / small['job_rate']:.2f}x the 1x run's "
+          f"(loop {big['base_rate'] / small['base_rate']:.2f}x); peak worker RSS "
+          f"{small['peak'].worker_mb:.0f} -> {big['peak'].worker_mb:.0f} MB, driver "
+          f"{small['peak'].driver_mb:.0f} -> {big['peak'].driver_mb:.0f} MB")

@@ -68,18 +68,7 @@ with --variation 0 (the default) the seed changes nothing.""",
                    help="bass audio files / folders, or a prepare Parquet window set; local or s3://")
     p.add_argument("output", metavar="OUTPUT", help="output folder, local or s3:// (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --variation noise (default: 0)")
-    p.add_argument("--variation", type=float, default=0.0,
-                   help="standard deviation of the noise added to the generator's input, in its [-1, 1] "
-                        "scale; 0 turns randomness off (default: 0; try 0.05-0.2)")
-    p.add_argument("--griffin-lim-iters", type=int, default=32,
-                   help="Griffin-Lim iterations of the mel inversion (default: 32)")
-    p.add_argument("--sample-rate", type=int, default=None,
-                   help="output sample rate in Hz (default: each input's own rate; the mel rate, "
-                        "22050, for Parquet input)")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="windows per generator forward pass, and clips per batch of the job (default: 8)")
-    p.add_argument("--drums-gain-db", type=float, default=0.0,
-                   help="drums level relative to the bass's level (active RMS), in dB (default: 0)")
+    add_generation_options(p, batch_flag="--batch-size")
     add_resource_options(p, what="generator")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -168,26 +157,10 @@ when several GENERATED sets share clip ids.""",
     p.add_argument("output", metavar="OUTPUT", help="output folder, local or s3:// (created if missing)")
     p.add_argument("--also", metavar="LABEL=PATH", action="append", default=[],
                    help="another GENERATED set scored in the same run; repeatable (default: none)")
-    p.add_argument("--annotations", metavar="CSV", default=None,
-                   help="human grades to train (or, with --grader, evaluate) the grader (default: none)")
-    p.add_argument("--grader", metavar="PATH", default=None,
-                   help="apply a saved grader (OUTPUT/grader.joblib of an earlier run; a pickle, load only "
-                        "files you trust) instead of training one (default: none)")
-    p.add_argument("--inception-weights", metavar="PATH", default=None,
-                   help="Inception-v3 state dict (torchvision's inception_v3 layout), local or s3:// "
-                        "(default: torchvision's cache, <torch hub dir>/checkpoints/"
-                        "inception_v3_google-0cc3c7bd.pth; nothing is downloaded)")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per Inception batch (default: 16)")
-    p.add_argument("--grader-c", type=float, default=1.0,
-                   help="inverse L2 regularisation strength of the logistic regression (default: 1.0)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the cross-validation folds, the other-clip pairing and the baseline noise "
                         "(default: 0)")
-    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
-                   help="score the baseline sets (true drums, another clip's drums, the bass, shaped noise, "
-                        "silence) and the sanity ladder (default: on when the reference has 2 or more clips)")
-    p.add_argument("--report-clips", type=int, default=24, metavar="N",
-                   help="clips per set shown in the report: the N worst, best and random ones (default: 24)")
+    add_scoring_options(p)
     add_resource_options(p, what="Inception")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -283,34 +256,8 @@ Inception actor share each GPU (each reserves half of --gpus-per-actor).""",
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the --variation noise, the other-clip pairing, the baseline noise and the "
                         "report's random clips (default: 0)")
-    p.add_argument("--variation", type=float, default=0.0,
-                   help="as generate --variation: noise added to the generator's input (default: 0)")
-    p.add_argument("--griffin-lim-iters", type=int, default=32,
-                   help="Griffin-Lim iterations of the mel inversion (default: 32)")
-    p.add_argument("--sample-rate", type=int, default=None,
-                   help="rate of the generated audio, as generate --sample-rate (default: each input's own "
-                        "rate; the mel rate for Parquet)")
-    p.add_argument("--generate-batch-size", type=int, default=8,
-                   help="windows per generator forward pass and clips per generate batch (default: 8)")
-    p.add_argument("--drums-gain-db", type=float, default=0.0,
-                   help="drums level relative to the bass's level (active RMS), in dB (default: 0)")
-    p.add_argument("--inception-weights", metavar="PATH", default=None,
-                   help="Inception-v3 state dict, as score --inception-weights (default: torchvision's cache; "
-                        "nothing is downloaded)")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per Inception batch (default: 16)")
-    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
-                   help="score the baseline sets and the sanity ladder, as score (default: on when TEST_SET "
-                        "has 2 or more clips)")
-    p.add_argument("--report-clips", type=int, default=24, metavar="N",
-                   help="clips per set shown in the report, and so given audio: the N worst, best and random "
-                        "ones (default: 24)")
-    p.add_argument("--annotations", metavar="CSV", default=None,
-                   help="human grades to train the grader, as score --annotations (default: none)")
-    p.add_argument("--grader", metavar="PATH", default=None,
-                   help="apply a saved grader (a pickle: load only files you trust), as score --grader "
-                        "(default: none)")
-    p.add_argument("--grader-c", type=float, default=1.0,
-                   help="inverse L2 regularisation strength of the logistic regression (default: 1.0)")
+    add_generation_options(p, batch_flag="--generate-batch-size")
+    add_scoring_options(p)
     add_resource_options(p, what="generator and Inception")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -351,3 +298,41 @@ def _run_evaluate(args) -> int:
         print(f"sanity ladder (true > other clip > noise/silence/bass): {verdicts}")
     print(f"outputs in {args.output} (open report.html)")
     return 0
+
+
+def add_generation_options(p, batch_flag: str) -> None:
+    """How drums are generated: the options generate and evaluate share."""
+    p.add_argument("--variation", type=float, default=0.0,
+                   help="standard deviation of the noise added to the generator's input, in its [-1, 1] "
+                        "scale; 0 turns randomness off (default: 0; try 0.05-0.2)")
+    p.add_argument("--griffin-lim-iters", type=int, default=32,
+                   help="Griffin-Lim iterations of the mel inversion (default: 32)")
+    p.add_argument("--sample-rate", type=int, default=None,
+                   help="output sample rate in Hz (default: each input's own rate; the mel rate, "
+                        "22050, for Parquet input)")
+    p.add_argument(batch_flag, type=int, default=8,
+                   help="windows per generator forward pass, and clips per generate batch (default: 8)")
+    p.add_argument("--drums-gain-db", type=float, default=0.0,
+                   help="drums level relative to the bass's level (active RMS), in dB (default: 0)")
+
+
+def add_scoring_options(p) -> None:
+    """How drums are scored: the options score and evaluate share."""
+    p.add_argument("--annotations", metavar="CSV", default=None,
+                   help="human grades to train (or, with --grader, evaluate) the grader (default: none)")
+    p.add_argument("--grader", metavar="PATH", default=None,
+                   help="apply a saved grader (OUTPUT/grader.joblib of an earlier run; a pickle, load only "
+                        "files you trust) instead of training one (default: none)")
+    p.add_argument("--inception-weights", metavar="PATH", default=None,
+                   help="Inception-v3 state dict (torchvision's inception_v3 layout), local or s3:// "
+                        "(default: torchvision's cache, <torch hub dir>/checkpoints/"
+                        "inception_v3_google-0cc3c7bd.pth; nothing is downloaded)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per Inception batch (default: 16)")
+    p.add_argument("--grader-c", type=float, default=1.0,
+                   help="inverse L2 regularisation strength of the logistic regression (default: 1.0)")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
+                   help="score the baseline sets (true drums, another clip's drums, the bass, shaped noise, "
+                        "silence) and the sanity ladder (default: on when the reference has 2 or more clips)")
+    p.add_argument("--report-clips", type=int, default=24, metavar="N",
+                   help="clips per set shown in the report, and given audio by evaluate: the N worst, best "
+                        "and random ones (default: 24)")
