@@ -15,7 +15,10 @@ Measured 2026-11-30 on the 2-core development machine under heavy load from othe
 --report-clips 3 --iters 16 --repeats 3: generate + score median 99.5 s (86-137 s),
 evaluate median 105.3 s (78-119 s): 0.94x, i.e. no measurable gain at this noise and
 size; evaluate wrote 9.1 MB, generate + score 23.9 MB (38%; most of evaluate's bytes are
-the report's media, which score writes too).  Not yet the issue's 1.2x target.
+the report's media, which score writes too).  Re-measured after the CPU plans changed
+(one actor per core in generate and score), right after the test suite on a quieter
+machine, same settings: generate + score 66.6 s (45.9-69.7), evaluate 57.5 s (55.9-63.3):
+1.16x, 38% of the bytes.  Not yet the issue's 1.2x target.
 """
 from __future__ import annotations
 
