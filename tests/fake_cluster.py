@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,7 @@ class FakeCluster:
     temp_dir: Path
     process: subprocess.Popen
     env: dict
+    base: Path  # the test's folder: the config, and the monitor logs kept after stop()
 
     def monitor_log(self) -> str:
         logs = self.temp_dir / "session_latest" / "logs"
@@ -89,6 +92,10 @@ class FakeCluster:
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        logs = self.temp_dir / "session_latest" / "logs"
+        for log in logs.glob("monitor*"):
+            shutil.copy(log, self.base / log.name)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -123,8 +130,10 @@ def start(base: Path, *, head_cpus: float, worker_types: dict, extra_env: dict |
           idle_timeout_minutes: float = 10, timeout_s: float = 120) -> FakeCluster:
     """Start the head (autoscaler included) and wait until a client can connect."""
     port = free_port()
-    temp_dir = base / "ray"
-    temp_dir.mkdir(parents=True, exist_ok=True)
+    # Ray's sockets live under its temp dir and a Unix socket path has at most 107 bytes:
+    # a pytest folder plus session_<date>_<pid>/sockets/plasma_store.1 can exceed it (CI's
+    # pytest-112 and 7-digit pids did: every fake node failed to start), so keep it short.
+    temp_dir = Path(tempfile.mkdtemp(prefix="cdfake-", dir="/tmp"))
     cfg = write_config(base / "autoscaling.yaml", port, head_cpus=head_cpus, worker_types=worker_types,
                        idle_timeout_minutes=idle_timeout_minutes)
     env = dict(os.environ, RAY_FAKE_CLUSTER="1", RAY_AUTH_MODE="disabled",
@@ -141,7 +150,7 @@ def start(base: Path, *, head_cpus: float, worker_types: dict, extra_env: dict |
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"127.0.0.1:{port}"
     client_env = {k: v for k, v in env.items() if k != "RAY_OVERRIDE_NODE_ID_FOR_TESTING"}
-    cluster = FakeCluster(address, temp_dir, process, client_env)
+    cluster = FakeCluster(address, temp_dir, process, client_env, base)
     deadline = time.time() + timeout_s
     probe = "import ray; ray.init(address=%r); print(ray.cluster_resources())" % address
     while time.time() < deadline:

@@ -55,7 +55,12 @@ def run_job(cluster, args: list[str], standin: bool = True, timeout: float = 240
     env.pop(STANDIN_ENV, None)
     if standin:
         env[STANDIN_ENV] = "1"
-    return subprocess.run([CLI, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run([CLI, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:  # say why: the autoscaler's view, not only the job's
+        stderr = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
+        pytest.fail(f"{args[0]} ran past {timeout:g} s\n--- its stderr (tail):\n{stderr[-3000:]}"
+                    f"\n--- the monitor log (tail):\n{cluster.monitor_log()[-5000:]}")
 
 
 def launches(cluster) -> int:
