@@ -78,13 +78,13 @@ def baseline(checkpoint: str, clips: list[Path], out: Path, batch_size: int, ite
     from infer.generate import GeneratorActor, decode_batch, render_batch
 
     params = MelParams()
-    actor = GeneratorActor(checkpoint, "cpu", batch_size, 0.0, 0, invert=True, n_iter=iters)
+    actor = GeneratorActor(checkpoint, "cpu", batch_size, 0.0, 0, n_iter=iters)
     rows = []
     start = time.perf_counter()
     for i, path in enumerate(clips):
         batch = decode_batch({"clip_id": np.array([f"c{i}"], dtype=object),
                               "uri": np.array([str(path)], dtype=object)}, params.to_dict(), None)
-        result = render_batch(actor(batch), params.to_dict(), str(out), iters, None, 0.0, None)
+        result = render_batch(actor(batch), params.to_dict(), str(out), None, 0.0, None)
         rows += [json.loads(r) for r in result["result"]]
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "rows": pd.DataFrame(rows)}

@@ -120,7 +120,7 @@ def check_generate(device: str, clips: int, seconds: float, size: dict, tmp: str
                            seconds, rate=44100)["bass"]
         uris.append(f"{tmp}/clip{i}.wav")
         sf.write(uris[-1], 0.8 * bass / max(1e-9, float(np.abs(bass).max())), 44100)
-    actor = GeneratorActor(checkpoint, device, 8, 0.0, 0, invert=True, n_iter=32)
+    actor = GeneratorActor(checkpoint, device, 8, 0.0, 0, n_iter=32)
     decoded = decode_batch({"clip_id": np.array([f"c{i}" for i in range(clips)], dtype=object),
                             "uri": np.array(uris, dtype=object)}, params.to_dict(), None)
     actor({k: v[:1] for k, v in decoded.items()})  # warm-up (cuDNN autotuning, Griffin-Lim setup)
@@ -129,7 +129,7 @@ def check_generate(device: str, clips: int, seconds: float, size: dict, tmp: str
     batch = actor(decoded)
     _sync(device)
     actor_seconds = time.perf_counter() - start
-    rows = [json.loads(r) for r in render_batch(batch, params.to_dict(), f"{tmp}/out", 32, None, 0.0, None)["result"]]
+    rows = [json.loads(r) for r in render_batch(batch, params.to_dict(), f"{tmp}/out", None, 0.0, None)["result"]]
     total = time.perf_counter() - start
     bad = [r for r in rows if r["error"]]
     if bad:

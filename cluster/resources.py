@@ -362,7 +362,8 @@ class ActorPlan:
 def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "model",
                 cpu_share: float = 0.5, reserve_cpus: float = 1.0,
                 default_cpu_actors: int | None = None, memory: int = ACTOR_MEMORY,
-                cpu_limit: float | None = None, io_cpus: float | None = None) -> ActorPlan:
+                cpu_limit: float | None = None, io_cpus: float | None = None,
+                core_share: float = 1.0, actors_per_core: float = 1.0) -> ActorPlan:
     """The model actor pool of a Ray Data job.
 
     cuda: each actor holds `gpus_per_actor` GPUs and 1 CPU; default pool 1..(GPUs the
@@ -376,10 +377,13 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
     inversion): the actors then take every CPU but `io_cpus`, one actor per core with one
     torch thread each (one thread per process scales best for these small convolutions,
     benchmarks/bench_generate.py), and the job's light decode / write tasks share
-    `io_cpus`, two at a time.
+    `io_cpus`, two at a time.  Two such pools can share the cores (`cycledrums evaluate`):
+    each reserves `core_share` of what the I/O tasks leave and runs `actors_per_core`
+    actors per core, so a light pool beside a heavy one gets fewer actors.
     """
     if io_cpus is not None and choose_device(request.device, view)[0] == "cpu":
-        return _plan_fused_cpu_actors(request, view, what, io_cpus, memory, cpu_limit)
+        return _plan_fused_cpu_actors(request, view, what, io_cpus, memory, cpu_limit, core_share,
+                                      actors_per_core)
     device, why = choose_device(request.device, view)
     if not view.node_types_declare_memory():
         memory = 0
@@ -409,15 +413,16 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
 
 
 def _plan_fused_cpu_actors(request: ResourceRequest, view: ClusterView, what: str, io_cpus: float,
-                           memory: int, cpu_limit: float | None) -> ActorPlan:
+                           memory: int, cpu_limit: float | None, core_share: float = 1.0,
+                           actors_per_core: float = 1.0) -> ActorPlan:
     _, why = choose_device(request.device, view)
     cpus = view.cores()
     if cpu_limit:
         cpus = min(cpus, cpu_limit)
-    budget = max(1.0, cpus - io_cpus)
-    lo, hi = request.actors or (math.ceil(budget),) * 2
+    spare = max(1.0, cpus - io_cpus)
+    lo, hi = request.actors or (max(1, math.ceil(spare * actors_per_core)),) * 2
     # Logical CPUs are scheduling tokens: 2 cores give 2 actors x 0.75 + 2 I/O tasks x 0.25.
-    each = math.floor(1000 * budget / hi) / 1000
+    each = math.floor(1000 * spare * core_share / hi) / 1000
     plan = ActorPlan("cpu", lo, hi, 0, each, why, memory, io_task_cpus=io_cpus / 2)
     check_satisfiable({"CPU": each}, lo, view, what=f"{what} actor", reserve_cpus=io_cpus)
     return plan

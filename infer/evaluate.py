@@ -10,7 +10,7 @@ clip to storage and reading it back.  One pipeline, one row per reference clip:
   per model:
     generator (actors)    generate's GeneratorActor (GPU actors also invert on the GPU)
     drums (CPU tasks)     generate's stitch, Griffin-Lim, level match and WAV encoding
-                          (infer.generate.invert_batch / render_clip), then the WAV bytes
+                          (infer.generate.inverted_rows / render_clip), then the WAV bytes
                           are analysed exactly as score analyses a drums.wav file
   features (CPU tasks)    score's features and baselines (score_stages.clip_rows)
   Inception (actors)      score's InceptionActor
@@ -240,22 +240,30 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     return summary
 
 
+# On a CPU cluster the generator actors (generator + Griffin-Lim, about 5x the scoring work
+# per clip) get one actor per core and two thirds of the CPUs the light decode / render
+# tasks leave; the scoring actors (features + Inception) one per three cores and the last
+# third.  The OS shares the cores between the two pools as their work comes.
+POOL_SHARES = {"generator": (2 / 3, 1.0), "Inception": (1 / 3, 1 / 3)}  # (core_share, actors_per_core)
+
+
 def _plan_pools(request: ResourceRequest) -> dict:
     """{"generator": (plan, book), "Inception": (plan, book)}: two pools sharing the cluster.
 
-    CPU: each gets a quarter of the CPUs minus half a CPU (generate / score give their one
-    pool half minus one), so the CPU stages keep what they have in either job.  GPU: each
-    actor reserves half of --gpus-per-actor, and by default each pool grows to half of
-    what one pool could, so a generator and an Inception actor share each GPU.
+    CPU: see POOL_SHARES; the tasks share IO_CPUS.  GPU: each actor reserves half of
+    --gpus-per-actor, and by default each pool grows to half of what one pool could, so a
+    generator and an Inception actor share each GPU.
     """
     from cluster.resources import ResourceError, plan_model_stage
+    from infer.generate import IO_CPUS
 
     g = request.gpus_per_actor
     shared = replace(request, gpus_per_actor=g / 2 if g <= 1 or g % 2 == 0 else g)
     pools = {}
-    for what in ("generator", "Inception"):
+    for what, (core_share, actors_per_core) in POOL_SHARES.items():
         try:
-            plan, book = plan_model_stage(shared, what=what, cpu_share=0.25, reserve_cpus=0.5)
+            plan, book = plan_model_stage(shared, what=what, io_cpus=IO_CPUS, core_share=core_share,
+                                          actors_per_core=actors_per_core)
         except ResourceError as err:
             raise EvaluateError(str(err)) from err
         if plan.device == "cuda" and request.actors is None:
@@ -265,34 +273,44 @@ def _plan_pools(request: ResourceRequest) -> dict:
 
 
 def build_dataset(job: EvaluateJob, pools: dict):
-    """The lazy pipeline: reference rows -> each model's drums -> features -> Inception."""
+    """The lazy pipeline: reference rows -> each model's drums -> features -> Inception.
+
+    CPU: the decode and render tasks take the plan's I/O share, and features + Inception run
+    in one actor (score's FeaturesInceptionActor).  GPU: 1-CPU tasks and the features in CPU
+    tasks beside the Inception actors, as in score."""
     from infer import generate
-    from infer.score import generated_lookup, inception_stage, reference_dataset
+    from infer import score_stages as stages
+    from infer.score import generated_lookup, inception_kwargs, inception_stage, reference_dataset
 
     params = job.reference.params
-    ds = reference_dataset(job.reference, job.score_cfg)
-    decoded = None
     gen_plan, gen_book = pools["generator"]
+    task_cpus = gen_plan.io_task_cpus
+    ds = reference_dataset(job.reference, job.score_cfg, task_cpus)
+    decoded = None
     for m in job.models:
         model_params = m.job["params"]
         if model_params != decoded:  # the models' input: decoded once per mel parameter set
             ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=m.gen_cfg.batch_size,
-                                num_cpus=1, fn_kwargs={"inputs": job.inputs, "kind": job.reference.kind,
-                                                       "params_dict": model_params.to_dict(),
-                                                       "s3_endpoint_url": job.cfg.s3_endpoint_url})
+                                num_cpus=task_cpus, fn_kwargs={"inputs": job.inputs, "kind": job.reference.kind,
+                                                               "params_dict": model_params.to_dict(),
+                                                               "s3_endpoint_url": job.cfg.s3_endpoint_url})
             decoded = model_params
         ds = generate.generator_stage(ds, m.gen_cfg, m.job, gen_plan, gen_book)
-        ds = ds.map_batches(drums_batch, batch_format="numpy", batch_size=m.gen_cfg.batch_size, num_cpus=1,
+        ds = ds.map_batches(drums_batch, batch_format="numpy", batch_size=m.gen_cfg.batch_size, num_cpus=task_cpus,
                             fn_kwargs={"index": m.index, "params_dict": model_params.to_dict(),
-                                       "ref_params_dict": params.to_dict(), "n_iter": m.gen_cfg.griffin_lim_iters,
+                                       "ref_params_dict": params.to_dict(),
                                        "sample_rate": m.gen_cfg.sample_rate, "drums_gain_db": m.gen_cfg.drums_gain_db,
                                        "output": m.gen_cfg.output if m.write_all else None,
                                        "s3_endpoint_url": job.cfg.s3_endpoint_url})
-    ds = ds.map_batches(features_batch, batch_format="numpy", batch_size=8, num_cpus=1,
-                        fn_kwargs={"lookup": generated_lookup(job.sets), "index": {m.label: m.index for m in job.models},
-                                   "params_dict": params.to_dict(), "baselines": bool(job.score_cfg.baselines),
-                                   "seed": job.cfg.seed})
+    features = {"lookup": generated_lookup(job.sets), "index": {m.label: m.index for m in job.models},
+                "params_dict": params.to_dict(), "baselines": bool(job.score_cfg.baselines), "seed": job.cfg.seed}
     plan, book = pools["Inception"]
+    if plan.device == "cpu":
+        return ds.map_batches(stages.FeaturesInceptionActor,
+                              fn_constructor_kwargs={"features": features, "features_fn": features_batch,
+                                                     **inception_kwargs(params, job.score_cfg, job.weights, plan, book)},
+                              batch_format="numpy", batch_size=2, compute=plan.compute(), **plan.remote_args())
+    ds = ds.map_batches(features_batch, batch_format="numpy", batch_size=8, num_cpus=1, fn_kwargs=features)
     return inception_stage(ds, params, job.score_cfg, job.weights, plan, book)
 
 
@@ -344,9 +362,8 @@ def _parquet_model_input(batch: dict, ids: list[str], inputs: dict, params_dict:
             for i, cid in enumerate(ids)]
 
 
-def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dict, n_iter: int,
-                sample_rate: int | None, drums_gain_db: float, output: str | None,
-                s3_endpoint_url: str | None) -> dict:
+def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dict, sample_rate: int | None,
+                drums_gain_db: float, output: str | None, s3_endpoint_url: str | None) -> dict:
     """Model `index`'s generated windows -> its drums as generate renders them -> the mel image score
     would make of that drums.wav: columns gen_image_<index>, gen_error_<index>.  With `output`, the
     clip's files are also written there (generate's layout)."""
@@ -361,7 +378,7 @@ def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dic
     params, ref_params = MelParams.from_dict(params_dict), MelParams.from_dict(ref_params_dict)
     rows = generate._rows(batch)
     todo = [dict(r) for r in rows if not r["error"]]  # copies: a stitch error is this model's, not the row's
-    inverted = generate.invert_batch(todo, params, n_iter)
+    inverted = generate.inverted_rows(todo, params)
     made = {}
     for r in todo:
         cid = str(r["clip_id"])

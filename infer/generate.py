@@ -18,7 +18,7 @@ writing in light tasks beside them, so neither waits on the other):
   3. write (CPU tasks): resampled to the output rate, level-matched to the bass, mixed
      with the ORIGINAL bass audio (re-read from the input; for Parquet input the bass is
      re-synthesised from its mel window), written as drums.wav, mix.wav and
-     drums_mel.png.  (`render_batch` can also invert rows an actor left un-inverted.)
+     drums_mel.png.
 Then the driver writes manifest.parquet/.csv, errors.parquet/.csv and summary.json.
 
 Controlled randomness (`variation`, `seed`): noise N(0, variation^2) is added to the
@@ -88,7 +88,7 @@ _ROW_DEFAULTS = {
     "n_windows": 0, "n_frames": 0, "model_samples": 0, "input_rate": 0, "input_samples": 0,
     "channels": 0, "bass_from_mel": False, "seconds_decode": 0.0, "seconds_generate": 0.0,
     "transient": False,
-    # filled when the generator actor inverts (on GPU): stitched drum image, audio at the mel rate
+    # filled when the generator actor inverts: stitched drum image, audio at the mel rate
     "drums_image": b"", "drums_audio": b"", "bass_audio": b"", "seconds_stitch": 0.0, "seconds_invert": 0.0,
 }
 
@@ -204,9 +204,10 @@ class GeneratorActor:
 
     def __init__(self, checkpoint: str, device: str, batch_size: int, variation: float, seed: int,
                  s3_endpoint_url: str | None = None, generator: tuple[dict, dict] | None = None,
-                 placements=None, torch_threads: int = 1, invert: bool = False, n_iter: int = 32):
+                 placements=None, torch_threads: int = 1, n_iter: int = 32):
         """`generator` = (checkpoint config, generator state dict), as the driver read them:
-        the actors then need no storage access (fewer places for an S3 fault to kill one)."""
+        the actors then need no storage access (fewer places for an S3 fault to kill one).
+        `n_iter`: Griffin-Lim iterations of the inversion each batch ends with."""
         import torch
 
         from cluster.resources import claim_device
@@ -228,7 +229,7 @@ class GeneratorActor:
             self.model, self.params, _ = load_generator(checkpoint, device=device,
                                                         s3_endpoint_url=s3_endpoint_url)
         self.batch_size, self.variation, self.seed = batch_size, variation, seed
-        self.invert, self.n_iter = invert, n_iter
+        self.n_iter = n_iter
 
     def model_input(self, windows, clip_id: str):
         """uint8 windows -> [n, 1, mels, frames] model input, with the seeded variation noise."""
@@ -277,7 +278,7 @@ class GeneratorActor:
         total_windows = max(1, sum(int(r["n_windows"]) for r in todo))
         for r in todo:
             r["seconds_generate"] = seconds * int(r["n_windows"]) / total_windows
-        if self.invert and todo:
+        if todo:
             self.invert_rows(todo)
         return _columns(rows)
 
@@ -357,73 +358,28 @@ def _bass_audio(row: dict, out_rate: int, bass_mel_audio, params, s3_endpoint_ur
 
 @dataclass
 class Inverted:
-    """A batch's clips after stitching and Griffin-Lim: audio at the mel rate, keyed (kind, clip id)."""
+    """A batch's clips as the generator actor left them: audio at the mel rate, keyed (kind, clip id)."""
 
     audio: dict           # ("drums" | "bass", clip id) -> [n] tensor
     images: dict          # clip id -> stitched uint8 drum image [n_mels, frames]
     stitch_seconds: dict  # clip id -> seconds
-    on_actor: dict        # clip id -> seconds_invert of clips the generator actor inverted (GPU)
-    invert_total: float = 0.0
-    frames_total: int = 1
-
-    def invert_seconds(self, row: dict) -> float:
-        """The clip's share of the batch's inversion time (by frames inverted)."""
-        cid = row["clip_id"]
-        if cid in self.on_actor:
-            return self.on_actor[cid]
-        frames = self.images[cid].shape[-1] * (2 if row["bass_from_mel"] else 1)
-        return self.invert_total * frames / self.frames_total
+    invert_seconds: dict  # clip id -> seconds of Griffin-Lim
 
 
-def invert_batch(todo: list[dict], params, n_iter: int) -> Inverted:
-    """Stitch the rows' generated windows and invert them (one batched Griffin-Lim); a row whose
-    windows do not fit its clip gets an error (stage "stitch") instead."""
+def inverted_rows(todo: list[dict], params) -> Inverted:
+    """The audio, stitched image and timings GeneratorActor.invert_rows put in the rows."""
     import torch
 
-    from infer import render
-
-    images, lengths, owners = [], [], []
-    stitch_seconds = {}
-    inverted = {}  # clip id -> {"drums": audio, "bass": audio} inverted by the generator actor (GPU)
-    on_actor = {}
+    audio, images, stitch_seconds, invert_seconds = {}, {}, {}, {}
     for r in todo:
-        if r["drums_audio"]:
-            cid = r["clip_id"]
-            inverted[cid] = {k: torch.from_numpy(np.frombuffer(r[f"{k}_audio"], dtype=np.float32).copy())
-                             for k in ("drums", "bass") if r[f"{k}_audio"]}
-            images.append(torch.frombuffer(bytearray(r["drums_image"]), dtype=torch.uint8)
-                          .reshape(params.n_mels, int(r["n_frames"])))
-            lengths.append(int(r["model_samples"]))
-            owners.append(("drums", cid))
-            stitch_seconds[cid] = float(r["seconds_stitch"])
-            on_actor[cid] = float(r["seconds_invert"])
-            continue
-        t0 = time.perf_counter()
-        try:
-            image = _stitched_image(r, params)
-        except ValueError as err:  # windows that do not fit the clip: report, do not stop the job
-            r["error"], r["stage"] = str(err), "stitch"
-            continue
-        stitch_seconds[r["clip_id"]] = time.perf_counter() - t0
-        images.append(image)
-        lengths.append(int(r["model_samples"]))
-        owners.append(("drums", r["clip_id"]))
-        if r["bass_from_mel"]:
-            bass_image = torch.frombuffer(bytearray(r["windows"]), dtype=torch.uint8) \
-                .reshape(params.n_mels, params.window_frames)
-            images.append(bass_image)
-            lengths.append(int(r["model_samples"]))
-            owners.append(("bass", r["clip_id"]))
-    t0 = time.perf_counter()
-    todo_invert = [i for i, (_, cid) in enumerate(owners) if cid not in inverted]
-    audio = dict(zip([owners[i] for i in todo_invert],
-                     render.invert_images([images[i] for i in todo_invert], [lengths[i] for i in todo_invert],
-                                          params, n_iter))) if todo_invert else {}
-    for cid, parts in inverted.items():
-        audio.update({(kind, cid): a for kind, a in parts.items()})
-    return Inverted(audio, {cid: images[i] for i, (kind, cid) in enumerate(owners) if kind == "drums"},
-                    stitch_seconds, on_actor, time.perf_counter() - t0,
-                    max(1, sum(images[i].shape[-1] for i in todo_invert)))
+        cid = r["clip_id"]
+        audio.update({(k, cid): torch.from_numpy(np.frombuffer(r[f"{k}_audio"], dtype=np.float32).copy())
+                      for k in ("drums", "bass") if r[f"{k}_audio"]})
+        images[cid] = torch.frombuffer(bytearray(r["drums_image"]), dtype=torch.uint8) \
+            .reshape(params.n_mels, int(r["n_frames"]))
+        stitch_seconds[cid] = float(r["seconds_stitch"])
+        invert_seconds[cid] = float(r["seconds_invert"])
+    return Inverted(audio, images, stitch_seconds, invert_seconds)
 
 
 def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_gain_db: float,
@@ -451,9 +407,9 @@ def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_g
                       "mix_trim_db": round(mix_trim_db, 3)}
 
 
-def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sample_rate: int | None,
+def render_batch(batch: dict, params_dict: dict, output: str, sample_rate: int | None,
                  drums_gain_db: float, s3_endpoint_url: str | None) -> dict:
-    """Generated windows -> drums.wav, mix.wav, drums_mel.png; returns manifest / error rows."""
+    """Generated and inverted rows -> drums.wav, mix.wav, drums_mel.png; returns manifest / error rows."""
     from pipelines.mel import MelParams
 
     from pipelines.storage import is_transient
@@ -466,7 +422,7 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
     results = []
 
     start = time.perf_counter()
-    inv = invert_batch(todo, params, n_iter)
+    inv = inverted_rows(todo, params)
 
     for r in rows:
         base = {"clip_id": str(r["clip_id"]), "input": str(r["input"])}
@@ -494,7 +450,7 @@ def render_batch(batch: dict, params_dict: dict, output: str, n_iter: int, sampl
             "drums_path": f"{cid}/{OUTPUT_FILES['drums']}", "mix_path": f"{cid}/{OUTPUT_FILES['mix']}",
             "mel_path": f"{cid}/{OUTPUT_FILES['mel']}",
             "seconds_decode": float(r["seconds_decode"]), "seconds_generate": float(r["seconds_generate"]),
-            "seconds_stitch": inv.stitch_seconds[cid], "seconds_invert": inv.invert_seconds(r),
+            "seconds_stitch": inv.stitch_seconds[cid], "seconds_invert": inv.invert_seconds[cid],
             "seconds_mix_write": time.perf_counter() - t0,
         })
     log.debug("rendered %d clips in %.2f s", len(todo), time.perf_counter() - start)
@@ -695,7 +651,7 @@ def generator_stage(ds, cfg: GenerateConfig, job: dict, plan, book):
                                "batch_size": cfg.batch_size, "variation": cfg.variation, "seed": cfg.seed,
                                "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"],
                                "placements": book, "torch_threads": plan.torch_threads,
-                               "invert": True, "n_iter": cfg.griffin_lim_iters},
+                               "n_iter": cfg.griffin_lim_iters},
         **plan.remote_args())
 
 
@@ -703,8 +659,7 @@ def render_stage(ds, cfg: GenerateConfig, params, num_cpus: float = 1.0):
     """Generated rows -> the clips' files under cfg.output (CPU tasks); rows of manifest / error JSON."""
     return ds.map_batches(
         render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=num_cpus,
-        fn_kwargs={"params_dict": params.to_dict(), "output": cfg.output, "n_iter": cfg.griffin_lim_iters,
-                   "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
+        fn_kwargs={"params_dict": params.to_dict(), "output": cfg.output, "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
                    "s3_endpoint_url": cfg.s3_endpoint_url})
 
 

@@ -268,10 +268,12 @@ class FeaturesInceptionActor(InceptionActor):
     core busy without shipping images between processes; on GPUs the features stay in
     CPU tasks and Inception gets the GPU actors (score.build_dataset)."""
 
-    def __init__(self, features: dict, **inception):
+    def __init__(self, features: dict, features_fn=None, **inception):
         super().__init__(**inception)
-        self.features = features  # features_batch's keyword arguments
+        self.features = features  # the features function's keyword arguments
+        # score's features_batch, or evaluate's (which reads the generated images from the row)
+        self.features_fn = features_fn or features_batch
 
     def __call__(self, batch: dict) -> dict:
-        return super().__call__(features_batch(batch, **self.features))
+        return super().__call__(self.features_fn(batch, **self.features))
 

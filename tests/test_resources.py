@@ -1,6 +1,7 @@
 """The shared resource policy (cluster/resources.py) and the local Ray every job starts."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -67,6 +68,20 @@ def test_actors_that_do_all_the_heavy_work_take_one_core_each_and_leave_the_io_s
     # on GPUs the policy is the GPU one: one actor per GPU, tasks 1 CPU each
     gpu = plan_actors(ResourceRequest(), GPU_FROM_ZERO, io_cpus=0.5)
     assert (gpu.device, gpu.num_gpus, gpu.io_task_cpus) == ("cuda", 1.0, 1.0)
+
+
+def test_two_pools_sharing_the_cores_fit_beside_the_io_tasks():
+    """cycledrums evaluate: generator actors (one per core) and scoring actors (one per three
+    cores) plus the decode / render tasks all fit at once, on 2 cores and on 16."""
+    from infer.evaluate import POOL_SHARES
+
+    for cores in (2.0, 16.0):
+        view = ClusterView([{"CPU": cores}])
+        gen, inc = (plan_actors(ResourceRequest(), view, io_cpus=0.5, core_share=share, actors_per_core=per_core)
+                    for share, per_core in POOL_SHARES.values())
+        assert gen.size == cores and inc.size == max(1, math.ceil((cores - 0.5) / 3))
+        assert gen.torch_threads == inc.torch_threads == 1
+        assert gen.size * gen.num_cpus + inc.size * inc.num_cpus + 2 * gen.io_task_cpus <= cores
 
 
 def test_requests_the_cluster_can_never_satisfy_fail_with_what_it_has():
