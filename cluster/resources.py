@@ -309,6 +309,24 @@ def choose_device(requested: str, view: ClusterView) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class IOTasks:
+    """What each of a job's light decode / write tasks reserves, and how many run at once
+    (None: as many as Ray Data's budget allows)."""
+
+    num_cpus: float = 1.0
+    max_tasks: int | None = None
+
+    def map_args(self) -> dict:
+        """map_batches arguments of such a stage."""
+        import ray.data
+
+        args = {"num_cpus": self.num_cpus}
+        if self.max_tasks:
+            args["compute"] = ray.data.TaskPoolStrategy(size=self.max_tasks)
+        return args
+
+
+@dataclass(frozen=True)
 class ActorPlan:
     """Where and how many model actors run, and what each reserves."""
 
@@ -319,7 +337,11 @@ class ActorPlan:
     num_cpus: float
     reason: str = ""
     memory: int = ACTOR_MEMORY
-    io_task_cpus: float = 1.0  # what each of the job's other (decode, write) tasks reserves
+    io: IOTasks = IOTasks()  # the job's other (decode, write) tasks
+
+    @property
+    def io_task_cpus(self) -> float:
+        return self.io.num_cpus
 
     @property
     def size(self) -> int:
@@ -422,8 +444,11 @@ def _plan_fused_cpu_actors(request: ResourceRequest, view: ClusterView, what: st
     spare = max(1.0, cpus - io_cpus)
     lo, hi = request.actors or (max(1, math.ceil(spare * actors_per_core)),) * 2
     # Logical CPUs are scheduling tokens: 2 cores give 2 actors x 0.75 + 2 I/O tasks x 0.25.
+    # The I/O tasks are capped at 2 at once, not only by tokens: the local Ray's spare tokens
+    # would let Ray Data start six or more, and each new task process imports torch while
+    # the actors start (measured: score's actors waited 18 s for their processes).
     each = math.floor(1000 * spare * core_share / hi) / 1000
-    plan = ActorPlan("cpu", lo, hi, 0, each, why, memory, io_task_cpus=io_cpus / 2)
+    plan = ActorPlan("cpu", lo, hi, 0, each, why, memory, io=IOTasks(io_cpus / 2, 2))
     check_satisfiable({"CPU": each}, lo, view, what=f"{what} actor", reserve_cpus=io_cpus)
     return plan
 

@@ -281,23 +281,23 @@ def build_dataset(job: EvaluateJob, pools: dict):
     tasks beside the Inception actors, as in score."""
     from infer import generate
     from infer import score_stages as stages
+    from infer.runtime import CLIPS_PER_BLOCK
     from infer.score import generated_lookup, inception_kwargs, inception_stage, reference_dataset
 
     params = job.reference.params
     gen_plan, gen_book = pools["generator"]
-    task_cpus = gen_plan.io_task_cpus
-    ds = reference_dataset(job.reference, job.score_cfg, task_cpus)
+    ds = reference_dataset(job.reference, job.score_cfg, gen_plan.io)
     decoded = None
     for m in job.models:
         model_params = m.job["params"]
         if model_params != decoded:  # the models' input: decoded once per mel parameter set
-            ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=m.gen_cfg.batch_size,
-                                num_cpus=task_cpus, fn_kwargs={"inputs": job.inputs, "kind": job.reference.kind,
+            ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
+                                **gen_plan.io.map_args(), fn_kwargs={"inputs": job.inputs, "kind": job.reference.kind,
                                                                "params_dict": model_params.to_dict(),
                                                                "s3_endpoint_url": job.cfg.s3_endpoint_url})
             decoded = model_params
         ds = generate.generator_stage(ds, m.gen_cfg, m.job, gen_plan, gen_book)
-        ds = ds.map_batches(drums_batch, batch_format="numpy", batch_size=m.gen_cfg.batch_size, num_cpus=task_cpus,
+        ds = ds.map_batches(drums_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK, **gen_plan.io.map_args(),
                             fn_kwargs={"index": m.index, "params_dict": model_params.to_dict(),
                                        "ref_params_dict": params.to_dict(),
                                        "sample_rate": m.gen_cfg.sample_rate, "drums_gain_db": m.gen_cfg.drums_gain_db,
@@ -310,7 +310,8 @@ def build_dataset(job: EvaluateJob, pools: dict):
         return ds.map_batches(stages.FeaturesInceptionActor,
                               fn_constructor_kwargs={"features": features, "features_fn": features_batch,
                                                      **inception_kwargs(params, job.score_cfg, job.weights, plan, book)},
-                              batch_format="numpy", batch_size=2, compute=plan.compute(), **plan.remote_args())
+                              batch_format="numpy", batch_size=CLIPS_PER_BLOCK, compute=plan.compute(),
+                              **plan.remote_args())
     ds = ds.map_batches(features_batch, batch_format="numpy", batch_size=8, num_cpus=1, fn_kwargs=features)
     return inception_stage(ds, params, job.score_cfg, job.weights, plan, book)
 
@@ -473,13 +474,13 @@ class ReportAudio:
         plan, book = self.pools["generator"]
         if self.job.reference.kind == "parquet":
             ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "parquet", "source": self.job.reference.uri},
-                                          plan.io_task_cpus)
+                                          plan.io)
             ds = ds.filter(lambda row: row["clip_id"] in wanted, num_cpus=plan.io_task_cpus)
         else:
             clips = [AudioClip(cid, self.job.inputs[cid]) for cid in clip_ids]
-            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "audio", "clips": clips}, plan.io_task_cpus)
+            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "audio", "clips": clips}, plan.io)
         ds = generate.render_stage(generate.generator_stage(ds, m.gen_cfg, m.job, plan, book), m.gen_cfg,
-                                   m.job["params"], plan.io_task_cpus)
+                                   m.job["params"], plan.io)
         manifest, errors = generate._collect_results(ds, len(clip_ids))
         for e in errors:
             log.warning("report audio of %s / %s not written: %s", m.label, e["clip_id"], e["reason"])

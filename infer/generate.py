@@ -532,17 +532,18 @@ def _plan_sources(cfg: GenerateConfig, plan: dict) -> dict:
     return plan
 
 
-def _source_dataset(cfg: GenerateConfig, plan: dict, num_cpus: float):
-    """Ray dataset of decoded clips (the plan's audio clips or Parquet test windows)."""
+def _source_dataset(cfg: GenerateConfig, plan: dict, io):
+    """Ray dataset of decoded clips (the plan's audio clips or Parquet test windows), in the
+    light tasks `io` describes (cluster.resources.IOTasks)."""
     import ray.data
 
     params = plan["params"]
     if plan["kind"] == "parquet":
-        return _parquet_dataset(cfg, params, plan["source"], num_cpus)
+        return _parquet_dataset(cfg, params, plan["source"], io)
     clips = plan["clips"]
     ds = ray.data.from_items([{"clip_id": c.clip_id, "uri": c.uri} for c in clips],
                              override_num_blocks=max(1, len(clips)))
-    return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
+    return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", **io.map_args(),
                           fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
@@ -569,7 +570,7 @@ def _parquet_test_rows(uri: str, params, s3_endpoint_url: str | None) -> int:
     return n
 
 
-def _parquet_dataset(cfg: GenerateConfig, params, uri: str, num_cpus: float):
+def _parquet_dataset(cfg: GenerateConfig, params, uri: str, io):
     import ray.data
     from ray.data.expressions import col
 
@@ -577,10 +578,10 @@ def _parquet_dataset(cfg: GenerateConfig, params, uri: str, num_cpus: float):
 
     fs, path = arrow_filesystem(uri, cfg.s3_endpoint_url)
     # Every stage says what it reserves: a default 1-CPU read could wait forever behind the actors.
-    ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=num_cpus).select_columns(
+    ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=io.num_cpus).select_columns(
         ["track_id", "split", "window", "bass"])
-    ds = ds.filter(expr=col("split") == "test", num_cpus=num_cpus)
-    return ds.map_batches(parquet_batch, batch_size=64, batch_format="pyarrow", num_cpus=num_cpus,
+    ds = ds.filter(expr=col("split") == "test", num_cpus=io.num_cpus)
+    return ds.map_batches(parquet_batch, batch_size=64, batch_format="pyarrow", **io.map_args(),
                           fn_kwargs={"params_dict": params.to_dict(), "source": uri})
 
 
@@ -603,10 +604,10 @@ def run_generate(cfg: GenerateConfig) -> dict:
         plan, book = plan_model_stage(cfg.resources, what="generator", io_cpus=IO_CPUS)
     except ResourceError as err:
         raise GenerateError(str(err)) from err
-    ds = _source_dataset(cfg, job, plan.io_task_cpus)
+    ds = _source_dataset(cfg, job, plan.io)
     log.info("generating drums for %d %s clip(s) with %s (%s); generator: %s", n_clips, kind, checkpoint,
              config.get("model"), plan.describe())
-    ds = render_stage(generator_stage(ds, cfg, job, plan, book), cfg, params, plan.io_task_cpus)
+    ds = render_stage(generator_stage(ds, cfg, job, plan, book), cfg, params, plan.io)
 
     manifest, errors = _collect_results(ds, n_clips)
     seconds = time.perf_counter() - start
@@ -644,9 +645,15 @@ def run_generate(cfg: GenerateConfig) -> dict:
 
 
 def generator_stage(ds, cfg: GenerateConfig, job: dict, plan, book):
-    """`ds` (decoded clips) through the generator actor pool of `plan` (preflight's `job`)."""
+    """`ds` (decoded clips) through the generator actor pool of `plan` (preflight's `job`).
+
+    A GPU actor takes `batch_size` clips per call (their windows fill the GPU's batches);
+    a CPU actor a few, so every core's actor gets a share of a small job."""
+    from infer.runtime import CLIPS_PER_BLOCK
+
     return ds.map_batches(
-        GeneratorActor, batch_size=cfg.batch_size, batch_format="numpy", compute=plan.compute(),
+        GeneratorActor, batch_size=cfg.batch_size if plan.device == "cuda" else CLIPS_PER_BLOCK,
+        batch_format="numpy", compute=plan.compute(),
         fn_constructor_kwargs={"checkpoint": job["checkpoint"], "device": plan.device,
                                "batch_size": cfg.batch_size, "variation": cfg.variation, "seed": cfg.seed,
                                "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"],
@@ -655,10 +662,11 @@ def generator_stage(ds, cfg: GenerateConfig, job: dict, plan, book):
         **plan.remote_args())
 
 
-def render_stage(ds, cfg: GenerateConfig, params, num_cpus: float = 1.0):
-    """Generated rows -> the clips' files under cfg.output (CPU tasks); rows of manifest / error JSON."""
+def render_stage(ds, cfg: GenerateConfig, params, io):
+    """Generated rows -> the clips' files under cfg.output (the light tasks `io` describes);
+    rows of manifest / error JSON."""
     return ds.map_batches(
-        render_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=num_cpus,
+        render_batch, batch_size=cfg.batch_size, batch_format="numpy", **io.map_args(),
         fn_kwargs={"params_dict": params.to_dict(), "output": cfg.output, "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
                    "s3_endpoint_url": cfg.s3_endpoint_url})
 

@@ -67,6 +67,7 @@ from infer.score_inputs import (  # noqa: F401  (the public names of the job)
     GeneratedSet, ReferenceSet, ScoreConfig, ScoreError, attach_matches, check_inception_weights,
     check_output, load_generated_sets, load_reference, parse_generated)
 from infer.score_stages import DENSITY_FEATURES, REFERENCE_LABEL, SCALAR_FEATURES, mel_feature_names  # noqa: F401
+from infer.runtime import CLIPS_PER_BLOCK
 from infer.score_summary import Collected, finish, grader_feature_names  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,9 @@ def generated_lookup(sets: list[GeneratedSet]) -> dict[str, list]:
     return lookup
 
 
-def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, num_cpus: float = 1.0):
-    """Ray dataset of reference rows (clip_id, ref_image, bass_image, other_image, ref_error, ref_seconds)."""
+def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, io):
+    """Ray dataset of reference rows (clip_id, ref_image, bass_image, other_image, ref_error, ref_seconds),
+    decoded in the light tasks `io` describes (cluster.resources.IOTasks)."""
     import ray.data
 
     from infer import score_stages as stages
@@ -198,12 +200,12 @@ def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, num_cpus: float
 
         fs, path = arrow_filesystem(reference.uri, cfg.s3_endpoint_url)
         # Every stage says what it reserves: a default 1-CPU read could wait forever behind the actors.
-        ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=num_cpus).select_columns(
+        ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=io.num_cpus).select_columns(
             ["track_id", "split", "window", "bass", "drums"])
-        ds = ds.filter(expr=col("split") == "test", num_cpus=num_cpus)
+        ds = ds.filter(expr=col("split") == "test", num_cpus=io.num_cpus)
         return ds.map_batches(stages.parquet_reference_batch, batch_format="pyarrow", batch_size=64,
                               fn_kwargs={"params_dict": params.to_dict(), "baselines": bool(cfg.baselines),
-                                         "seed": cfg.seed}, num_cpus=num_cpus)
+                                         "seed": cfg.seed}, **io.map_args())
     rows = [dict(r, other_id="", other_uri="") for r in reference.audio_rows]
     if cfg.baselines and len(rows) >= 2:  # the other-clip baseline: a seeded derangement of the clips
         from infer.baselines import song_derangement
@@ -212,8 +214,8 @@ def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, num_cpus: float
             partner = reference.audio_rows[j]
             row.update(other_id=partner["clip_id"], other_uri=partner["drums_uri"])
     ds = ray.data.from_items(rows)
-    # Small blocks: each goes whole to one model actor, so they spread the work evenly.
-    return ds.map_batches(stages.audio_reference_batch, batch_format="numpy", batch_size=2, num_cpus=num_cpus,
+    return ds.map_batches(stages.audio_reference_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
+                          **io.map_args(),
                           fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
@@ -230,7 +232,7 @@ def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreC
         plan, book = plan_model_stage(cfg.resources, what="Inception", io_cpus=IO_CPUS)
     except ResourceError as err:
         raise ScoreError(str(err)) from err
-    ds = reference_dataset(reference, cfg, plan.io_task_cpus)
+    ds = reference_dataset(reference, cfg, plan.io)
     features = {"lookup": generated_lookup(sets), "params_dict": params.to_dict(),
                 "s3_endpoint_url": cfg.s3_endpoint_url, "baselines": bool(cfg.baselines), "seed": cfg.seed}
     if plan.device == "cpu":
@@ -238,7 +240,8 @@ def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreC
         ds = ds.map_batches(stages.FeaturesInceptionActor,
                             fn_constructor_kwargs={"features": features,
                                                    **inception_kwargs(params, cfg, weights, plan, book)},
-                            batch_format="numpy", batch_size=2, compute=plan.compute(), **plan.remote_args())
+                            batch_format="numpy", batch_size=CLIPS_PER_BLOCK, compute=plan.compute(),
+                            **plan.remote_args())
         return ds, plan, book
     ds = ds.map_batches(stages.features_batch, batch_format="numpy", batch_size=8, num_cpus=1, fn_kwargs=features)
     return inception_stage(ds, params, cfg, weights, plan, book), plan, book

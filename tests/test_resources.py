@@ -54,7 +54,7 @@ def test_auto_on_a_cpu_cluster_runs_cpu_actors_that_thread_over_their_cpus():
 
 def test_actors_that_do_all_the_heavy_work_take_one_core_each_and_leave_the_io_share_to_tasks():
     two = plan_actors(ResourceRequest(), ClusterView([{"CPU": 2.0}]), io_cpus=0.5)
-    assert (two.size, two.num_cpus, two.torch_threads, two.io_task_cpus) == (2, 0.75, 1, 0.25)
+    assert (two.size, two.num_cpus, two.torch_threads, two.io_task_cpus, two.io.max_tasks) == (2, 0.75, 1, 0.25, 2)
     # every stage can run at once on 2 cores: 2 actors + one decode task + one write task
     assert two.size * two.num_cpus + 2 * two.io_task_cpus <= 2.0
     # the local Ray on a 2-core machine: 4 logical CPUs (tokens) but 2 cores, so 2 actors
