@@ -43,7 +43,9 @@ NOISY_LINES = tuple(re.compile(p) for p in (
 ))
 # Python warnings of Ray's that describe its scheduling, not a problem with the job: a small
 # job (fewer blocks than model actors) leaves some actors idle, which is expected.
-NOISY_WARNINGS = (r"The minimum number of concurrent actors for .* is set to",)
+NOISY_WARNINGS = (r"The minimum number of concurrent actors for .* is set to",
+                  # the I/O tasks' cap of two (cluster.resources.IOTasks) on a small job
+                  r"The maximum number of concurrent tasks for .* is set to")
 # Driver-side log records of Ray's that say nothing a user can act on for a local run.
 NOISY_RECORDS = (
     re.compile(r"Token authentication is enabled for this Ray cluster"),
