@@ -385,7 +385,7 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
                 cpu_share: float = 0.5, reserve_cpus: float = 1.0,
                 default_cpu_actors: int | None = None, memory: int = ACTOR_MEMORY,
                 cpu_limit: float | None = None, io_cpus: float | None = None,
-                core_share: float = 1.0, actors_per_core: float = 1.0) -> ActorPlan:
+                core_share: float = 1.0) -> ActorPlan:
     """The model actor pool of a Ray Data job.
 
     cuda: each actor holds `gpus_per_actor` GPUs and 1 CPU; default pool 1..(GPUs the
@@ -400,12 +400,10 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
     torch thread each (one thread per process scales best for these small convolutions,
     benchmarks/bench_generate.py), and the job's light decode / write tasks share
     `io_cpus`, two at a time.  Two such pools can share the cores (`cycledrums evaluate`):
-    each reserves `core_share` of what the I/O tasks leave and runs `actors_per_core`
-    actors per core, so a light pool beside a heavy one gets fewer actors.
+    each runs one actor per core on `core_share` of what the I/O tasks leave.
     """
     if io_cpus is not None and choose_device(request.device, view)[0] == "cpu":
-        return _plan_fused_cpu_actors(request, view, what, io_cpus, memory, cpu_limit, core_share,
-                                      actors_per_core)
+        return _plan_fused_cpu_actors(request, view, what, io_cpus, memory, cpu_limit, core_share)
     device, why = choose_device(request.device, view)
     if not view.node_types_declare_memory():
         memory = 0
@@ -435,14 +433,13 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
 
 
 def _plan_fused_cpu_actors(request: ResourceRequest, view: ClusterView, what: str, io_cpus: float,
-                           memory: int, cpu_limit: float | None, core_share: float = 1.0,
-                           actors_per_core: float = 1.0) -> ActorPlan:
+                           memory: int, cpu_limit: float | None, core_share: float = 1.0) -> ActorPlan:
     _, why = choose_device(request.device, view)
     cpus = view.cores()
     if cpu_limit:
         cpus = min(cpus, cpu_limit)
     spare = max(1.0, cpus - io_cpus)
-    lo, hi = request.actors or (max(1, math.ceil(spare * actors_per_core)),) * 2
+    lo, hi = request.actors or (math.ceil(spare),) * 2
     # Logical CPUs are scheduling tokens: 2 cores give 2 actors x 0.75 + 2 I/O tasks x 0.25.
     # The I/O tasks are capped at 2 at once, not only by tokens: the local Ray's spare tokens
     # would let Ray Data start six or more, and each new task process imports torch while

@@ -8,12 +8,13 @@ clip to storage and reading it back.  One pipeline, one row per reference clip:
   bass -> model input     generate's decode (a Parquet set: its bass window), per
   (CPU tasks)             distinct mel parameters of the models
   per model:
-    generator (actors)    generate's GeneratorActor (GPU actors also invert on the GPU)
-    drums (CPU tasks)     generate's stitch, Griffin-Lim, level match and WAV encoding
-                          (infer.generate.inverted_rows / render_clip), then the WAV bytes
-                          are analysed exactly as score analyses a drums.wav file
-  features (CPU tasks)    score's features and baselines (score_stages.clip_rows)
-  Inception (actors)      score's InceptionActor
+    generator (actors)    generate's GeneratorActor: generator, stitch and Griffin-Lim
+    drums (CPU tasks)     generate's level match and WAV encoding (infer.generate.
+                          inverted_rows / render_clip), then the WAV bytes are analysed
+                          exactly as score analyses a drums.wav file
+  features                score's features and baselines (score_stages.clip_rows): CPU
+                          tasks beside GPU Inception actors, or on a CPU cluster in the
+  Inception (actors)      same actor as Inception (score_stages.FeaturesInceptionActor)
 then score's driver-side work (infer.score_summary.finish): the same clips / errors
 tables, summary.json, baselines, sanity ladder, plots and report.html.
 
@@ -27,8 +28,8 @@ of a set is shown, or with --keep-audio, the files are written in the main job.
 A generated clip is named after its reference clip: TEST_SET is one source (a folder
 of `<clip>/drums.*` + `<clip>/bass.*` stems, or a `prepare` Parquet window set), so the
 ids generate and score would give agree.  Both model pools share the cluster: on CPU
-each gets half of what generate / score give their one pool; on GPU each actor
-reserves half of --gpus-per-actor, so a generator and an Inception actor share a GPU.
+each runs one actor per core on half of the CPUs the light tasks leave; on GPU each
+actor reserves half of --gpus-per-actor, so a generator and an Inception actor share a GPU.
 """
 from __future__ import annotations
 
@@ -245,13 +246,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 # on the model (the demo's small CycleGAN costs less than scoring a clip, the paper's
 # full-size one 3x more), so neither pool is sized for the other's work and the OS
 # shares the cores between them as their work comes.
-POOL_SHARES = {"generator": (0.5, 1.0), "Inception": (0.5, 1.0)}  # (core_share, actors_per_core)
+POOL_CORE_SHARE = 0.5
 
 
 def _plan_pools(request: ResourceRequest) -> dict:
     """{"generator": (plan, book), "Inception": (plan, book)}: two pools sharing the cluster.
 
-    CPU: see POOL_SHARES; the tasks share IO_CPUS.  GPU: each actor reserves half of
+    CPU: see POOL_CORE_SHARE; the tasks share IO_CPUS.  GPU: each actor reserves half of
     --gpus-per-actor, and by default each pool grows to half of what one pool could, so a
     generator and an Inception actor share each GPU.
     """
@@ -261,10 +262,9 @@ def _plan_pools(request: ResourceRequest) -> dict:
     g = request.gpus_per_actor
     shared = replace(request, gpus_per_actor=g / 2 if g <= 1 or g % 2 == 0 else g)
     pools = {}
-    for what, (core_share, actors_per_core) in POOL_SHARES.items():
+    for what in ("generator", "Inception"):
         try:
-            plan, book = plan_model_stage(shared, what=what, io_cpus=IO_CPUS, core_share=core_share,
-                                          actors_per_core=actors_per_core)
+            plan, book = plan_model_stage(shared, what=what, io_cpus=IO_CPUS, core_share=POOL_CORE_SHARE)
         except ResourceError as err:
             raise EvaluateError(str(err)) from err
         if plan.device == "cuda" and request.actors is None:

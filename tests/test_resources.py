@@ -72,12 +72,11 @@ def test_actors_that_do_all_the_heavy_work_take_one_core_each_and_leave_the_io_s
 def test_two_pools_sharing_the_cores_fit_beside_the_io_tasks():
     """cycledrums evaluate: generator actors and scoring actors (one per core each) plus the
     decode / render tasks all fit at once, on 2 cores and on 16."""
-    from infer.evaluate import POOL_SHARES
+    from infer.evaluate import POOL_CORE_SHARE
 
     for cores in (2.0, 16.0):
         view = ClusterView([{"CPU": cores}])
-        gen, inc = (plan_actors(ResourceRequest(), view, io_cpus=0.5, core_share=share, actors_per_core=per_core)
-                    for share, per_core in POOL_SHARES.values())
+        gen, inc = (plan_actors(ResourceRequest(), view, io_cpus=0.5, core_share=POOL_CORE_SHARE) for _ in range(2))
         assert gen.size == inc.size == cores
         assert gen.torch_threads == inc.torch_threads == 1
         assert gen.size * gen.num_cpus + inc.size * inc.num_cpus + 2 * gen.io_task_cpus <= cores
