@@ -384,8 +384,7 @@ class ActorPlan:
 def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "model",
                 cpu_share: float = 0.5, reserve_cpus: float = 1.0,
                 default_cpu_actors: int | None = None, memory: int = ACTOR_MEMORY,
-                cpu_limit: float | None = None, io_cpus: float | None = None,
-                core_share: float = 1.0) -> ActorPlan:
+                cpu_limit: float | None = None, io_cpus: float | None = None) -> ActorPlan:
     """The model actor pool of a Ray Data job.
 
     cuda: each actor holds `gpus_per_actor` GPUs and 1 CPU; default pool 1..(GPUs the
@@ -399,11 +398,10 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
     inversion): the actors then take every CPU but `io_cpus`, one actor per core with one
     torch thread each (one thread per process scales best for these small convolutions,
     benchmarks/bench_generate.py), and the job's light decode / write tasks share
-    `io_cpus`, two at a time.  Two such pools can share the cores (`cycledrums evaluate`):
-    each runs one actor per core on `core_share` of what the I/O tasks leave.
+    `io_cpus`, two at a time.
     """
     if io_cpus is not None and choose_device(request.device, view)[0] == "cpu":
-        return _plan_fused_cpu_actors(request, view, what, io_cpus, memory, cpu_limit, core_share)
+        return _plan_fused_cpu_actors(request, view, what, io_cpus, memory, cpu_limit)
     device, why = choose_device(request.device, view)
     if not view.node_types_declare_memory():
         memory = 0
@@ -433,7 +431,7 @@ def plan_actors(request: ResourceRequest, view: ClusterView, *, what: str = "mod
 
 
 def _plan_fused_cpu_actors(request: ResourceRequest, view: ClusterView, what: str, io_cpus: float,
-                           memory: int, cpu_limit: float | None, core_share: float = 1.0) -> ActorPlan:
+                           memory: int, cpu_limit: float | None) -> ActorPlan:
     _, why = choose_device(request.device, view)
     cpus = view.cores()
     if cpu_limit:
@@ -444,7 +442,7 @@ def _plan_fused_cpu_actors(request: ResourceRequest, view: ClusterView, what: st
     # The I/O tasks are capped at 2 at once, not only by tokens: the local Ray's spare tokens
     # would let Ray Data start six or more, and each new task process imports torch while
     # the actors start (measured: score's actors waited 18 s for their processes).
-    each = math.floor(1000 * spare * core_share / hi) / 1000
+    each = math.floor(1000 * spare / hi) / 1000
     plan = ActorPlan("cpu", lo, hi, 0, each, why, memory, io=IOTasks(io_cpus / 2, 2))
     check_satisfiable({"CPU": each}, lo, view, what=f"{what} actor", reserve_cpus=io_cpus)
     return plan

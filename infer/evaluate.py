@@ -8,28 +8,32 @@ clip to storage and reading it back.  One pipeline, one row per reference clip:
   bass -> model input     generate's decode (a Parquet set: its bass window), per
   (CPU tasks)             distinct mel parameters of the models
   per model:
-    generator (actors)    generate's GeneratorActor: generator, stitch and Griffin-Lim
-    drums (CPU tasks)     generate's level match and WAV encoding (infer.generate.
+    generator             generate's GeneratorActor: generator, stitch and Griffin-Lim
+    drums                 generate's level match and WAV encoding (infer.generate.
                           inverted_rows / render_clip), then the WAV bytes are analysed
                           exactly as score analyses a drums.wav file
-  features                score's features and baselines (score_stages.clip_rows): CPU
-                          tasks beside GPU Inception actors, or on a CPU cluster in the
-  Inception (actors)      same actor as Inception (score_stages.FeaturesInceptionActor)
-then score's driver-side work (infer.score_summary.finish): the same clips / errors
+  features, Inception     score's features and baselines (score_stages.clip_rows), then
+                          Inception-v3
+On a CPU cluster everything after the model input runs in one actor per core
+(EvaluateActor): a clip's whole work in one process, one process start per core.  On
+GPUs each model gets a generator actor pool with its drums in CPU tasks, and the
+features run in CPU tasks beside the Inception actors, as in score.  Then score's
+driver-side work (infer.score_summary.finish): the same clips / errors
 tables, summary.json, baselines, sanity ladder, plots and report.html.
 
 Audio written: by default only for the clips the report shows (its worst / best /
 random N per set): once the table is final, those clips go through generate's own
-stages again (same seed, same drums) and land as generate lays them out,
+functions again (same seed, same drums) and land as generate lays them out,
 OUTPUT/audio/<set>/<clip>/drums.wav, mix.wav, drums_mel.png; the clips table's
-`generated` column names the drums.wav ('' where none was written).  When every clip
-of a set is shown, or with --keep-audio, the files are written in the main job.
+`generated` column names the drums.wav ('' where none was written).  On a CPU cluster
+that runs in the driver, which already holds the models (a few dozen clips cost less
+than starting an actor pool again); on GPUs in a generator pool.  When every clip of a
+set is shown, or with --keep-audio, the files are written in the main job.
 
 A generated clip is named after its reference clip: TEST_SET is one source (a folder
 of `<clip>/drums.*` + `<clip>/bass.*` stems, or a `prepare` Parquet window set), so the
-ids generate and score would give agree.  Both model pools share the cluster: on CPU
-each runs one actor per core on half of the CPUs the light tasks leave; on GPU each
-actor reserves half of --gpus-per-actor, so a generator and an Inception actor share a GPU.
+ids generate and score would give agree.  On GPUs each generator and Inception actor
+reserves half of --gpus-per-actor, so the two share a GPU.
 """
 from __future__ import annotations
 
@@ -241,33 +245,30 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     return summary
 
 
-# On a CPU cluster each pool runs one actor per core with one torch thread and half of
-# the CPUs the light decode / render tasks leave: which stage costs more per clip depends
-# on the model (the demo's small CycleGAN costs less than scoring a clip, the paper's
-# full-size one 3x more), so neither pool is sized for the other's work and the OS
-# shares the cores between them as their work comes.
-POOL_CORE_SHARE = 0.5
-
-
 def _plan_pools(request: ResourceRequest) -> dict:
-    """{"generator": (plan, book), "Inception": (plan, book)}: two pools sharing the cluster.
+    """{"generator": (plan, book), "Inception": (plan, book)}.
 
-    CPU: see POOL_CORE_SHARE; the tasks share IO_CPUS.  GPU: each actor reserves half of
-    --gpus-per-actor, and by default each pool grows to half of what one pool could, so a
-    generator and an Inception actor share each GPU.
+    CPU: one pool for both (the same plan and book under each key): an EvaluateActor per
+    core does a reference clip's whole evaluation, generators and Inception, so the job
+    starts one process per core, not two, and no stage waits for another's actors.  GPU:
+    two pools; each actor reserves half of --gpus-per-actor, and by default each pool
+    grows to half of what one pool could, so a generator and an Inception actor share each GPU.
     """
-    from cluster.resources import ResourceError, plan_model_stage
+    from cluster.resources import ResourceError, choose_device, cluster_view, plan_model_stage
     from infer.generate import IO_CPUS
 
     g = request.gpus_per_actor
     shared = replace(request, gpus_per_actor=g / 2 if g <= 1 or g % 2 == 0 else g)
+    cpu = choose_device(request.device, cluster_view())[0] == "cpu"
     pools = {}
-    for what in ("generator", "Inception"):
+    for what in ("generator + Inception",) if cpu else ("generator", "Inception"):
         try:
-            plan, book = plan_model_stage(shared, what=what, io_cpus=IO_CPUS, core_share=POOL_CORE_SHARE)
+            plan, book = plan_model_stage(shared, what=what, io_cpus=IO_CPUS)
         except ResourceError as err:
             raise EvaluateError(str(err)) from err
-        if plan.device == "cuda" and request.actors is None:
+        if cpu:
+            return {"generator": (plan, book), "Inception": (plan, book)}
+        if request.actors is None:
             plan = replace(plan, max_size=max(plan.min_size, plan.max_size // 2))
         pools[what] = (plan, book)
     return pools
@@ -276,44 +277,59 @@ def _plan_pools(request: ResourceRequest) -> dict:
 def build_dataset(job: EvaluateJob, pools: dict):
     """The lazy pipeline: reference rows -> each model's drums -> features -> Inception.
 
-    CPU: the decode and render tasks take the plan's I/O share, and features + Inception run
-    in one actor (score's FeaturesInceptionActor).  GPU: 1-CPU tasks and the features in CPU
-    tasks beside the Inception actors, as in score."""
+    CPU: the reference rows and the first model input are made in the plan's light I/O
+    tasks; everything else runs in EvaluateActor.  GPU: each model's generator actor pool
+    with its decode and render tasks, then the features in 1-CPU tasks beside the Inception
+    actors, as in score."""
     from infer import generate
-    from infer import score_stages as stages
     from infer.runtime import CLIPS_PER_BLOCK
     from infer.score import generated_lookup, inception_kwargs, inception_stage, reference_dataset
 
     params = job.reference.params
     gen_plan, gen_book = pools["generator"]
-    ds = reference_dataset(job.reference, job.score_cfg, gen_plan.io)
-    decoded = None
-    for m in job.models:
-        model_params = m.job["params"]
-        if model_params != decoded:  # the models' input: decoded once per mel parameter set
-            ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
-                                **gen_plan.io.map_args(), fn_kwargs={"inputs": job.inputs, "kind": job.reference.kind,
-                                                               "params_dict": model_params.to_dict(),
-                                                               "s3_endpoint_url": job.cfg.s3_endpoint_url})
-            decoded = model_params
-        ds = generate.generator_stage(ds, m.gen_cfg, m.job, gen_plan, gen_book)
-        ds = ds.map_batches(drums_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK, **gen_plan.io.map_args(),
-                            fn_kwargs={"index": m.index, "params_dict": model_params.to_dict(),
-                                       "ref_params_dict": params.to_dict(),
-                                       "sample_rate": m.gen_cfg.sample_rate, "drums_gain_db": m.gen_cfg.drums_gain_db,
-                                       "output": m.gen_cfg.output if m.write_all else None,
-                                       "s3_endpoint_url": job.cfg.s3_endpoint_url})
+    steps = _model_steps(job)
     features = {"lookup": generated_lookup(job.sets), "index": {m.label: m.index for m in job.models},
                 "params_dict": params.to_dict(), "baselines": bool(job.score_cfg.baselines), "seed": job.cfg.seed}
+    ds = reference_dataset(job.reference, job.score_cfg, gen_plan.io)
+    ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
+                        **gen_plan.io.map_args(), fn_kwargs=steps[0][1])
     plan, book = pools["Inception"]
     if plan.device == "cpu":
-        return ds.map_batches(stages.FeaturesInceptionActor,
-                              fn_constructor_kwargs={"features": features, "features_fn": features_batch,
-                                                     **inception_kwargs(params, job.score_cfg, job.weights, plan, book)},
-                              batch_format="numpy", batch_size=CLIPS_PER_BLOCK, compute=plan.compute(),
-                              **plan.remote_args())
+        models = [{"generator": generate.generator_kwargs(m.gen_cfg, m.job, "cpu", book, plan.torch_threads),
+                   "input": model_input if i else None, "drums": drums}
+                  for i, (m, model_input, drums) in enumerate(steps)]
+        return ds.map_batches(EvaluateActor, fn_constructor_kwargs={
+            "models": models, "features": features,
+            **inception_kwargs(params, job.score_cfg, job.weights, plan, book)},
+            batch_format="numpy", batch_size=CLIPS_PER_BLOCK, compute=plan.compute(), **plan.remote_args())
+    for i, (m, model_input, drums) in enumerate(steps):
+        if i and model_input:
+            ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
+                                **gen_plan.io.map_args(), fn_kwargs=model_input)
+        ds = generate.generator_stage(ds, m.gen_cfg, m.job, gen_plan, gen_book)
+        ds = ds.map_batches(drums_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK, **gen_plan.io.map_args(),
+                            fn_kwargs=drums)
     ds = ds.map_batches(features_batch, batch_format="numpy", batch_size=8, num_cpus=1, fn_kwargs=features)
     return inception_stage(ds, params, job.score_cfg, job.weights, plan, book)
+
+
+def _model_steps(job: EvaluateJob) -> list[tuple[Model, dict | None, dict]]:
+    """Per model: (model, model_input_batch's arguments when its mel parameters differ from
+    the previous model's, else None, drums_batch's arguments)."""
+    steps, decoded = [], None
+    for m in job.models:
+        model_params = m.job["params"]
+        model_input = None
+        if model_params != decoded:  # the models' input: decoded once per mel parameter set
+            model_input = {"inputs": job.inputs, "kind": job.reference.kind, "params_dict": model_params.to_dict(),
+                           "s3_endpoint_url": job.cfg.s3_endpoint_url}
+            decoded = model_params
+        drums = {"index": m.index, "params_dict": model_params.to_dict(),
+                 "ref_params_dict": job.reference.params.to_dict(), "sample_rate": m.gen_cfg.sample_rate,
+                 "drums_gain_db": m.gen_cfg.drums_gain_db, "output": m.gen_cfg.output if m.write_all else None,
+                 "s3_endpoint_url": job.cfg.s3_endpoint_url}
+        steps.append((m, model_input, drums))
+    return steps
 
 
 # ---------------------------------------------------------------- stages
@@ -427,6 +443,31 @@ def features_batch(batch: dict, lookup: dict, index: dict, params_dict: dict, ba
     return clip_rows(batch, lookup, params, baselines, seed, generated_image)
 
 
+class EvaluateActor:
+    """On a CPU cluster: a block of reference clips' whole evaluation, one actor per core.
+
+    Each model's generator (generate's GeneratorActor: generator, stitch, Griffin-Lim),
+    its drums rendered and analysed (drums_batch), then score's features, baselines and
+    Inception (score_stages.FeaturesInceptionActor).  One process per core holds all of a
+    clip's heavy work: nothing waits for another pool's actors to start, and nothing
+    heavy crosses the object store."""
+
+    def __init__(self, models: list[dict], features: dict, **inception):
+        from infer.generate import GeneratorActor
+        from infer.score_stages import FeaturesInceptionActor
+
+        self.scorer = FeaturesInceptionActor(features=features, features_fn=features_batch, **inception)
+        # [(generator actor, model_input_batch kwargs or None, drums_batch kwargs)]
+        self.models = [(GeneratorActor(**m["generator"]), m["input"], m["drums"]) for m in models]
+
+    def __call__(self, batch: dict) -> dict:
+        for generator, model_input, drums in self.models:
+            if model_input:
+                batch = model_input_batch(batch, **model_input)
+            batch = drums_batch(generator(batch), **drums)
+        return self.scorer(batch)
+
+
 # ---------------------------------------------------------------- audio of the report's clips
 
 
@@ -472,6 +513,11 @@ class ReportAudio:
             return set()
         wanted = set(clip_ids)
         plan, book = self.pools["generator"]
+        if plan.device == "cpu":  # a handful of clips: the driver holds the model already
+            manifest, errors = generate.generate_in_process(m.gen_cfg, {**m.job, "kind": self.job.reference.kind,
+                                                                        "source": self.job.reference.uri},
+                                                            clip_ids, self.job.inputs)
+            return self._written(m, manifest, errors)
         if self.job.reference.kind == "parquet":
             ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "parquet", "source": self.job.reference.uri},
                                           plan.io)
@@ -481,7 +527,10 @@ class ReportAudio:
             ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "audio", "clips": clips}, plan.io)
         ds = generate.render_stage(generate.generator_stage(ds, m.gen_cfg, m.job, plan, book), m.gen_cfg,
                                    m.job["params"], plan.io)
-        manifest, errors = generate._collect_results(ds, len(clip_ids))
+        return self._written(m, *generate._collect_results(ds, len(clip_ids)))
+
+    @staticmethod
+    def _written(m: Model, manifest: list[dict], errors: list[dict]) -> set[str]:
         for e in errors:
             log.warning("report audio of %s / %s not written: %s", m.label, e["clip_id"], e["reason"])
         return {r["clip_id"] for r in manifest}

@@ -585,6 +585,58 @@ def _parquet_dataset(cfg: GenerateConfig, params, uri: str, io):
                           fn_kwargs={"params_dict": params.to_dict(), "source": uri})
 
 
+def generate_in_process(cfg: GenerateConfig, job: dict, clip_ids: list[str], inputs: dict,
+                        chunk: int = 4) -> tuple[list[dict], list[dict]]:
+    """(manifest rows, error rows) of a few clips generated here, without Ray: the same
+    decode, generator, inversion and render functions as the job, on the generator the
+    pre-flight loaded, with this process's cores as torch threads.  For a handful of clips
+    (evaluate's report audio on a CPU cluster) this costs less than starting an actor pool.
+    `inputs`: clip id -> bass file, or "<Parquet window set>#<clip id>"."""
+    import os
+
+    params = job["params"]
+    actor = GeneratorActor(**generator_kwargs(cfg, job, "cpu", None, os.cpu_count() or 1))
+    manifest, errors = [], []
+    for i in range(0, len(clip_ids), chunk):
+        ids = clip_ids[i:i + chunk]
+        if job["kind"] == "parquet":
+            batch = _parquet_clips(job["source"], ids, params, cfg.s3_endpoint_url)
+        else:
+            batch = decode_batch({"clip_id": np.array(ids, dtype=object),
+                                  "uri": np.array([inputs[c] for c in ids], dtype=object)},
+                                 params.to_dict(), cfg.s3_endpoint_url)
+        if len(batch["clip_id"]):
+            _split_results(render_batch(actor(batch), params.to_dict(), cfg.output, cfg.sample_rate,
+                                        cfg.drums_gain_db, cfg.s3_endpoint_url), manifest, errors)
+    return manifest, errors
+
+
+def _parquet_clips(uri: str, clip_ids: list[str], params, s3_endpoint_url: str | None) -> dict:
+    """parquet_batch of the `test` windows named `clip_ids`: their tracks' keys are read first,
+    then the bass windows of those tracks only."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from pipelines.storage import arrow_filesystem
+
+    from infer.sources import window_clip_id
+
+    fs, path = arrow_filesystem(uri, s3_endpoint_url)
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    test = pc.field("split") == "test"
+    keys = dataset.to_table(columns=["track_id", "window"], filter=test)
+    wanted = set(clip_ids)
+    tracks = sorted({t for t, w in zip(keys.column("track_id").to_pylist(), keys.column("window").to_pylist())
+                     if window_clip_id(t, w) in wanted})
+    table = dataset.to_table(columns=["track_id", "split", "window", "bass"],
+                             filter=test & pc.field("track_id").isin(pa.array(tracks, pa.string())))
+    table = table.filter([window_clip_id(t, w) in wanted for t, w in
+                          zip(table.column("track_id").to_pylist(), table.column("window").to_pylist())])
+    table = table.combine_chunks()
+    return parquet_batch(table.to_batches()[0] if table.num_rows else table, params.to_dict(), uri)
+
+
 def run_generate(cfg: GenerateConfig) -> dict:
     """Run the whole generation job; returns the summary (also written to OUTPUT/summary.json)."""
     import pyarrow as pa
@@ -654,12 +706,16 @@ def generator_stage(ds, cfg: GenerateConfig, job: dict, plan, book):
     return ds.map_batches(
         GeneratorActor, batch_size=cfg.batch_size if plan.device == "cuda" else CLIPS_PER_BLOCK,
         batch_format="numpy", compute=plan.compute(),
-        fn_constructor_kwargs={"checkpoint": job["checkpoint"], "device": plan.device,
-                               "batch_size": cfg.batch_size, "variation": cfg.variation, "seed": cfg.seed,
-                               "s3_endpoint_url": cfg.s3_endpoint_url, "generator": job["generator"],
-                               "placements": book, "torch_threads": plan.torch_threads,
-                               "n_iter": cfg.griffin_lim_iters},
+        fn_constructor_kwargs=generator_kwargs(cfg, job, plan.device, book, plan.torch_threads),
         **plan.remote_args())
+
+
+def generator_kwargs(cfg: GenerateConfig, job: dict, device: str, book=None, torch_threads: int = 1) -> dict:
+    """GeneratorActor's constructor arguments for preflight's `job` (the driver's copy of the generator)."""
+    return {"checkpoint": job["checkpoint"], "device": device, "batch_size": cfg.batch_size,
+            "variation": cfg.variation, "seed": cfg.seed, "s3_endpoint_url": cfg.s3_endpoint_url,
+            "generator": job["generator"], "placements": book, "torch_threads": torch_threads,
+            "n_iter": cfg.griffin_lim_iters}
 
 
 def render_stage(ds, cfg: GenerateConfig, params, io):
@@ -669,6 +725,17 @@ def render_stage(ds, cfg: GenerateConfig, params, io):
         render_batch, batch_size=cfg.batch_size, batch_format="numpy", **io.map_args(),
         fn_kwargs={"params_dict": params.to_dict(), "output": cfg.output, "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
                    "s3_endpoint_url": cfg.s3_endpoint_url})
+
+
+def _split_results(batch: dict, manifest: list[dict], errors: list[dict]) -> tuple[int, int]:
+    """render_batch's result rows -> appended to the manifest / error rows; (rows, errors)."""
+    rows = [json.loads(s) for s in batch["result"]]
+    bad = [r for r in rows if r["error"]]
+    errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"],
+                "reason": r["error"], "transient": bool(r.get("transient"))} for r in bad]
+    manifest += [{k: v for k, v in r.items() if k not in ("error", "stage", "transient")}
+                 for r in rows if not r["error"]]
+    return len(rows), len(bad)
 
 
 def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
@@ -681,13 +748,7 @@ def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
     manifest, errors = [], []
     try:
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes: progress stays current
-            rows = [json.loads(s) for s in batch["result"]]
-            bad = [r for r in rows if r["error"]]
-            errors += [{"clip_id": r["clip_id"], "input": r["input"], "stage": r["stage"],
-                        "reason": r["error"], "transient": bool(r.get("transient"))} for r in bad]
-            manifest += [{k: v for k, v in r.items() if k not in ("error", "stage", "transient")}
-                         for r in rows if not r["error"]]
-            progress.update(len(rows), len(bad))
+            progress.update(*_split_results(batch, manifest, errors))
     except Exception as err:
         message = no_cuda_message(err)
         if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback

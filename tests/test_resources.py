@@ -69,19 +69,6 @@ def test_actors_that_do_all_the_heavy_work_take_one_core_each_and_leave_the_io_s
     assert (gpu.device, gpu.num_gpus, gpu.io_task_cpus) == ("cuda", 1.0, 1.0)
 
 
-def test_two_pools_sharing_the_cores_fit_beside_the_io_tasks():
-    """cycledrums evaluate: generator actors and scoring actors (one per core each) plus the
-    decode / render tasks all fit at once, on 2 cores and on 16."""
-    from infer.evaluate import POOL_CORE_SHARE
-
-    for cores in (2.0, 16.0):
-        view = ClusterView([{"CPU": cores}])
-        gen, inc = (plan_actors(ResourceRequest(), view, io_cpus=0.5, core_share=POOL_CORE_SHARE) for _ in range(2))
-        assert gen.size == inc.size == cores
-        assert gen.torch_threads == inc.torch_threads == 1
-        assert gen.size * gen.num_cpus + inc.size * inc.num_cpus + 2 * gen.io_task_cpus <= cores
-
-
 def test_requests_the_cluster_can_never_satisfy_fail_with_what_it_has():
     with pytest.raises(ResourceError, match="no GPU now and no node type that can add one; the cluster has 4 CPUs"):
         plan_actors(ResourceRequest(device="cuda"), LOCAL_4_CPUS)
