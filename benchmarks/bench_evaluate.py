@@ -108,6 +108,32 @@ def one_job(checkpoint: str, test_set: Path, out: Path, weights: str, args) -> t
     return time.perf_counter() - start, bytes_under(out)
 
 
+def _cli(*argv: str) -> None:
+    """One `cycledrums` command in its own process, as a user runs it (it starts its own local Ray)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "cycledrums_cli", *argv], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode:
+        raise RuntimeError(f"cycledrums {argv[0]} exited {done.returncode}: {done.stderr[-3000:]}")
+
+
+def two_commands(checkpoint: str, test_set: Path, out: Path, weights: str, args) -> tuple[float, int]:
+    start = time.perf_counter()
+    _cli("generate", checkpoint, str(test_set), str(out / "generated"), "--griffin-lim-iters", str(args.iters))
+    _cli("score", str(out / "generated"), str(test_set), str(out / "scores"), "--inception-weights", weights,
+         "--report-clips", str(args.report_clips))
+    return time.perf_counter() - start, bytes_under(out)
+
+
+def one_command(checkpoint: str, test_set: Path, out: Path, weights: str, args) -> tuple[float, int]:
+    start = time.perf_counter()
+    _cli("evaluate", checkpoint, str(test_set), str(out), "--griffin-lim-iters", str(args.iters),
+         "--inception-weights", weights, "--report-clips", str(args.report_clips))
+    return time.perf_counter() - start, bytes_under(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=24, help="test clips (default 24)")
@@ -115,6 +141,9 @@ def main() -> None:
     ap.add_argument("--report-clips", type=int, default=6, help="--report-clips of both ways (default 6)")
     ap.add_argument("--iters", type=int, default=32, help="Griffin-Lim iterations (default 32)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each way, medians (default 3)")
+    ap.add_argument("--commands", action="store_true",
+                    help="run each job as its own `cycledrums` process with its own local Ray, as a user "
+                         "runs them one after the other (default: all jobs in this process on one Ray)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -127,8 +156,11 @@ def main() -> None:
     weights = save_random_weights(str(tmp / "inception.pth"), seed=0)
     print(f"{args.clips} clips of {args.seconds:g} s (musdb layout, 44.1 kHz stereo), demo-size CycleGAN, "
           f"{args.iters} Griffin-Lim iterations, --report-clips {args.report_clips}; {os.cpu_count()} cores")
-    init_ray()
-    ways = {"generate + score": two_jobs, "evaluate": one_job}
+    if args.commands:
+        ways = {"generate + score": two_commands, "evaluate": one_command}
+    else:
+        init_ray()
+        ways = {"generate + score": two_jobs, "evaluate": one_job}
     for name, run in ways.items():  # warm-up: worker processes, imports, caches
         run(checkpoint, test_set, tmp / f"warmup-{name[:4]}", weights, args)
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in ways}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 
 from tests.test_generate import write_tiny_checkpoint
 
@@ -90,6 +91,12 @@ def test_evaluate_gives_the_figures_of_generate_then_score(evaluated, models, te
             assert fd["frechet_distance"][layer]["value"] == pytest.approx(record["value"], rel=1e-4, abs=1e-6)
     # Same report clips, and far less written: generate wrote 3 files for every clip.
     assert _report_audio(evaluated) == _report_audio(scored)
+    # The report clips' audio (made in the driver on CPU) is generate's drums.
+    written = sorted((evaluated / "audio" / "cyclegan").glob("*/drums.wav"))
+    assert written
+    for path in written:
+        ours, theirs = sf.read(path)[0], sf.read(generated / path.parent.name / "drums.wav")[0]
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 2 / 32768
 
 
 @pytest.mark.timeout(120)
@@ -106,6 +113,11 @@ def test_only_the_report_clips_get_audio_and_the_table_names_it(evaluated):
             ["drums.wav", "drums_mel.png", "mix.wav"]
     summary = json.loads((evaluated / "summary.json").read_text())
     assert summary["evaluate"]["models"]["cyclegan"]["audio_clips"] == len(written)
+    # On CPU one pool of actors holds the generator and Inception: one process per actor.
+    resources = summary["evaluate"]["generator_resources"]
+    pids = {what: sorted(e["pid"] for e in resources["placements"] if e["what"] == what)
+            for what in ("generator", "Inception")}
+    assert pids["generator"] == pids["Inception"] and len(pids["generator"]) == resources["actors"]["max_size"]
 
 
 @pytest.mark.timeout(600)

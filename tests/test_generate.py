@@ -1,6 +1,7 @@
 """`cycledrums generate`: any-length bass in, drums.wav + mix.wav + mel PNG + manifest out."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -261,6 +262,29 @@ def test_seed_matters_only_with_variation(first_run, ray_local, checkpoint, inpu
 
 
 @pytest.mark.timeout(400)
+def _in_process_gives_the_jobs_drums(checkpoint: str, windows: str, job_output: str, clip_ids: list[str],
+                                     s3_endpoint: str) -> None:
+    """generate_in_process (evaluate's report audio on CPU) on a few Parquet windows: the
+    job's drums, read from the job's own window set on S3."""
+    from pipelines.storage import fsspec_filesystem, read_bytes
+
+    from infer.generate import GenerateConfig, generate_in_process, preflight
+    from infer.runtime import join_uri
+
+    again = join_uri(job_output, "again")
+    cfg, job = preflight(GenerateConfig(checkpoint=checkpoint, inputs=[windows], output=again,
+                                        s3_endpoint_url=s3_endpoint))
+    manifest, errors = generate_in_process(cfg, {**job, "kind": "parquet", "source": windows}, clip_ids, {})
+    assert errors == [] and sorted(r["clip_id"] for r in manifest) == sorted(clip_ids)
+    for cid in clip_ids:
+        ours, theirs = (sf.read(io.BytesIO(read_bytes(join_uri(root, cid, "drums.wav"), s3_endpoint)))[0]
+                        for root in (again, job_output))
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 2 / 32768  # 16-bit: a step or two
+    fs, path = fsspec_filesystem(again, s3_endpoint)
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(path)) == sorted(["drums.wav", "mix.wav", "drums_mel.png"]
+                                                                          * len(clip_ids))
+
+
 def test_parquet_windows_on_s3_generate_then_score(ray_local, checkpoint, s3_bucket, s3_endpoint, tmp_path):
     """The paper's evaluation loop: test windows -> generated drum clips -> scores against the truth."""
     from cycledrums_cli import main
@@ -284,6 +308,7 @@ def test_parquet_windows_on_s3_generate_then_score(ray_local, checkpoint, s3_buc
     assert (manifest["sample_rate"] == PARAMS.sample_rate).all()
     with fs.open(f"{s3_bucket}/generated/{expected[0]}/drums.wav", "rb") as f:
         assert sf.info(f).frames == PARAMS.window_samples
+    _in_process_gives_the_jobs_drums(checkpoint, f"s3://{s3_bucket}/windows", out, expected[-2:], s3_endpoint)
 
     weights = save_random_weights(str(tmp_path / "inception.pth"), seed=0)
     scores = tmp_path / "scores"
