@@ -21,6 +21,7 @@ import html
 import io
 import logging
 import posixpath
+import time
 
 import numpy as np
 
@@ -119,10 +120,10 @@ def spectrogram_png(panels: dict[str, np.ndarray], params) -> bytes:
 
 
 class Media:
-    """Mel images and audio of the clips the page shows, made on the driver from the job's inputs."""
+    """Mel images and audio of the clips the page shows, made from the job's inputs."""
 
-    def __init__(self, reference, sets_by_label: dict, params, s3_endpoint_url: str | None, seed: int):
-        self.reference, self.sets, self.params = reference, sets_by_label, params
+    def __init__(self, reference, params, s3_endpoint_url: str | None, seed: int):
+        self.reference, self.params = reference, params
         self.s3, self.seed = s3_endpoint_url, seed
         self._cache: dict = {}
         self._rows = {r["clip_id"]: r for r in getattr(reference, "audio_rows", [])}
@@ -295,6 +296,80 @@ def write_report(table, summary: dict, reference, sets: list, output: str, param
     from infer.runtime import join_uri
     from pipelines.storage import write_bytes
 
+    how, scores = ranking(table, summary.get("sanity_ladder"))
+    table = table.assign(_score=scores)
+    labels = [s.label for s in sets] + list(summary.get("baselines", {}))
+    shown = report_clips(table, summary.get("sanity_ladder"), labels, n_clips, seed)
+    rows = {label: table[table["set"] == label].set_index("clip_id") for label in labels}
+    wanted: dict[str, list] = {}  # clip id -> [(set index, set label, its `generated` column)]
+    for index, label in enumerate(labels):
+        for clip_id, _ in shown[label]:
+            wanted.setdefault(clip_id, []).append((index, label, str(rows[label].loc[clip_id]["generated"])))
+    made, written = _media(wanted, reference, params, output, s3_endpoint_url, seed)
+    sections = []
+    for index, label in enumerate(labels):
+        body = []
+        for clip_id, category in shown[label]:
+            media = made.get((clip_id, index))
+            if isinstance(media, str):  # one clip's media must not sink the page
+                log.warning("report: no media for %s / %s: %s", label, clip_id, media)
+                continue
+            body.append(_clip_row(media, clip_id, category, rows[label].loc[clip_id]))
+        kind = "baseline" if label not in {s.label for s in sets} else "generated"
+        head = "".join(f"<th class=sortable>{m}</th>" for m in ("clip", "shown as", "rank score") + TABLE_METRICS)
+        sections.append(
+            f"<h2 id=\"set-{index}\">{html.escape(label)} <small class=tag>{kind}</small></h2>"
+            f"<table class=clips><thead><tr>{head}<th>listen</th><th>spectrogram</th></tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+    page = _page(summary, how, n_clips, labels, sections)
+    uri = join_uri(output, REPORT)
+    write_bytes(uri, page.encode(), s3_endpoint_url)
+    return written + [uri]
+
+
+# Set rows of the page whose media the driver makes itself: below this, starting task
+# processes (each imports torch and matplotlib, about 3 s of a core) costs more than the
+# figures (measured on 2 cores: 18 rows took 8.4 s in the driver, 9.6 s in tasks).
+IN_PROCESS_ROWS = 32
+
+
+def _media(wanted: dict, reference, params, output: str, s3_endpoint_url: str | None, seed: int):
+    """({(clip id, set index): (players HTML, spectrogram path) or an error text}, URIs written).
+
+    Each set row costs about half a second of a core (audio, Ogg files, a spectrogram
+    figure): the default 24 clips x 7 sets is over a minute in one process.  So past
+    IN_PROCESS_ROWS rows, when the job's Ray is up, one Ray task per clip and set."""
+    import ray
+
+    start = time.perf_counter()
+    # (clip id, [(set index, label, generated)], with the clip's bass and true drums files)
+    work = [(cid, [entry], i == 0) for cid, entries in wanted.items() for i, entry in enumerate(entries)]
+    args = (params, output, s3_endpoint_url, seed)
+    if ray.is_initialized() and len(work) > IN_PROCESS_ROWS:
+        task = ray.remote(num_cpus=1, max_retries=1)(clip_media)
+        ref = ray.put(reference)
+        results = ray.get([task.remote(ref, cid, entries, *args, shared) for cid, entries, shared in work])
+    else:
+        results = [clip_media(reference, cid, entries, *args, shared) for cid, entries, shared in work]
+    made, written = {}, []
+    for (cid, _, _), (by_index, uris) in zip(work, results):
+        made.update({(cid, index): media for index, media in by_index.items()})
+        written += uris
+    log.info("report: media of %d clip(s), %d set row(s) in %.1f s", len(wanted), len(work),
+             time.perf_counter() - start)
+    return made, written
+
+
+def clip_media(reference, clip_id: str, entries: list, params, output: str, s3_endpoint_url: str | None,
+               seed: int, shared: bool = True) -> tuple[dict, list[str]]:
+    """One clip's media for each (set index, label, generated) in `entries`: each set's drums,
+    mix and spectrogram figure, and with `shared` the clip's bass and true drums (the
+    players of every set link those).  Returns ({set index: (players HTML, spectrogram
+    path) or an error text}, URIs written)."""
+    from infer.runtime import join_uri
+    from infer.sources import safe_clip_id
+    from pipelines.storage import write_bytes
+
     written: list[str] = []
 
     def put(rel: str, data: bytes) -> str:
@@ -303,64 +378,42 @@ def write_report(table, summary: dict, reference, sets: list, output: str, param
         written.append(uri)
         return rel
 
-    media = Media(reference, {s.label: s for s in sets}, params, s3_endpoint_url, seed)
-    how, scores = ranking(table, summary.get("sanity_ladder"))
-    table = table.assign(_score=scores)
-    labels = [s.label for s in sets] + list(summary.get("baselines", {}))
-    sections = []
-    shared: dict[str, dict] = {}
-    shown = report_clips(table, summary.get("sanity_ladder"), labels, n_clips, seed)
-    for index, label in enumerate(labels):
-        rows = table[table["set"] == label]
-        chosen = shown[label]
-        by_id = rows.set_index("clip_id")
-        body = []
-        for clip_id, category in chosen:
-            row = by_id.loc[clip_id]
-            try:
-                body.append(_clip_row(put, media, shared, index, label, clip_id, category, row, params))
-            except (OSError, ValueError, RuntimeError, KeyError) as err:  # one clip's media must not sink the page
-                log.warning("report: no media for %s / %s: %s", label, clip_id, err)
-        kind = "baseline" if label not in {s.label for s in sets} else "generated"
-        head = "".join(f"<th class=sortable>{m}</th>" for m in ("clip", "shown as", "rank score") + TABLE_METRICS)
-        sections.append(
-            f"<h2 id=\"set-{index}\">{html.escape(label)} <small class=tag>{kind}</small></h2>"
-            f"<table class=clips><thead><tr>{head}<th>listen</th><th>spectrogram</th></tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
-    page = _page(summary, how, n_clips, labels, sections)
-    put(REPORT, page.encode())
-    return written
-
-
-def _clip_row(put, media: Media, shared: dict, index: int, label: str, clip_id: str, category: str, row,
-              params) -> str:
-    from infer.sources import safe_clip_id
-
+    media = Media(reference, params, s3_endpoint_url, seed)
     folder = posixpath.join(MEDIA, safe_clip_id(clip_id))
-    if clip_id not in shared:  # bass and true drums: once per clip, whatever the set
-        ref = media.reference_clip(clip_id)
-        rate = params.sample_rate
-        shared[clip_id] = {"true": put(f"{folder}/true.ogg", ogg_bytes(ref["true"][0], rate))}
-        if ref["bass"] is not None:
-            shared[clip_id]["bass"] = put(f"{folder}/bass.ogg", ogg_bytes(ref["bass"][0], rate))
-    ref = media.reference_clip(clip_id)
-    audio, image = media.drums(label, clip_id, str(row["generated"]))
-    players = [_audio(put(f"{folder}/set{index}.ogg", ogg_bytes(audio, params.sample_rate)), f"{label} drums")]
-    panels = {}
-    if ref["bass"] is not None:
-        bass_audio, bass_img = ref["bass"]
-        n = min(len(bass_audio), len(audio))
-        players.insert(0, _audio(shared[clip_id]["bass"], "bass"))
-        players.append(_audio(put(f"{folder}/set{index}_mix.ogg",
-                                  ogg_bytes(bass_audio[:n] + audio[:n], params.sample_rate)), "mix"))
-        panels["bass"] = bass_img
-    players.append(_audio(shared[clip_id]["true"], "true drums"))
-    panels[f"{label} drums"] = image
-    panels["true drums"] = ref["true"][1]
-    png = put(f"{folder}/set{index}.png", spectrogram_png(panels, params))
+    rate = params.sample_rate
+    out: dict = {}
+    for index, label, generated in entries:
+        try:
+            ref = media.reference_clip(clip_id)
+            if shared:
+                put(f"{folder}/true.ogg", ogg_bytes(ref["true"][0], rate))
+                if ref["bass"] is not None:
+                    put(f"{folder}/bass.ogg", ogg_bytes(ref["bass"][0], rate))
+                shared = False
+            audio, image = media.drums(label, clip_id, generated)
+            players = [_audio(put(f"{folder}/set{index}.ogg", ogg_bytes(audio, rate)), f"{label} drums")]
+            panels = {}
+            if ref["bass"] is not None:
+                bass_audio, bass_img = ref["bass"]
+                n = min(len(bass_audio), len(audio))
+                players.insert(0, _audio(f"{folder}/bass.ogg", "bass"))
+                players.append(_audio(put(f"{folder}/set{index}_mix.ogg",
+                                          ogg_bytes(bass_audio[:n] + audio[:n], rate)), "mix"))
+                panels["bass"] = bass_img
+            players.append(_audio(f"{folder}/true.ogg", "true drums"))
+            panels[f"{label} drums"] = image
+            panels["true drums"] = ref["true"][1]
+            out[index] = ("".join(players), put(f"{folder}/set{index}.png", spectrogram_png(panels, params)))
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            out[index] = f"{type(err).__name__}: {err}"
+    return out, written
+
+
+def _clip_row(media: tuple[str, str], clip_id: str, category: str, row) -> str:
+    players, png = media
     metrics = "".join(f"<td>{_fmt(float(row[m]))}</td>" for m in TABLE_METRICS)
     return (f"<tr><td>{html.escape(clip_id)}</td><td>{category}</td><td>{_fmt(float(row['_score']))}</td>"
-            f"{metrics}<td>{''.join(players)}</td>"
+            f"{metrics}<td>{players}</td>"
             f"<td><a href=\"{png}\"><img class=spec src=\"{png}\" alt=\"spectrograms of {html.escape(clip_id)}\">"
             f"</a></td></tr>")
 

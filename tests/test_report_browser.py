@@ -7,6 +7,7 @@ page is kept in the test's tmp folder (report.png).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -68,8 +69,10 @@ def report(tmp_path_factory, ray_local):
         sf.write(gen / drums.parent.parent.name / f"{drums.parent.name}.wav", np.roll(audio, rate // 4), rate)
     weights = save_random_weights(str(tmp / "inception.pth"), seed=0)
     out = tmp / "scores"
-    assert main(["score", f"late={gen}", str(ref), str(out), "--inception-weights", weights,
-                 "--report-clips", "3", "--batch-size", "8"]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # the clips' media in Ray tasks, as for a large report
+        patch.setattr("infer.html_report.IN_PROCESS_ROWS", 0)
+        assert main(["score", f"late={gen}", str(ref), str(out), "--inception-weights", weights,
+                     "--report-clips", "3", "--batch-size", "8"]) == 0
     return out
 
 
@@ -82,6 +85,9 @@ def test_report_plays_shows_and_sorts_in_chromium(browser, report):
     assert total < 50e6
     html = page.read_text()
     assert "file://" not in html and str(report) not in html  # relative links only: works from S3 too
+    linked = set(re.findall(r'(?:src|href)="(media/[^"]+)"', html))
+    on_disk = {str(f.relative_to(report)) for f in (report / "media").rglob("*") if f.is_file()}
+    assert linked and linked == on_disk  # the tasks wrote every file the page links, and nothing else
 
     browser.get(page.as_uri())
     durations = browser.execute_async_script("""
