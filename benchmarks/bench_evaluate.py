@@ -10,28 +10,27 @@ and the bytes each left in its OUTPUT folder(s).
 
     .venv/bin/python benchmarks/bench_evaluate.py [--clips 24 --report-clips 6 --repeats 3]
 
-Measured 2026-11-30 on the 2-core development machine under heavy load from other jobs
-(load average 20-40; my own tests ran beside the first runs), --clips 12 --seconds 6
---report-clips 3 --iters 16 --repeats 3: generate + score median 99.5 s (86-137 s),
-evaluate median 105.3 s (78-119 s): 0.94x, i.e. no measurable gain at this noise and
-size; evaluate wrote 9.1 MB, generate + score 23.9 MB (38%; most of evaluate's bytes are
-the report's media, which score writes too).  Re-measured after the CPU plans changed
-(one actor per core in generate and score), right after the test suite on a quieter
-machine, same settings: generate + score 66.6 s (45.9-69.7), evaluate 57.5 s (55.9-63.3):
-1.16x, 38% of the bytes.  Not yet the issue's 1.2x target.
+--commands runs each job as its own `cycledrums` process (each starts its own local Ray),
+as a user runs them one after the other; by default all three run in this process on one
+Ray started once, which spares generate + score a process start, a Ray start and fresh
+worker processes each.
 
-Re-measured with evaluate's CPU pools on the shared-core plan (one generator and one
-features + Inception actor per core), quiet machine (load ~2-3), same settings:
-generate + score 58.9 s (54.1-64.6), evaluate 56.8 s (50.7-69.5): 1.04x, 38% of the
-bytes.  Where the time goes (Ray Data's per-dataset times): generate 16-23 s, score
-28-31 s, evaluate's pass 36-51 s plus 6 s for the report clips' audio (a second
-generator pool, started cold).  Scoring is Inception-bound (about 2.4 s of one core per
-reference clip: 7 sets x 2 windows through Inception-v3), identical in both ways; what
-evaluate saves (one actor cold start, the WAV write and re-read) the report-audio pass
-spends again at this size.  After capping the light I/O tasks at two (which made
-generate 9-10 s and score 27-31 s here), same settings: generate + score 51.3 s
-(46.3-51.6), evaluate 58.2 s (55.1-61.0): 0.88x; evaluate's pass 37-42 s is no shorter
-than the two jobs' passes added up.
+Measured 2026-11-30 on the 2-core development machine, --clips 12 --seconds 6
+--report-clips 3 --iters 16 --repeats 3, medians (the host's speed drifted by 30-40%
+within the hour, so only figures of one run compare):
+
+  evaluate with two pools (a generator and a features + Inception actor per core) and a
+  second generator pool for the report clips' audio, in one process: generate + score
+  33.3 s, evaluate 40.8 s (0.82x).  Timestamps in the actors showed why: Ray started the
+  four processes together (about 10 s, each importing torch), and the scoring actors
+  were ready only after the generator pool's work was done; the report-audio pass added
+  6.6 s.
+  One EvaluateActor per core (generator + Inception) and the report audio in the driver:
+    in one process:   33.8 s vs 29.0 s (1.17x); later, on the slower host, 43.3 s vs 37.9 s (1.14x)
+    as commands:      66.2 s vs 52.2 s (1.27x); later, on the slower host, 84.3 s vs 60.6 s (1.39x)
+  evaluate wrote 9.1 MB against 24.0 MB (38%) in every run; most of it is the report's
+  media, which score writes too.  Scoring (Inception on 6 images per clip) and the
+  report's figures (about 0.45 s per set row) are most of both ways.
 """
 from __future__ import annotations
 
