@@ -342,20 +342,22 @@ def _media(wanted: dict, reference, params, output: str, s3_endpoint_url: str | 
     import ray
 
     start = time.perf_counter()
-    # (clip id, [(set index, label, generated)], with the clip's bass and true drums files)
-    work = [(cid, [entry], i == 0) for cid, entries in wanted.items() for i, entry in enumerate(entries)]
+    rows = sum(len(entries) for entries in wanted.values())
     args = (params, output, s3_endpoint_url, seed)
-    if ray.is_initialized() and len(work) > IN_PROCESS_ROWS:
+    if ray.is_initialized() and rows > IN_PROCESS_ROWS:
+        # (clip id, [(set index, label, generated)], with the clip's bass and true drums files)
+        work = [(cid, [entry], i == 0) for cid, entries in wanted.items() for i, entry in enumerate(entries)]
         task = ray.remote(num_cpus=1, max_retries=1)(clip_media)
         ref = ray.put(reference)
         results = ray.get([task.remote(ref, cid, entries, *args, shared) for cid, entries, shared in work])
-    else:
-        results = [clip_media(reference, cid, entries, *args, shared) for cid, entries, shared in work]
+    else:  # one call per clip: its reference audio is decoded once for all its sets
+        work = [(cid, entries, True) for cid, entries in wanted.items()]
+        results = [clip_media(reference, cid, entries, *args) for cid, entries, _ in work]
     made, written = {}, []
     for (cid, _, _), (by_index, uris) in zip(work, results):
         made.update({(cid, index): media for index, media in by_index.items()})
         written += uris
-    log.info("report: media of %d clip(s), %d set row(s) in %.1f s", len(wanted), len(work),
+    log.info("report: media of %d clip(s), %d set row(s) in %.1f s", len(wanted), rows,
              time.perf_counter() - start)
     return made, written
 
