@@ -9,8 +9,10 @@ the cost does not depend on the weights' values.
    after the other, no Ray, torch on one thread (decode -> generator + Griffin-Lim ->
    mix + write);
 2. the Ray Data job (`run_generate`) on a local Ray with every core, after one warm-up
-   job so Ray's start and the actors' imports are not counted.
-Both run on --clips clips and again on --growth times as many.  Prints medians of
+   job so Ray's start is not counted.  Each job starts its own actors (new processes:
+   their torch import and model load are counted, as a user's job pays them).
+Both run on --clips clips and again on --growth times as many; the two sizes also give
+the job's fixed start and its rate once the actors are up.  Prints medians of
 --repeats runs, the ratio to the loop, the per-clip cost of each stage in the loop and
 in the Ray job side by side, the peak memory of the driver and of the Ray workers, and
 an estimate for 14,000 clips on one GPU node.
@@ -159,7 +161,7 @@ def main() -> None:
     checkpoint = write_checkpoint(tmp / "checkpoint", args.model)
     print(f"clips of {args.seconds:.2f} s; the loop runs with 1 torch thread; medians of {args.repeats} runs")
     init_ray()
-    warm = write_clips(tmp / "warm", 2, args.seconds)  # Ray's start and the actors' imports are not counted
+    warm = write_clips(tmp / "warm", 2, args.seconds)  # Ray's start is not counted
     ray_job(checkpoint, warm[0].parent, tmp / "warmup", args.batch_size, args.griffin_lim_iters)
     scales = [args.clips] + ([args.clips * args.growth] if args.growth > 1 else [])
     results = [measure(tmp, checkpoint, n, args) for n in scales]

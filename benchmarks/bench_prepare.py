@@ -9,11 +9,12 @@
      whole Ray instance (driver, raylet, workers) pinned to N cores with sched_setaffinity,
      so "per core" means per physical core, Ray's own processes included (workers warmed
      up first, so Ray's start and torch imports are not counted).
-   Target: >= 200x real time per core.
+   Target: >= 200x real time per core.  Then the same on --growth times as many tracks:
+   throughput and peak memory of both sizes side by side.
 2. Separation with the given Demucs model (a tiny random one by default; `--demucs-model`
    for a real one): `separate()` in this process, and the whole mixes pipeline on Ray.
 
-    .venv/bin/python benchmarks/bench_prepare.py [--tracks 6 --seconds 60 --repeats 3]
+    .venv/bin/python benchmarks/bench_prepare.py [--tracks 6 --seconds 60 --repeats 3 --growth 4]
 
 Prints medians and ratios vs the baseline measured in the same run.
 """
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import soundfile as sf
 
+from memory import PeakMemory, print_growth
+
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +45,8 @@ def parse_args():
     p.add_argument("--tracks", type=int, default=6, help="synth tracks (default: 6)")
     p.add_argument("--seconds", type=float, default=60.0, help="synth track length in s (default: 60)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (default: 3)")
+    p.add_argument("--growth", type=int, default=4,
+                   help="also run the CPU part on this many times the synth tracks; 1 = off (default 4)")
     p.add_argument("--cpus", default="1,2", help="Ray logical CPU counts to try (default: 1,2)")
     p.add_argument("--demucs-model", default=None,
                    help="Demucs model for the separation part (default: a tiny random model)")
@@ -156,6 +161,35 @@ def ray_runs(root: Path, tmp: Path, cpus: int, repeats: int, **config) -> list[f
         os.sched_setaffinity(0, all_cores)
 
 
+def cpu_part(root: Path, tmp: Path, args) -> dict:
+    """Baseline and Ray runs of the CPU part on `root`; prints them and returns the rates
+    (audio seconds per wall second) and the peak memory of the largest --cpus setting."""
+    audio = track_seconds(root)
+    baseline(root, tmp / "base_warm")  # first calls build the resampling / mel kernels
+    runs = [baseline(root, tmp / f"base{r}") for r in range(args.repeats)]
+    base = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    base_rate = audio / base["total"]
+    print(f"baseline, 1 process 1 thread, no Ray: {base['total']:.2f} s -> {base_rate:.0f}x real time; "
+          f"{base['cpu']:.2f} CPU s -> {audio / base['cpu']:.0f}x real time per CPU second")
+    for step in ("decode+resample", "mel+windows", "parquet"):
+        print(f"    {step:16s} {base[step]:.2f} s ({100 * base[step] / base['total']:.0f}%, "
+              f"{audio / base[step]:.0f}x real time)")
+    result = {"base_rate": base_rate}
+    for cpus in [int(c) for c in args.cpus.split(",")]:
+        with PeakMemory() as peak:
+            walls = ray_runs(root, tmp, cpus, args.repeats)
+        wall = statistics.median(walls)
+        rate = audio / wall
+        cores = min(cpus, len(os.sched_getaffinity(0)))
+        print(f"Ray Data, {cpus} logical CPU(s) on {cores} core(s): median {wall:.2f} s of "
+              f"{[round(w, 2) for w in walls]} -> "
+              f"{rate:.0f}x real time, {rate / cpus:.0f}x per CPU "
+              f"(ratio vs baseline {rate / base_rate:.2f}; target >= 200x per core)")
+        print(f"    {peak.describe()}")
+        result.update(job_rate=rate, peak=peak)
+    return result
+
+
 def separation_direct(model_spec: str, mix_path: Path, repeats: int) -> dict[str, float]:
     """Seconds of `separate()` on one mix, median over repeats, with 1 thread and all threads."""
     import torch
@@ -188,11 +222,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
+        from pipelines.synth import write_dataset
+
         if args.input:
             root = Path(args.input)
         else:
-            from pipelines.synth import write_dataset
-
             root = tmp / "synth"
             write_dataset(root, tracks=args.tracks, seconds=args.seconds, seed=0)
         audio = track_seconds(root)
@@ -203,24 +237,13 @@ def main() -> None:
         kernels(sorted(root.rglob("bass.wav"))[0], 5)
 
         print("\n== CPU part: decode + resample + mel + windows + Parquet ==")
-        baseline(root, tmp / "base_warm")  # first calls build the resampling / mel kernels
-        runs = [baseline(root, tmp / f"base{r}") for r in range(args.repeats)]
-        base = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        base_rate = audio / base["total"]
-        print(f"baseline, 1 process 1 thread, no Ray: {base['total']:.2f} s -> {base_rate:.0f}x real time; "
-              f"{base['cpu']:.2f} CPU s -> {audio / base['cpu']:.0f}x real time per CPU second")
-        for step in ("decode+resample", "mel+windows", "parquet"):
-            print(f"    {step:16s} {base[step]:.2f} s ({100 * base[step] / base['total']:.0f}%, "
-                  f"{audio / base[step]:.0f}x real time)")
-        for cpus in [int(c) for c in args.cpus.split(",")]:
-            walls = ray_runs(root, tmp, cpus, args.repeats)
-            wall = statistics.median(walls)
-            rate = audio / wall
-            cores = min(cpus, len(os.sched_getaffinity(0)))
-            print(f"Ray Data, {cpus} logical CPU(s) on {cores} core(s): median {wall:.2f} s of "
-                  f"{[round(w, 2) for w in walls]} -> "
-                  f"{rate:.0f}x real time, {rate / cpus:.0f}x per CPU "
-                  f"(ratio vs baseline {rate / base_rate:.2f}; target >= 200x per core)")
+        small = cpu_part(root, tmp / "x1", args)
+        if args.growth > 1 and not args.input:
+            big_root = tmp / "synth_growth"
+            write_dataset(big_root, tracks=args.tracks * args.growth, seconds=args.seconds, seed=0)
+            print(f"\n== the same at x{args.growth}: {track_seconds(big_root):.0f} s of audio in "
+                  f"{args.tracks * args.growth} tracks ==")
+            print_growth(small, cpu_part(big_root, tmp / f"x{args.growth}", args), args.growth)
 
         if args.skip_separation:
             return

@@ -8,7 +8,8 @@ network of the real architecture (the cost does not depend on the weights).
 1. the one-thread loop: the job's feature code in this process, clip after clip, no
    Ray, torch on one thread (decode + mel + STOI-like + rhythm features, then Inception
    on generated and reference images);
-2. the Ray Data job (`run_score`) on a local Ray with every core, after a warm-up run.
+2. the Ray Data job (`run_score`) on a local Ray with every core, after a warm-up run
+   (Ray's start is not counted; each job's actor start, imports and Inception load are).
 Both on --clips clips and on --growth times as many.  Prints medians of --repeats runs,
 the ratio to the loop, the per-clip cost of each stage in the loop and in the Ray job
 side by side, peak memory of the driver and the Ray workers, and an estimate for

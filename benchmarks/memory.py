@@ -75,3 +75,10 @@ def print_growth(small: dict, big: dict, factor: int) -> None:
           f"(loop {big['base_rate'] / small['base_rate']:.2f}x); peak worker RSS "
           f"{small['peak'].worker_mb:.0f} -> {big['peak'].worker_mb:.0f} MB, driver "
           f"{small['peak'].driver_mb:.0f} -> {big['peak'].driver_mb:.0f} MB")
+    if "clips" in small and big["job_s"] > small["job_s"]:
+        # Two points of job seconds = start + clips / rate: the rate once the actors are up,
+        # and the start (process starts, imports, model loads) that a small run pays in full.
+        rate = (big["clips"] - small["clips"]) / (big["job_s"] - small["job_s"])
+        start = small["job_s"] - small["clips"] / rate
+        print(f"  job seconds = {start:.1f} s of start + clips / {rate:.2f} clips/s: past the start the "
+              f"Ray job runs {rate / small['base_rate']:.2f}x the loop (1x loop rate)")

@@ -14,8 +14,9 @@ clip to storage and reading it back.  One pipeline, one row per reference clip:
                           exactly as score analyses a drums.wav file
   features, Inception     score's features and baselines (score_stages.clip_rows), then
                           Inception-v3
-On a CPU cluster everything after the model input runs in one actor per core
-(EvaluateActor): a clip's whole work in one process, one process start per core.  On
+On a CPU cluster all of it runs in one actor per core (EvaluateActor; only Parquet
+windows are read in tasks): a clip's whole work in one process, one process start per
+core.  On
 GPUs each model gets a generator actor pool with its drums in CPU tasks, and the
 features run in CPU tasks beside the Inception actors, as in score.  Then score's
 driver-side work (infer.score_summary.finish): the same clips / errors
@@ -277,8 +278,8 @@ def _plan_pools(request: ResourceRequest) -> dict:
 def build_dataset(job: EvaluateJob, pools: dict):
     """The lazy pipeline: reference rows -> each model's drums -> features -> Inception.
 
-    CPU: the reference rows and the first model input are made in the plan's light I/O
-    tasks; everything else runs in EvaluateActor.  GPU: each model's generator actor pool
+    CPU: everything runs in EvaluateActor (audio references are decoded there too; Parquet
+    windows are read in the plan's light I/O tasks).  GPU: each model's generator actor pool
     with its decode and render tasks, then the features in 1-CPU tasks beside the Inception
     actors, as in score."""
     from infer import generate
@@ -290,18 +291,18 @@ def build_dataset(job: EvaluateJob, pools: dict):
     steps = _model_steps(job)
     features = {"lookup": generated_lookup(job.sets), "index": {m.label: m.index for m in job.models},
                 "params_dict": params.to_dict(), "baselines": bool(job.score_cfg.baselines), "seed": job.cfg.seed}
-    ds = reference_dataset(job.reference, job.score_cfg, gen_plan.io)
-    ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
-                        **gen_plan.io.map_args(), fn_kwargs=steps[0][1])
     plan, book = pools["Inception"]
     if plan.device == "cpu":
+        ds, before = reference_dataset(job.reference, job.score_cfg, gen_plan.io, decode_in_actor=True)
         models = [{"generator": generate.generator_kwargs(m.gen_cfg, m.job, "cpu", book, plan.torch_threads),
-                   "input": model_input if i else None, "drums": drums}
-                  for i, (m, model_input, drums) in enumerate(steps)]
+                   "input": model_input, "drums": drums} for m, model_input, drums in steps]
         return ds.map_batches(EvaluateActor, fn_constructor_kwargs={
-            "models": models, "features": features,
+            "models": models, "features": features, "before": before,
             **inception_kwargs(params, job.score_cfg, job.weights, plan, book)},
             batch_format="numpy", batch_size=CLIPS_PER_BLOCK, compute=plan.compute(), **plan.remote_args())
+    ds, _ = reference_dataset(job.reference, job.score_cfg, gen_plan.io)
+    ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
+                        **gen_plan.io.map_args(), fn_kwargs=steps[0][1])
     for i, (m, model_input, drums) in enumerate(steps):
         if i and model_input:
             ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
@@ -446,21 +447,26 @@ def features_batch(batch: dict, lookup: dict, index: dict, params_dict: dict, ba
 class EvaluateActor:
     """On a CPU cluster: a block of reference clips' whole evaluation, one actor per core.
 
-    Each model's generator (generate's GeneratorActor: generator, stitch, Griffin-Lim),
+    The reference decoding (`before`, for audio references), each model's input and
+    generator (generate's GeneratorActor: generator, stitch, Griffin-Lim),
     its drums rendered and analysed (drums_batch), then score's features, baselines and
     Inception (score_stages.FeaturesInceptionActor).  One process per core holds all of a
     clip's heavy work: nothing waits for another pool's actors to start, and nothing
     heavy crosses the object store."""
 
-    def __init__(self, models: list[dict], features: dict, **inception):
+    def __init__(self, models: list[dict], features: dict, before=(), **inception):
         from infer.generate import GeneratorActor
         from infer.score_stages import FeaturesInceptionActor
 
         self.scorer = FeaturesInceptionActor(features=features, features_fn=features_batch, **inception)
         # [(generator actor, model_input_batch kwargs or None, drums_batch kwargs)]
         self.models = [(GeneratorActor(**m["generator"]), m["input"], m["drums"]) for m in models]
+        self.before = before  # the reference decoding of audio references (score.reference_dataset)
 
     def __call__(self, batch: dict) -> dict:
+        from infer.score_stages import run_steps
+
+        batch = run_steps(batch, self.before)
         for generator, model_input, drums in self.models:
             if model_input:
                 batch = model_input_batch(batch, **model_input)

@@ -1,7 +1,10 @@
 """`cycledrums generate CHECKPOINT INPUT... OUTPUT`: drums for bass lines, as a Ray Data job.
 
-Stages (the model and Griffin-Lim in one actor per GPU or per CPU core; decoding and
-writing in light tasks beside them, so neither waits on the other):
+Stages.  On GPUs the model and Griffin-Lim run in one actor per GPU, decoding and
+writing in light CPU tasks beside them, so neither waits on the other.  On a CPU cluster
+one actor per core (ClipActor) runs all three for a block of clips: a clip's whole work
+in one process, and no task process starting beside the actors (Parquet windows are
+still read in tasks).
   1. decode (CPU tasks): read the bass file, mono at the model's mel rate, mel image,
      256-frame windows with 50 frames of overlap, the tail padded with silence so
      every frame is covered (`pipelines.mel.cut_windows(pad_tail=True)`).  For a
@@ -656,10 +659,13 @@ def run_generate(cfg: GenerateConfig) -> dict:
         plan, book = plan_model_stage(cfg.resources, what="generator", io_cpus=IO_CPUS)
     except ResourceError as err:
         raise GenerateError(str(err)) from err
-    ds = _source_dataset(cfg, job, plan.io)
     log.info("generating drums for %d %s clip(s) with %s (%s); generator: %s", n_clips, kind, checkpoint,
              config.get("model"), plan.describe())
-    ds = render_stage(generator_stage(ds, cfg, job, plan, book), cfg, params, plan.io)
+    if plan.device == "cpu":
+        ds = clip_stage(cfg, job, plan, book)
+    else:
+        ds = render_stage(generator_stage(_source_dataset(cfg, job, plan.io), cfg, job, plan, book),
+                          cfg, params, plan.io)
 
     manifest, errors = _collect_results(ds, n_clips)
     seconds = time.perf_counter() - start
@@ -710,6 +716,42 @@ def generator_stage(ds, cfg: GenerateConfig, job: dict, plan, book):
         **plan.remote_args())
 
 
+class ClipActor:
+    """On a CPU cluster: a block of clips' whole generation, one actor per core: the decode
+    (audio inputs; `before`), the generator and Griffin-Lim (GeneratorActor), the mix and
+    the files (render_batch).  One process per core does a clip's work: no task process
+    imports torch beside the actors while they start, or shares their cores afterwards."""
+
+    def __init__(self, before, render: dict, **generator):
+        self.before, self.render = before, render
+        self.generator = GeneratorActor(**generator)
+
+    def __call__(self, batch: dict) -> dict:
+        from infer.score_stages import run_steps
+
+        return render_batch(self.generator(run_steps(batch, self.before)), **self.render)
+
+
+def clip_stage(cfg: GenerateConfig, job: dict, plan, book):
+    """A CPU cluster's generation: the inputs through ClipActor (Parquet windows are read in
+    the light tasks of plan.io, audio files decoded in the actors)."""
+    import ray.data
+
+    from infer.runtime import CLIPS_PER_BLOCK
+
+    params = job["params"]
+    if job["kind"] == "parquet":
+        ds, before = _parquet_dataset(cfg, params, job["source"], plan.io), []
+    else:
+        ds = ray.data.from_items([{"clip_id": c.clip_id, "uri": c.uri} for c in job["clips"]])
+        before = [(decode_batch, {"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})]
+    return ds.map_batches(
+        ClipActor, batch_size=CLIPS_PER_BLOCK, batch_format="numpy", compute=plan.compute(),
+        fn_constructor_kwargs={"before": before, "render": render_kwargs(cfg, params),
+                               **generator_kwargs(cfg, job, plan.device, book, plan.torch_threads)},
+        **plan.remote_args())
+
+
 def generator_kwargs(cfg: GenerateConfig, job: dict, device: str, book=None, torch_threads: int = 1) -> dict:
     """GeneratorActor's constructor arguments for preflight's `job` (the driver's copy of the generator)."""
     return {"checkpoint": job["checkpoint"], "device": device, "batch_size": cfg.batch_size,
@@ -721,10 +763,13 @@ def generator_kwargs(cfg: GenerateConfig, job: dict, device: str, book=None, tor
 def render_stage(ds, cfg: GenerateConfig, params, io):
     """Generated rows -> the clips' files under cfg.output (the light tasks `io` describes);
     rows of manifest / error JSON."""
-    return ds.map_batches(
-        render_batch, batch_size=cfg.batch_size, batch_format="numpy", **io.map_args(),
-        fn_kwargs={"params_dict": params.to_dict(), "output": cfg.output, "sample_rate": cfg.sample_rate, "drums_gain_db": cfg.drums_gain_db,
-                   "s3_endpoint_url": cfg.s3_endpoint_url})
+    return ds.map_batches(render_batch, batch_size=cfg.batch_size, batch_format="numpy", **io.map_args(),
+                          fn_kwargs=render_kwargs(cfg, params))
+
+
+def render_kwargs(cfg: GenerateConfig, params) -> dict:
+    return {"params_dict": params.to_dict(), "output": cfg.output, "sample_rate": cfg.sample_rate,
+            "drums_gain_db": cfg.drums_gain_db, "s3_endpoint_url": cfg.s3_endpoint_url}
 
 
 def _split_results(batch: dict, manifest: list[dict], errors: list[dict]) -> tuple[int, int]:

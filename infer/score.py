@@ -185,9 +185,14 @@ def generated_lookup(sets: list[GeneratedSet]) -> dict[str, list]:
     return lookup
 
 
-def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, io):
-    """Ray dataset of reference rows (clip_id, ref_image, bass_image, other_image, ref_error, ref_seconds),
-    decoded in the light tasks `io` describes (cluster.resources.IOTasks)."""
+def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, io, decode_in_actor: bool = False):
+    """(Ray dataset of reference rows, the steps still to run on them).
+
+    Decoded rows are (clip_id, ref_image, bass_image, other_image, ref_error, ref_seconds),
+    made in the light tasks `io` describes (cluster.resources.IOTasks).  With
+    `decode_in_actor` (a CPU cluster's actors, score_stages.run_steps) audio references
+    come back as file rows, and the decode step is returned for the actor to run first;
+    Parquet windows are always read in tasks."""
     import ray.data
 
     from infer import score_stages as stages
@@ -205,7 +210,7 @@ def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, io):
         ds = ds.filter(expr=col("split") == "test", num_cpus=io.num_cpus)
         return ds.map_batches(stages.parquet_reference_batch, batch_format="pyarrow", batch_size=64,
                               fn_kwargs={"params_dict": params.to_dict(), "baselines": bool(cfg.baselines),
-                                         "seed": cfg.seed}, **io.map_args())
+                                         "seed": cfg.seed}, **io.map_args()), []
     rows = [dict(r, other_id="", other_uri="") for r in reference.audio_rows]
     if cfg.baselines and len(rows) >= 2:  # the other-clip baseline: a seeded derangement of the clips
         from infer.baselines import song_derangement
@@ -214,16 +219,20 @@ def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, io):
             partner = reference.audio_rows[j]
             row.update(other_id=partner["clip_id"], other_uri=partner["drums_uri"])
     ds = ray.data.from_items(rows)
-    return ds.map_batches(stages.audio_reference_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
-                          **io.map_args(),
-                          fn_kwargs={"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
+    decode = (stages.audio_reference_batch,
+              {"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
+    if decode_in_actor:
+        return ds, [decode]
+    return ds.map_batches(decode[0], batch_format="numpy", batch_size=CLIPS_PER_BLOCK, **io.map_args(),
+                          fn_kwargs=decode[1]), []
 
 
 def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreConfig, weights: str):
     """(the lazy dataset, the Inception actors' plan, their placement book).
 
-    GPU: features on CPU tasks, Inception on the GPU actors.  CPU: both in one actor per
-    core (score_stages.FeaturesInceptionActor), the reference decoding in light tasks."""
+    GPU: features on CPU tasks, Inception on the GPU actors.  CPU: one actor per core
+    (score_stages.FeaturesInceptionActor) decodes audio references, computes the features
+    and runs Inception; only Parquet windows are read in light tasks."""
     from cluster.resources import ResourceError, plan_model_stage
     from infer import score_stages as stages
 
@@ -232,13 +241,13 @@ def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreC
         plan, book = plan_model_stage(cfg.resources, what="Inception", io_cpus=IO_CPUS)
     except ResourceError as err:
         raise ScoreError(str(err)) from err
-    ds = reference_dataset(reference, cfg, plan.io)
+    ds, before = reference_dataset(reference, cfg, plan.io, decode_in_actor=plan.device == "cpu")
     features = {"lookup": generated_lookup(sets), "params_dict": params.to_dict(),
                 "s3_endpoint_url": cfg.s3_endpoint_url, "baselines": bool(cfg.baselines), "seed": cfg.seed}
     if plan.device == "cpu":
         # A few reference clips per call: the work spreads evenly over the actors.
         ds = ds.map_batches(stages.FeaturesInceptionActor,
-                            fn_constructor_kwargs={"features": features,
+                            fn_constructor_kwargs={"features": features, "before": before,
                                                    **inception_kwargs(params, cfg, weights, plan, book)},
                             batch_format="numpy", batch_size=CLIPS_PER_BLOCK, compute=plan.compute(),
                             **plan.remote_args())

@@ -261,19 +261,32 @@ class InceptionActor:
         return out
 
 
-class FeaturesInceptionActor(InceptionActor):
-    """On a CPU cluster: the features stage and Inception in one actor, one actor per core.
+def run_steps(batch: dict, steps) -> dict:
+    """`batch` through light (function, keyword arguments) steps, in order.
 
-    Both are CPU-bound per clip, so one process doing a clip's whole work keeps every
+    On a CPU cluster the model actors run the decode steps themselves: a separate task
+    process per core would import torch beside the actors while they start (2-3 s of a
+    core each) and then share their cores for a few milliseconds of work per clip."""
+    for fn, kwargs in steps:
+        batch = fn(batch, **kwargs)
+    return batch
+
+
+class FeaturesInceptionActor(InceptionActor):
+    """On a CPU cluster: a block of reference clips' whole scoring, one actor per core:
+    the reference decoding (`before`, for audio references), the features and Inception.
+
+    All of it is CPU-bound per clip, so one process doing a clip's whole work keeps every
     core busy without shipping images between processes; on GPUs the features stay in
     CPU tasks and Inception gets the GPU actors (score.build_dataset)."""
 
-    def __init__(self, features: dict, features_fn=None, **inception):
+    def __init__(self, features: dict, features_fn=None, before=(), **inception):
         super().__init__(**inception)
         self.features = features  # the features function's keyword arguments
         # score's features_batch, or evaluate's (which reads the generated images from the row)
         self.features_fn = features_fn or features_batch
+        self.before = before
 
     def __call__(self, batch: dict) -> dict:
-        return super().__call__(self.features_fn(batch, **self.features))
+        return super().__call__(self.features_fn(run_steps(batch, self.before), **self.features))
 
