@@ -445,7 +445,8 @@ def _plan_fused_cpu_actors(request: ResourceRequest, view: ClusterView, what: st
     # Logical CPUs are scheduling tokens: 2 cores give 2 actors x 0.75 + 2 I/O tasks x 0.25.
     # The I/O tasks are capped at 2 at once, not only by tokens: the local Ray's spare tokens
     # would let Ray Data start six or more, and each new task process imports torch while
-    # the actors start (measured: score's actors waited 18 s for their processes).
+    # the actors start (measured: score's actors waited 18 s for their processes).  On CPU
+    # the jobs now decode audio in their actors; these tasks only read Parquet sets.
     each = math.floor(1000 * spare / hi) / 1000
     plan = ActorPlan("cpu", lo, hi, 0, each, why, memory, io=IOTasks(io_cpus / 2, 2))
     check_satisfiable({"CPU": each}, lo, view, what=f"{what} actor", reserve_cpus=io_cpus)
