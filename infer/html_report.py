@@ -65,8 +65,13 @@ def report_clips(table, ladder: dict | None, labels: list[str], n: int, seed: in
     table = table.assign(_score=scores)
     out = {}
     for label in labels:
-        rows = table[table["set"] == label]
-        out[label] = select_clips(rows["_score"].to_numpy(), rows["clip_id"].tolist(), n, seed)
+        # By clip id first: rows arrive in the order the actors finish, and tied scores
+        # (common for an untrained model) must not make the pick depend on that order.
+        # Rounded: the same clip scored from memory (evaluate) or from a 16-bit WAV (score)
+        # differs in the 6th digit, which must not reorder near-ties either.
+        rows = table[table["set"] == label].sort_values("clip_id", kind="stable")
+        scores = np.round(rows["_score"].to_numpy(float), 4)
+        out[label] = select_clips(scores, rows["clip_id"].tolist(), n, seed)
     return out
 
 

@@ -77,6 +77,24 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_task_names(ray_local):
+    """A function: the names of the tasks and actor methods this session's Ray has run, from
+    ray.timeline()'s task events (they reach Ray's GCS a moment after the task), waiting up
+    to 15 s until one containing `expect` shows."""
+    import time
+
+    def names(expect: str) -> set[str]:
+        deadline = time.monotonic() + 15
+        while True:
+            seen = {str(e.get("cat", "")) for e in ray_local.timeline()}
+            if any(expect in n for n in seen) or time.monotonic() > deadline:
+                return seen
+            time.sleep(0.5)
+
+    return names
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """A small built-in multitrack data set (musdb18-HQ layout): 4 train + 2 test tracks of 16 s."""

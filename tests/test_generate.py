@@ -205,6 +205,15 @@ def test_generate_writes_drums_and_mix_of_the_input_length(first_run, inputs):
 
 
 @pytest.mark.timeout(300)
+def test_on_a_cpu_cluster_the_actors_decode_and_write_their_clips(first_run, ray_task_names):
+    # No decode or write task processes beside the actors: each would import torch while the
+    # actors start, then share their cores (docs/design.md).
+    names = ray_task_names("MapBatches(ClipActor)")
+    assert any("MapBatches(ClipActor)" in n for n in names)
+    assert not [n for n in names if "decode_batch" in n or "render_batch" in n]
+
+
+@pytest.mark.timeout(300)
 def test_generate_reports_bad_inputs_and_finishes_the_others(first_run):
     out = first_run
     errors = pd.read_csv(out / "errors.csv").set_index("clip_id")

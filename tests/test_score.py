@@ -107,6 +107,22 @@ def test_grade_buckets_follow_the_paper():
         grade_to_bucket(10)
 
 
+def test_report_clips_do_not_depend_on_the_order_the_rows_arrive_in():
+    from infer.html_report import report_clips
+
+    # Ties are common (an untrained model's clips all score alike); the rows arrive in the order
+    # the actors finish, so evaluate and generate-then-score must still pick the same clips.
+    table = pd.DataFrame({"set": "model", "clip_id": [f"c{i:02d}" for i in range(12)],
+                          "stoi_mean": [0.5] * 6 + [0.1, 0.9, 0.5, 0.5, 0.2, 0.5]})
+    picks = report_clips(table, None, ["model"], 6, seed=0)
+    assert picks["model"][:2] == [("c06", "worst"), ("c10", "worst")]
+    for order in range(5):
+        assert report_clips(table.sample(frac=1, random_state=order), None, ["model"], 6, seed=0) == picks
+    # The same clips scored from a 16-bit WAV instead of memory differ in the 6th digit: still the same picks.
+    jitter = np.random.default_rng(0).uniform(-2e-6, 2e-6, len(table))
+    assert report_clips(table.assign(stoi_mean=table["stoi_mean"] + jitter), None, ["model"], 6, seed=0) == picks
+
+
 def test_annotations_csv_is_checked(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("clip_id,rater,quality,contamination,credibility,time\na,r1,7,8,6,9\n")
@@ -200,7 +216,8 @@ def inception_file(tmp_path_factory):
 
 
 @pytest.mark.timeout(600)
-def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp_path, inception_file):
+def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp_path, inception_file,
+                                                                  ray_task_names):
     from cycledrums_cli import main
 
     ref, gen, truth = _write_graded_set(tmp_path / "train", n_per_bucket=8, seed=1)
@@ -250,6 +267,10 @@ def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp
                for v in summary["sets"]["synthetic"]["frechet_distance"].values())
     for png in ("buckets.png", "grades.png", "features.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # On a CPU cluster the actors decode the reference audio themselves: no decode task processes.
+    names = ray_task_names("MapBatches(FeaturesInceptionActor)")
+    assert any("MapBatches(FeaturesInceptionActor)" in n for n in names)
+    assert not [n for n in names if "audio_reference_batch" in n]
 
     # The saved grader, applied to clips it has never seen (other songs, other degradations).
     # A second set scored in the same run (as CycleGAN vs Pix2Pix would be): the true drums.
