@@ -4,18 +4,24 @@ Baseline: a plain single-process PyTorch loop written the way the reference rese
 code runs it (fp32, default memory format, one sample, no DDP, loss values read
 back every step), on the same networks.
 Ours: the Ray Train loop (`cycledrums train`) with 1 and with 2 workers reading
-Ray Data shards; on a GPU it uses bf16 autocast + channels-last (and optionally
-torch.compile).  All in one run, on the same machine; medians of the timed steps.
+Ray Data shards, at each `--precisions`: fp32 (the baseline's arithmetic, so the
+ratio is Ray Train's own cost) and auto (the default: bf16 autocast on a GPU, with
+channels-last, and on a CPU with AMX tiles; optionally torch.compile).  When auto
+means bf16, the plain loop also runs with bf16 autocast, so each Ray run is set
+beside the plain loop of its own arithmetic as well as beside the fp32 baseline.
+All in one run, on the same machine; medians of the timed steps.
 
 One full step is about 1.9 TFLOP: on a 2-core CPU that is tens of seconds, so the
 default run is short (1 warm-up + 2 timed steps each).
 
     .venv/bin/python benchmarks/bench_train_step.py [--steps 2] [--warmup 1]
-        [--workers 1,2] [--gpu] [--compile] [--ngf 64 --ndf 64 --n-blocks 9]
+        [--workers 1,2] [--precisions fp32,auto] [--gpu] [--compile]
+        [--ngf 64 --ndf 64 --n-blocks 9]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import statistics
@@ -28,14 +34,14 @@ import torch.nn.functional as F
 
 from pipelines.mel import MelParams, image_to_model
 from pipelines.windows import binary_to_images
-from train.config import TrainConfig
+from train.config import PRECISIONS, TrainConfig, uses_bf16
 from train.models import build_networks
 from train.pool import ImagePool
 
 
 def reference_style_loop(bass: np.ndarray, drums: np.ndarray, cfg: TrainConfig, device: str,
-                         steps: int, warmup: int) -> list[float]:
-    """Seconds per step of the plain loop (fp32, batch 1, one process)."""
+                         steps: int, warmup: int, bf16: bool = False) -> list[float]:
+    """Seconds per step of the plain loop (batch 1, one process; fp32 unless `bf16`)."""
     torch.manual_seed(0)
     nets = {k: v.to(device) for k, v in build_networks(cfg.to_dict()).items()}
     G, Fb = nets["gen_bass_to_drums"], nets["gen_drums_to_bass"]
@@ -48,7 +54,11 @@ def reference_style_loop(bass: np.ndarray, drums: np.ndarray, cfg: TrainConfig, 
     mse = torch.nn.MSELoss()
 
     def gan(pred, real):
+        pred = pred.float()
         return mse(pred, torch.ones_like(pred) if real else torch.zeros_like(pred))
+
+    def autocast():
+        return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     times = []
     for i in range(warmup + steps):
@@ -56,31 +66,36 @@ def reference_style_loop(bass: np.ndarray, drums: np.ndarray, cfg: TrainConfig, 
         real_a = image_to_model(torch.from_numpy(bass[j:j + 1])).unsqueeze(1).to(device)
         real_b = image_to_model(torch.from_numpy(drums[(j * 7 + 3) % len(drums)][None])).unsqueeze(1).to(device)
         start = time.perf_counter()
-        # forward
-        fake_b = G(real_a)
-        rec_a = Fb(fake_b)
-        fake_a = Fb(real_b)
-        rec_b = G(fake_a)
-        # generators, critics frozen
-        for p in itertools.chain(D_bass.parameters(), D_drums.parameters()):
-            p.requires_grad = False
-        opt_g.zero_grad()
-        idt_a = G(real_b)
-        idt_b = Fb(real_a)
-        loss_idt = (F.l1_loss(idt_a, real_b) + F.l1_loss(idt_b, real_a)) * cfg.lambda_cycle * cfg.lambda_identity
-        loss_g = (gan(D_drums(fake_b), True) + gan(D_bass(fake_a), True)
-                  + (F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)) * cfg.lambda_cycle + loss_idt)
+        with autocast():
+            # forward
+            fake_b = G(real_a)
+            rec_a = Fb(fake_b)
+            fake_a = Fb(real_b)
+            rec_b = G(fake_a)
+            # generators, critics frozen
+            for p in itertools.chain(D_bass.parameters(), D_drums.parameters()):
+                p.requires_grad = False
+            opt_g.zero_grad()
+            idt_a = G(real_b)
+            idt_b = Fb(real_a)
+            loss_idt = ((F.l1_loss(idt_a.float(), real_b) + F.l1_loss(idt_b.float(), real_a))
+                        * cfg.lambda_cycle * cfg.lambda_identity)
+            loss_g = (gan(D_drums(fake_b), True) + gan(D_bass(fake_a), True)
+                      + (F.l1_loss(rec_a.float(), real_a) + F.l1_loss(rec_b.float(), real_b)) * cfg.lambda_cycle
+                      + loss_idt)
         loss_g.backward()
         opt_g.step()
         # critics
         for p in itertools.chain(D_bass.parameters(), D_drums.parameters()):
             p.requires_grad = True
         opt_d.zero_grad()
-        fb = pool_drums.query(fake_b)
-        loss_db = 0.5 * (gan(D_drums(real_b), True) + gan(D_drums(fb.detach()), False))
+        fb = pool_drums.query(fake_b.float())
+        with autocast():
+            loss_db = 0.5 * (gan(D_drums(real_b), True) + gan(D_drums(fb.detach()), False))
         loss_db.backward()
-        fa = pool_bass.query(fake_a)
-        loss_da = 0.5 * (gan(D_bass(real_a), True) + gan(D_bass(fa.detach()), False))
+        fa = pool_bass.query(fake_a.float())
+        with autocast():
+            loss_da = 0.5 * (gan(D_bass(real_a), True) + gan(D_bass(fa.detach()), False))
         loss_da.backward()
         opt_d.step()
         _ = {"G": loss_g.item(), "D_A": loss_da.item(), "D_B": loss_db.item()}  # as the reference logs
@@ -122,6 +137,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant (default 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed first steps (default 1)")
     ap.add_argument("--workers", default="1,2", help="Ray worker counts to run (default 1,2)")
+    ap.add_argument("--precisions", default="fp32,auto",
+                    help="--precision values for the Ray runs (default fp32,auto: fp32 measures "
+                         "Ray Train's own cost against the fp32 baseline; auto is what users get)")
     ap.add_argument("--gpu", action="store_true", help="run on CUDA (Ray: one GPU per worker)")
     ap.add_argument("--compile", action="store_true", help="torch.compile in the Ray loop")
     ap.add_argument("--ngf", type=int, default=64, help="generator width (default 64, the paper's)")
@@ -148,33 +166,54 @@ def main() -> None:
         bass = np.array(binary_to_images(train_rows.column("bass"), params))
         drums = np.array(binary_to_images(train_rows.column("drums"), params))
 
-        # The plain loop runs before and after the Ray runs: on a shared machine the load
-        # drifts, and the baseline is the median over both.
-        plain_name = f"plain loop (fp32, 1 process, {torch.get_num_threads()} threads)"
-        plain = reference_style_loop(bass, drums, cfg, device, args.steps, args.warmup)
-        report(plain_name + ", before", plain, 1, None)
+        # The plain loops run before and after the Ray runs: on a shared machine the load
+        # drifts, and each baseline is the median over both.
+        precisions = args.precisions.split(",")
+        for p in precisions:
+            if p not in PRECISIONS:
+                ap.error(f"--precisions: {p!r} is not one of {PRECISIONS}")
+        arithmetic = {p: "bf16" if uses_bf16(p, device) else "fp32" for p in precisions}
+        plain_kinds = ["fp32"] + sorted(set(arithmetic.values()) - {"fp32"})
+        threads = torch.get_num_threads()
+        plain = {k: reference_style_loop(bass, drums, cfg, device, args.steps, args.warmup,
+                                         bf16=k == "bf16") for k in plain_kinds}
+        for k, times in plain.items():
+            report(f"plain loop ({k}, 1 process, {threads} threads), before", times, 1, None)
 
         # Logical CPUs: what the workers reserve, plus room for the Ray Data tasks.
         init_ray(None, num_cpus=max(4, cores + 2))
-        options = {"ngf": cfg.ngf, "ndf": cfg.ndf, "n_blocks": cfg.n_blocks,
-                   "compile": args.compile}
-        rates = {}
-        for workers in [int(w) for w in args.workers.split(",")]:
-            cpus = 1.0 if args.gpu else max(1, cores // workers)
-            times = ray_loop(data, options, workers, cpus, args.gpu, args.steps, args.warmup)
-            precision = "bf16 + channels-last" if args.gpu else "fp32"
-            rates[workers] = (f"Ray Train, {workers} worker(s) x {cpus:g} CPU, {precision}",
-                              times, workers)
-            report(*rates[workers], None)
+        runs = []
+        for p in precisions:
+            options = {"ngf": cfg.ngf, "ndf": cfg.ndf, "n_blocks": cfg.n_blocks,
+                       "compile": args.compile, "precision": p}
+            for workers in [int(w) for w in args.workers.split(",")]:
+                cpus = 1.0 if args.gpu else max(1, cores // workers)
+                times = ray_loop(data, options, workers, cpus, args.gpu, args.steps, args.warmup)
+                layout = " + channels-last" if args.gpu and arithmetic[p] == "bf16" else ""
+                name = (f"Ray Train, {workers} worker(s) x {cpus:g} CPU, "
+                        f"{p} ({arithmetic[p]}{layout})")
+                runs.append((name, times, workers, arithmetic[p]))
+                report(name, times, workers, None)
         ray.shutdown()
-        after = reference_style_loop(bass, drums, cfg, device, args.steps, args.warmup)
-        report(plain_name + ", after", after, 1, None)
+        for k in plain_kinds:
+            after = reference_style_loop(bass, drums, cfg, device, args.steps, args.warmup,
+                                         bf16=k == "bf16")
+            report(f"plain loop ({k}, 1 process, {threads} threads), after", after, 1, None)
+            plain[k] = plain[k] + after
 
-        print("\nsummary (medians; baseline = plain loop, before and after together)")
-        base = report(plain_name, plain + after, 1, None)
-        speeds = {w: report(*r, base) for w, r in rates.items()}
-        if 1 in speeds and 2 in speeds:
-            print(f"scaling 1 -> 2 workers: x{speeds[2] / speeds[1]:.2f} samples/s")
+        print("\nsummary (medians; baseline = the plain fp32 loop, before and after together)")
+        base = {k: report(f"plain loop ({k}, 1 process, {threads} threads)", times, 1,
+                          None) for k, times in plain.items()}
+        speeds = {}
+        for name, times, workers, kind in runs:
+            speeds[name] = report(name, times, workers, base["fp32"])
+            if kind != "fp32":
+                print(f"{'':<46} x{speeds[name] / base[kind]:.2f} vs the plain loop in {kind}")
+        for p in precisions:
+            one, two = (next((v for n, v in speeds.items() if n.startswith(f"Ray Train, {w} ")
+                              and f", {p} (" in n), None) for w in (1, 2))
+            if one and two:
+                print(f"scaling 1 -> 2 workers ({p}): x{two / one:.2f} samples/s")
 
 
 if __name__ == "__main__":

@@ -79,3 +79,18 @@ def test_both_run_lengths_are_refused():
     from cycledrums_cli import main
 
     assert main(["train", "data", "run", "--epochs", "2", "--max-steps", "5"]) == 2
+
+
+def test_auto_precision_takes_bf16_where_the_hardware_multiplies_it(monkeypatch):
+    import torch
+
+    from train.config import uses_bf16
+
+    assert uses_bf16("auto", "cuda") and uses_bf16("bf16", "cpu") and not uses_bf16("fp32", "cuda")
+    # On a CPU, auto follows the AMX probe: bf16 is emulated (slower than fp32) without it.
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert uses_bf16("auto", "cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not uses_bf16("auto", "cpu")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe
+    assert not uses_bf16("auto", "cpu")

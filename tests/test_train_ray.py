@@ -17,7 +17,7 @@ import torch
 from pipelines.mel import MelParams
 from train.checkpoint import (list_checkpoints, load_generator, read_progress, read_state,
                               read_weights, resolve_checkpoint)
-from train.config import TrainConfig
+from train.config import TrainConfig, uses_bf16
 from train.models import build_networks
 from train.runlog import read_metrics
 from train.synth_windows import write_synth_windows
@@ -112,6 +112,8 @@ def test_resume_continues_step_counter_lr_and_optimizer(first_run, windows):
     metrics = read_metrics(first_run)
     starts = [m for m in metrics if m.get("event") == "start"]
     assert [(s["step"], s["resumed"]) for s in starts] == [(0, False), (3, True)]
+    # --precision auto reached the workers: bf16 where this CPU has AMX, fp32 elsewhere.
+    assert [s["bf16"] for s in starts] == [uses_bf16("auto", "cpu")] * 2
     after = [m for m in metrics[metrics.index(starts[1]):] if "event" not in m]
     assert [m["step"] for m in after] == [4, 5, 6]
     # The lr schedule of the whole 6-step run: constant for 3 steps, then linear decay.

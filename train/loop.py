@@ -35,7 +35,7 @@ from pipelines.mel import MelParams, image_to_model, model_to_image
 from pipelines.windows import binary_to_images
 from train.checkpoint import (PROGRESS, STATE, WEIGHTS, read_weights, resolve_checkpoint,
                               write_checkpoint)
-from train.config import TrainConfig
+from train.config import TrainConfig, uses_bf16
 from train.models import build_networks
 from train.pool import ImagePool
 
@@ -67,10 +67,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     on_gpu = device.type == "cuda"
     if not on_gpu:  # one intra-op thread per reserved CPU, so workers don't oversubscribe cores
         torch.set_num_threads(max(1, int(loop_config.get("cpus_per_worker", 1))))
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
+    use_bf16 = uses_bf16(cfg.precision, device.type)
     channels_last = cfg.channels_last if cfg.channels_last is not None else on_gpu
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 \
         else contextlib.nullcontext
+    if rank == 0:
+        _say(f"workers on {device.type}: {'bf16 autocast' if use_bf16 else 'fp32'} "
+             f"(--precision {cfg.precision}), {torch.get_num_threads()} torch threads each")
 
     # ---- networks, restored from this run's checkpoint or another run's weights
     torch.manual_seed(cfg.seed)
