@@ -192,7 +192,7 @@ def main() -> None:
                 layout = " + channels-last" if args.gpu and arithmetic[p] == "bf16" else ""
                 name = (f"Ray Train, {workers} worker(s) x {cpus:g} CPU, "
                         f"{p} ({arithmetic[p]}{layout})")
-                runs.append((name, times, workers, arithmetic[p]))
+                runs.append((name, times, workers, p))
                 report(name, times, workers, None)
         ray.shutdown()
         for k in plain_kinds:
@@ -204,16 +204,15 @@ def main() -> None:
         print("\nsummary (medians; baseline = the plain fp32 loop, before and after together)")
         base = {k: report(f"plain loop ({k}, 1 process, {threads} threads)", times, 1,
                           None) for k, times in plain.items()}
-        speeds = {}
-        for name, times, workers, kind in runs:
-            speeds[name] = report(name, times, workers, base["fp32"])
-            if kind != "fp32":
-                print(f"{'':<46} x{speeds[name] / base[kind]:.2f} vs the plain loop in {kind}")
+        speeds = {}  # (precision, workers) -> samples/s
+        for name, times, workers, p in runs:
+            speeds[p, workers] = report(name, times, workers, base["fp32"])
+            if arithmetic[p] != "fp32":
+                print(f"{'':<46} x{speeds[p, workers] / base[arithmetic[p]]:.2f} "
+                      f"vs the plain loop in {arithmetic[p]}")
         for p in precisions:
-            one, two = (next((v for n, v in speeds.items() if n.startswith(f"Ray Train, {w} ")
-                              and f", {p} (" in n), None) for w in (1, 2))
-            if one and two:
-                print(f"scaling 1 -> 2 workers ({p}): x{two / one:.2f} samples/s")
+            if (p, 1) in speeds and (p, 2) in speeds:
+                print(f"scaling 1 -> 2 workers ({p}): x{speeds[p, 2] / speeds[p, 1]:.2f} samples/s")
 
 
 if __name__ == "__main__":
