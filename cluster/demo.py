@@ -264,7 +264,7 @@ def _score_headline(scores: Path) -> dict:
     headline = {}
     for label, s in (summary.get("sets") or {}).items():
         mean = s.get("mean") or {}
-        headline[label] = {k: mean[k] for k in mean if k in ("stoi_mean", "level_diff_db")
+        headline[label] = {k: mean[k] for k in mean if k in ("stoi_mean", "level_error_db")
                            or k.startswith("rhythm_")}
         headline[label]["clips_scored"] = s.get("scored")
     return headline

@@ -313,7 +313,8 @@ def add_generation_options(p, batch_flag: str) -> None:
     p.add_argument(batch_flag, type=int, default=8,
                    help="windows per generator forward pass, and clips per generate batch (default: 8)")
     p.add_argument("--drums-gain-db", type=float, default=0.0,
-                   help="drums level relative to the bass's level (active RMS), in dB (default: 0)")
+                   help="drums loudness relative to the bass's (ITU-R BS.1770 integrated loudness, LUFS), "
+                        "in dB (default: 0)")
 
 
 def add_scoring_options(p) -> None:

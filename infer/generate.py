@@ -399,7 +399,7 @@ def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_g
     n_out = bass.shape[-1]
     drums = resample(inv.audio[("drums", cid)].unsqueeze(0), params.sample_rate, out_rate)
     drums = render.fit_length(drums[0].numpy().astype(np.float64), n_out)
-    gain_db = render.level_match_gain_db(drums, bass, drums_gain_db)
+    gain_db = render.level_match_gain_db(drums, bass, out_rate, drums_gain_db)
     drums = drums * 10 ** (gain_db / 20)
     mixed, mix_trim_db = render.peak_safe(render.mix(bass, drums))
     drums, drums_trim_db = render.peak_safe(drums)

@@ -32,6 +32,7 @@ MEDIA = "media"
 RANK_PREFERENCE = ("rhythm_true_onsets", "rhythm_pattern", "stoi_mean", "spectrum_match", "rhythm_bass_tempo")
 TABLE_METRICS = ("stoi_mean", "level_diff_db", "spectrum_match", "rhythm_true_onsets", "rhythm_pattern",
                  "rhythm_bass_tempo", "density_pool3")
+SET_METRICS = ("stoi_mean", "level_error_db") + TABLE_METRICS[1:]   # sets: also mean |level diff|
 
 
 # ---------------------------------------------------------------- which clips
@@ -256,12 +257,12 @@ def _fmt(value) -> str:
 def _sets_table(summary: dict) -> str:
     entries = list(summary["sets"].items()) + list(summary.get("baselines", {}).items())
     layers = list(next(iter(summary["sets"].values()))["frechet_distance"]) if summary["sets"] else []
-    head = "".join(f"<th class=sortable>{m}</th>" for m in TABLE_METRICS) + \
+    head = "".join(f"<th class=sortable>{m}</th>" for m in SET_METRICS) + \
         "".join(f"<th class=sortable>FD {l}</th>" for l in layers)
     rows = []
     for label, s in entries:
         cls = " class=baseline" if s.get("baseline") else ""
-        cells = "".join(f"<td>{_fmt(s['mean'].get(m))}</td>" for m in TABLE_METRICS)
+        cells = "".join(f"<td>{_fmt(s['mean'].get(m))}</td>" for m in SET_METRICS)
         for layer in layers:
             fd = s["frechet_distance"][layer]
             cells += (f"<td data-v=\"{fd['value'] if fd['value'] is not None else ''}\">{_fmt(fd['value'])}"

@@ -256,6 +256,10 @@ def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp
           f"(chance 0.25), confusion {grader['confusion_matrix']}")
     assert grader["cv_accuracy"] >= 0.7
     assert summary["sets"]["synthetic"]["scored"] == len(truth)
+    for label, s in list(summary["sets"].items()) + list(summary["baselines"].items()):
+        level = everything[everything["set"] == label]["level_diff_db"]   # judged as dB off, not signed
+        assert s["mean"]["level_error_db"] == pytest.approx(level.abs().mean())
+        assert s["mean"]["level_diff_db"] == pytest.approx(level.mean())
     assert set(summary["baselines"]) == set(baselines["set"]) and summary["baselines"]["silence"]["baseline"]
     ladder = summary["sanity_ladder"]
     print("sanity ladder:", {m: r["passes"] for m, r in ladder.items()})

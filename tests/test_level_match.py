@@ -1,0 +1,58 @@
+"""Level matching: generated drums come out as loud as the bass (BS.1770 loudness), whatever
+their spectral balance, so they mix straight into the track."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from infer import render
+
+RATE = 22050
+
+
+def _tone(freq: float, seconds: float = 4.0, amplitude: float = 0.1) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return amplitude * np.sin(2 * np.pi * freq * t)
+
+
+def _lufs(x: np.ndarray) -> float:
+    return float(torchaudio.functional.loudness(torch.from_numpy(x)[None], RATE))
+
+
+def test_drums_come_out_as_loud_as_the_bass_plus_the_offset():
+    bass = _tone(80, amplitude=0.2)
+    rng = np.random.default_rng(0)
+    drums = 0.01 * rng.standard_normal(len(bass))
+    for offset in (0.0, -6.0, 3.0):
+        gain = render.level_match_gain_db(drums, bass, RATE, offset)
+        assert _lufs(drums * 10 ** (gain / 20)) == pytest.approx(_lufs(bass) + offset, abs=0.05)
+
+
+def test_a_hot_sub_bass_kick_does_not_turn_the_rest_of_the_kit_down():
+    # The same hats with and without a loud 40 Hz boom under them: RMS is ruled by the boom and
+    # pulls the hats ~28 dB down; loudness weights the boom as hearing does (BS.1770's K-filter
+    # cuts the sub-bass and lifts the highs) and moves them ~10 dB less.
+    rng = np.random.default_rng(1)
+    bass = _tone(110, amplitude=0.1)
+    hats = torch.from_numpy(0.02 * rng.standard_normal(len(bass)))
+    hats = torchaudio.functional.highpass_biquad(hats, RATE, 5000.0).numpy()
+    boom = _tone(40, amplitude=0.5)
+    alone = render.level_match_gain_db(hats, bass, RATE)
+    with_boom = render.level_match_gain_db(hats + boom, bass, RATE)
+    rms_alone = 20 * np.log10(render.active_rms(bass) / render.active_rms(hats))
+    rms_with_boom = 20 * np.log10(render.active_rms(bass) / render.active_rms(hats + boom))
+    assert rms_alone - rms_with_boom > 20          # what RMS matching did to the hats
+    assert alone - with_boom < rms_alone - rms_with_boom - 5
+
+
+def test_short_or_silent_signals_fall_back_to_rms_and_never_blow_up():
+    bass = _tone(80, seconds=0.2)                  # shorter than one 400 ms loudness block
+    drums = 0.5 * _tone(200, seconds=0.2)
+    assert render.loudness_lufs(drums, RATE) is None
+    gain = render.level_match_gain_db(drums, bass, RATE)
+    assert gain == pytest.approx(20 * np.log10(render.active_rms(bass) / render.active_rms(drums)), abs=1e-9)
+    assert render.level_match_gain_db(np.zeros(RATE), _tone(80), RATE) == 0.0
+    whisper = 1e-7 * _tone(300)                    # gated out as silence by BS.1770, capped by RMS
+    assert render.level_match_gain_db(whisper, _tone(80), RATE) == render.GAIN_LIMITS_DB[1]
