@@ -16,9 +16,9 @@ K-weighted and gated: torchaudio's `loudness`) equals the bass's plus `drums_gai
 Loudness, not RMS: RMS is ruled by the loudest low-frequency peaks, so a generated kick
 that runs hot turned the whole kit down under RMS matching (by 13 dB on average on the
 held-out grooves, leaving the rest of the kit far too quiet); loudness weights the
-spectrum as listeners do, which is what "mixes straight into the track" needs.  Signals shorter than one 400 ms loudness block, or gated out as
-silent, fall back to active RMS (RMS over the 2048-sample blocks within 30 dB of the
-loudest block).  The gain change is capped to [-40, +30] dB so a near-silent generation
+spectrum as listeners do, which is what "mixes straight into the track" needs.  Signals
+shorter than one 400 ms loudness block, or gated out as silent, fall back to active RMS
+(RMS over the 2048-sample blocks within 30 dB of the loudest block).  The gain change is capped to [-40, +30] dB so a near-silent generation
 is not blown up into noise.
 """
 from __future__ import annotations
@@ -89,11 +89,15 @@ def invert_images(images: list[torch.Tensor], lengths: list[int], params, n_iter
     return out  # type: ignore[return-value]
 
 
+def _mono(signal: np.ndarray) -> np.ndarray:
+    """float64 mono: [n] as it is, [channels, n] averaged over the channels."""
+    x = np.asarray(signal, np.float64)
+    return x.mean(axis=0) if x.ndim == 2 else x
+
+
 def active_rms(signal: np.ndarray) -> float:
     """RMS over the blocks within ACTIVE_RANGE_DB of the loudest block (mono or [channels, n])."""
-    x = np.asarray(signal, np.float64)
-    if x.ndim == 2:
-        x = x.mean(axis=0)
+    x = _mono(signal)
     n = len(x) // BLOCK * BLOCK
     blocks = x[:n].reshape(-1, BLOCK) if n else x.reshape(1, -1)
     power = (blocks ** 2).mean(axis=1)
@@ -107,9 +111,7 @@ def loudness_lufs(signal: np.ndarray, sample_rate: int) -> float | None:
     """Integrated loudness (LUFS) of the mono downmix, or None when it has none (too short or all gated)."""
     import torchaudio
 
-    x = np.asarray(signal, np.float64)
-    if x.ndim == 2:
-        x = x.mean(axis=0)
+    x = _mono(signal)
     if len(x) < LOUDNESS_BLOCK_SECONDS * sample_rate:
         return None
     value = float(torchaudio.functional.loudness(torch.from_numpy(x)[None], sample_rate))
