@@ -87,10 +87,13 @@ def test_auto_precision_takes_bf16_where_the_hardware_multiplies_it(monkeypatch)
     from train.config import uses_bf16
 
     assert uses_bf16("auto", "cuda") and uses_bf16("bf16", "cpu") and not uses_bf16("fp32", "cuda")
-    # On a CPU, auto follows the AMX probe: bf16 is emulated (slower than fp32) without it.
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert uses_bf16("auto", "cpu")
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert not uses_bf16("auto", "cpu")
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe
+    # On a CPU, auto follows the native-bf16 probes (AMX tiles or AVX512-BF16): bf16 is
+    # emulated (slower than fp32) without them.
+    for amx, avx512_bf16 in [(True, False), (False, True), (False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
+                            raising=False)
+        assert uses_bf16("auto", "cpu") == (amx or avx512_bf16)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probes
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     assert not uses_bf16("auto", "cpu")

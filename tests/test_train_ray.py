@@ -112,7 +112,7 @@ def test_resume_continues_step_counter_lr_and_optimizer(first_run, windows):
     metrics = read_metrics(first_run)
     starts = [m for m in metrics if m.get("event") == "start"]
     assert [(s["step"], s["resumed"]) for s in starts] == [(0, False), (3, True)]
-    # --precision auto reached the workers: bf16 where this CPU has AMX, fp32 elsewhere.
+    # --precision auto reached the workers: bf16 where this CPU multiplies it natively.
     assert [s["bf16"] for s in starts] == [uses_bf16("auto", "cpu")] * 2
     after = [m for m in metrics[metrics.index(starts[1]):] if "event" not in m]
     assert [m["step"] for m in after] == [4, 5, 6]

@@ -114,8 +114,8 @@ class TrainConfig:
                                    "run length and checkpoints", on_resume=FREE)
     # Speed.
     precision: str = option("auto", "auto = bf16 autocast where the hardware multiplies bf16 "
-                            "natively (CUDA GPUs, CPUs with AMX), fp32 elsewhere", "speed",
-                            on_resume=FREE, choices=PRECISIONS)
+                            "natively (CUDA GPUs, CPUs with AMX or AVX512-BF16), fp32 elsewhere",
+                            "speed", on_resume=FREE, choices=PRECISIONS)
     channels_last: bool | None = option(None, "channels-last memory format (default: on GPU only)",
                                         "speed", on_resume=FREE)
     compile: bool = option(False, "torch.compile the networks", "speed", on_resume=FREE)
@@ -206,17 +206,18 @@ def uses_bf16(precision: str, device_type: str) -> bool:
     """Whether a run on `device_type` ('cuda' or 'cpu') autocasts to bf16.
 
     'auto' takes bf16 where the hardware multiplies it natively: CUDA GPUs, and CPUs with
-    AMX tiles (Intel Xeon 4th generation and later), where oneDNN runs a full-size CycleGAN
-    step about 2.6x faster than fp32 (benchmarks/bench_train_step.py).  Elsewhere bf16
-    would be emulated and slower, so 'auto' keeps fp32.
+    AMX tiles (Intel Xeon 4th generation and later) or AVX512-BF16 (AMD Zen 4 and later).
+    There oneDNN runs a CycleGAN step 1.6-2.6x faster than fp32 (benchmarks/
+    bench_train_step.py).  Elsewhere bf16 would be emulated and slower, so 'auto' keeps fp32.
     """
     if precision != "auto":
         return precision == "bf16"
-    return device_type == "cuda" or (device_type == "cpu" and cpu_has_amx())
+    return device_type == "cuda" or (device_type == "cpu" and cpu_has_native_bf16())
 
 
-def cpu_has_amx() -> bool:
+def cpu_has_native_bf16() -> bool:
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch has no public probe
-    return bool(probe and probe())
+    # torch has no public probe; a torch without these private ones counts as no.
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
