@@ -86,7 +86,7 @@ def baseline(checkpoint: str, clips: list[Path], out: Path, batch_size: int, ite
     for i, path in enumerate(clips):
         batch = decode_batch({"clip_id": np.array([f"c{i}"], dtype=object),
                               "uri": np.array([str(path)], dtype=object)}, params.to_dict(), None)
-        result = render_batch(actor(batch), params.to_dict(), str(out), None, 0.0, None)
+        result = render_batch(actor(batch), params.to_dict(), str(out), None, 0.0, "model", None)
         rows += [json.loads(r) for r in result["result"]]
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "rows": pd.DataFrame(rows)}

@@ -129,7 +129,7 @@ def check_generate(device: str, clips: int, seconds: float, size: dict, tmp: str
     batch = actor(decoded)
     _sync(device)
     actor_seconds = time.perf_counter() - start
-    rows = [json.loads(r) for r in render_batch(batch, params.to_dict(), f"{tmp}/out", None, 0.0, None)["result"]]
+    rows = [json.loads(r) for r in render_batch(batch, params.to_dict(), f"{tmp}/out", None, 0.0, "model", None)["result"]]
     total = time.perf_counter() - start
     bad = [r for r in rows if r["error"]]
     if bad:

@@ -85,7 +85,7 @@ def _run_generate(args) -> int:
     cfg = GenerateConfig(
         checkpoint=args.checkpoint, inputs=list(args.inputs), output=args.output, seed=args.seed,
         variation=args.variation, griffin_lim_iters=args.griffin_lim_iters, sample_rate=args.sample_rate,
-        batch_size=args.batch_size, drums_gain_db=args.drums_gain_db,
+        batch_size=args.batch_size, drums_gain_db=args.drums_gain_db, drums_level=args.drums_level,
         s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args))
     try:
@@ -278,6 +278,7 @@ def _run_evaluate(args) -> int:
         keep_audio=args.keep_audio, seed=args.seed, variation=args.variation,
         griffin_lim_iters=args.griffin_lim_iters, sample_rate=args.sample_rate,
         generate_batch_size=args.generate_batch_size, drums_gain_db=args.drums_gain_db,
+        drums_level=args.drums_level,
         inception_weights=args.inception_weights, batch_size=args.batch_size, baselines=args.baselines,
         report_clips=args.report_clips, annotations=args.annotations, grader=args.grader,
         grader_c=args.grader_c, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
@@ -312,9 +313,13 @@ def add_generation_options(p, batch_flag: str) -> None:
                         "22050, for Parquet input)")
     p.add_argument(batch_flag, type=int, default=8,
                    help="windows per generator forward pass, and clips per generate batch (default: 8)")
+    # render.DRUMS_LEVELS, spelled out: importing render would load torch at parse time.
+    p.add_argument("--drums-level", choices=("model", "bass"), default="model",
+                   help="model: the drums at the level the generator drew them against this bass (it "
+                        "learned the level from real mixes); bass: as loud as the bass (ITU-R BS.1770 "
+                        "integrated loudness), for a model whose level cannot be trusted (default: model)")
     p.add_argument("--drums-gain-db", type=float, default=0.0,
-                   help="drums loudness relative to the bass's (ITU-R BS.1770 integrated loudness, LUFS), "
-                        "in dB (default: 0)")
+                   help="dB added to the drums on top of --drums-level (default: 0)")
 
 
 def add_scoring_options(p) -> None:

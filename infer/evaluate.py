@@ -70,6 +70,7 @@ class EvaluateConfig:
     sample_rate: int | None = None
     generate_batch_size: int = 8
     drums_gain_db: float = 0.0
+    drums_level: str = "model"
     # scoring, as `score`
     inception_weights: str | None = None
     batch_size: int = 16
@@ -180,8 +181,8 @@ def _model(cfg: EvaluateConfig, label: str | None, checkpoint: str, index: int, 
     gen_cfg = GenerateConfig(
         checkpoint=checkpoint, inputs=[cfg.test_set], output=cfg.output, seed=cfg.seed, variation=cfg.variation,
         griffin_lim_iters=cfg.griffin_lim_iters, sample_rate=cfg.sample_rate, batch_size=cfg.generate_batch_size,
-        drums_gain_db=cfg.drums_gain_db, s3_endpoint_url=cfg.s3_endpoint_url, address=cfg.address,
-        resources=cfg.resources)
+        drums_gain_db=cfg.drums_gain_db, drums_level=cfg.drums_level, s3_endpoint_url=cfg.s3_endpoint_url,
+        address=cfg.address, resources=cfg.resources)
     gen_cfg, job = generate_preflight(gen_cfg)
     label = label or job["config"].get("model") or "generated"
     gen_cfg = replace(gen_cfg, output=join_uri(cfg.output, AUDIO, label))
@@ -327,7 +328,8 @@ def _model_steps(job: EvaluateJob) -> list[tuple[Model, dict | None, dict]]:
             decoded = model_params
         drums = {"index": m.index, "params_dict": model_params.to_dict(),
                  "ref_params_dict": job.reference.params.to_dict(), "sample_rate": m.gen_cfg.sample_rate,
-                 "drums_gain_db": m.gen_cfg.drums_gain_db, "output": m.gen_cfg.output if m.write_all else None,
+                 "drums_gain_db": m.gen_cfg.drums_gain_db, "drums_level": m.gen_cfg.drums_level,
+                 "output": m.gen_cfg.output if m.write_all else None,
                  "s3_endpoint_url": job.cfg.s3_endpoint_url}
         steps.append((m, model_input, drums))
     return steps
@@ -382,7 +384,7 @@ def _parquet_model_input(batch: dict, ids: list[str], inputs: dict, params_dict:
 
 
 def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dict, sample_rate: int | None,
-                drums_gain_db: float, output: str | None, s3_endpoint_url: str | None) -> dict:
+                drums_gain_db: float, drums_level: str, output: str | None, s3_endpoint_url: str | None) -> dict:
     """Model `index`'s generated windows -> its drums as generate renders them -> the mel image score
     would make of that drums.wav: columns gen_image_<index>, gen_error_<index>.  With `output`, the
     clip's files are also written there (generate's layout)."""
@@ -405,7 +407,8 @@ def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dic
             made[cid] = (b"", f"{r['stage']}: {r['error']}")
             continue
         try:
-            contents, _ = generate.render_clip(r, inverted, params, sample_rate, drums_gain_db, s3_endpoint_url)
+            contents, _ = generate.render_clip(r, inverted, params, sample_rate, drums_gain_db, drums_level,
+                                               s3_endpoint_url)
             image = mel_image_from_bytes(contents["drums"], f"{cid}/drums.wav", ref_params)
             for kind, data in contents.items() if output else ():
                 write_bytes(join_uri(output, cid, generate.OUTPUT_FILES[kind]), data, s3_endpoint_url)

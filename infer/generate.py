@@ -69,6 +69,7 @@ class GenerateConfig:
     sample_rate: int | None = None
     batch_size: int = 8
     drums_gain_db: float = 0.0
+    drums_level: str = "model"   # render.DRUMS_LEVELS
     s3_endpoint_url: str | None = None
     address: str | None = None
     resources: ResourceRequest = field(default_factory=ResourceRequest)
@@ -386,9 +387,10 @@ def inverted_rows(todo: list[dict], params) -> Inverted:
 
 
 def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_gain_db: float,
-                s3_endpoint_url: str | None) -> tuple[dict, dict]:
+                drums_level: str, s3_endpoint_url: str | None) -> tuple[dict, dict]:
     """One clip's output files as bytes ({"drums", "mix", "mel"}) and its manifest fields: the drums
-    at the output rate, level-matched to the bass, mixed with the original bass, peak-safe."""
+    at the output rate and at `drums_level` (render.drums_gain_db), mixed with the original bass,
+    peak-safe."""
     from pipelines.audio import resample
 
     from infer import render
@@ -399,7 +401,7 @@ def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_g
     n_out = bass.shape[-1]
     drums = resample(inv.audio[("drums", cid)].unsqueeze(0), params.sample_rate, out_rate)
     drums = render.fit_length(drums[0].numpy().astype(np.float64), n_out)
-    gain_db = render.level_match_gain_db(drums, bass, out_rate, drums_gain_db)
+    gain_db = render.drums_gain_db(drums, bass, out_rate, drums_level, drums_gain_db)
     drums = drums * 10 ** (gain_db / 20)
     mixed, mix_trim_db = render.peak_safe(render.mix(bass, drums))
     drums, drums_trim_db = render.peak_safe(drums)
@@ -411,7 +413,7 @@ def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_g
 
 
 def render_batch(batch: dict, params_dict: dict, output: str, sample_rate: int | None,
-                 drums_gain_db: float, s3_endpoint_url: str | None) -> dict:
+                 drums_gain_db: float, drums_level: str, s3_endpoint_url: str | None) -> dict:
     """Generated and inverted rows -> drums.wav, mix.wav, drums_mel.png; returns manifest / error rows."""
     from pipelines.mel import MelParams
 
@@ -436,7 +438,8 @@ def render_batch(batch: dict, params_dict: dict, output: str, sample_rate: int |
         cid = r["clip_id"]
         t0 = time.perf_counter()
         try:
-            contents, rendered = render_clip(r, inv, params, sample_rate, drums_gain_db, s3_endpoint_url)
+            contents, rendered = render_clip(r, inv, params, sample_rate, drums_gain_db, drums_level,
+                                             s3_endpoint_url)
             for kind, data in contents.items():
                 write_bytes(join_uri(output, cid, OUTPUT_FILES[kind]), data, s3_endpoint_url)
         except (OSError, ValueError, RuntimeError) as err:
@@ -610,7 +613,8 @@ def generate_in_process(cfg: GenerateConfig, job: dict, clip_ids: list[str], inp
                                  params.to_dict(), cfg.s3_endpoint_url)
         if len(batch["clip_id"]):
             _split_results(render_batch(actor(batch), params.to_dict(), cfg.output, cfg.sample_rate,
-                                        cfg.drums_gain_db, cfg.s3_endpoint_url), manifest, errors)
+                                        cfg.drums_gain_db, cfg.drums_level, cfg.s3_endpoint_url),
+                          manifest, errors)
     return manifest, errors
 
 
@@ -769,7 +773,8 @@ def render_stage(ds, cfg: GenerateConfig, params, io):
 
 def render_kwargs(cfg: GenerateConfig, params) -> dict:
     return {"params_dict": params.to_dict(), "output": cfg.output, "sample_rate": cfg.sample_rate,
-            "drums_gain_db": cfg.drums_gain_db, "s3_endpoint_url": cfg.s3_endpoint_url}
+            "drums_gain_db": cfg.drums_gain_db, "drums_level": cfg.drums_level,
+            "s3_endpoint_url": cfg.s3_endpoint_url}
 
 
 def _split_results(batch: dict, manifest: list[dict], errors: list[dict]) -> tuple[int, int]:

@@ -11,9 +11,16 @@ values is a geometric mean of powers, which dips (by ~3 dB in the mel, more afte
 Griffin-Lim) in the middle of every overlap; the arithmetic mean of powers keeps
 the level.
 
-Level matching: the drums are scaled so that their integrated loudness (ITU-R BS.1770-4,
-K-weighted and gated: torchaudio's `loudness`) equals the bass's plus `drums_gain_db`.
-Loudness, not RMS: RMS is ruled by the loudest low-frequency peaks, so a generated kick
+Level (`DRUMS_LEVELS`): by default ("model") the drums keep the level the generator drew
+them at.  Its input is the bass's mel at the file's own level and its training windows hold
+real stems at their level in the mix, so the drawn level is the model's estimate of how loud
+the drums sit against that bass; on the held-out grooves it was the closest to the true
+drums' level (mean |mel level difference| 4.3 dB on 12 clips, against 6.4 dB loudness-matched
+and 8.1 dB for another clip's real drums).  `drums_gain_db` is added to it.
+
+"bass" instead scales the drums so that their integrated loudness (ITU-R BS.1770-4,
+K-weighted and gated: torchaudio's `loudness`) equals the bass's plus `drums_gain_db`: for a
+model whose level cannot be trusted (one trained on normalised stems).  Loudness, not RMS: RMS is ruled by the loudest low-frequency peaks, so a generated kick
 that runs hot turned the whole kit down under RMS matching (by 13 dB on average on the
 held-out grooves, leaving the rest of the kit far too quiet); loudness weights the
 spectrum as listeners do, which is what "mixes straight into the track" needs.  Signals
@@ -33,6 +40,7 @@ BLOCK = 2048
 GAIN_LIMITS_DB = (-40.0, 30.0)
 LOUDNESS_BLOCK_SECONDS = 0.4   # BS.1770's gating block: shorter signals have no loudness
 PEAK_LIMIT = 0.999
+DRUMS_LEVELS = ("model", "bass")  # the first is the default
 
 
 def crossfade_weights(n_windows: int, window_frames: int, overlap: int) -> torch.Tensor:
@@ -116,6 +124,17 @@ def loudness_lufs(signal: np.ndarray, sample_rate: int) -> float | None:
         return None
     value = float(torchaudio.functional.loudness(torch.from_numpy(x)[None], sample_rate))
     return value if np.isfinite(value) else None
+
+
+def drums_gain_db(drums: np.ndarray, bass: np.ndarray, sample_rate: int, level: str,
+                  offset_db: float = 0.0) -> float:
+    """Gain (dB) for the generated drums: `offset_db` on the level the generator drew them at
+    (level "model"), or on the bass's loudness (level "bass")."""
+    if level == "model":
+        return float(offset_db)
+    if level == "bass":
+        return level_match_gain_db(drums, bass, sample_rate, offset_db)
+    raise ValueError(f"drums level must be one of {DRUMS_LEVELS}, not {level!r}")
 
 
 def level_match_gain_db(drums: np.ndarray, bass: np.ndarray, sample_rate: int, drums_gain_db: float = 0.0) -> float:

@@ -142,7 +142,7 @@ def test_a_clip_that_cannot_be_written_leaves_an_error_row_and_no_partial_files(
                           "uri": np.array([str(inputs / "lithium.flac")], dtype=object)}, PARAMS.to_dict(), None)
     batch = GeneratorActor(checkpoint, "cpu", 4, 0.0, 0, n_iter=4)(batch)
     (tmp_path / "lithium" / "drums_mel.png").mkdir(parents=True)  # a folder where the PNG must go
-    rows = [json.loads(r) for r in render_batch(batch, PARAMS.to_dict(), str(tmp_path), None, 0.0, None)["result"]]
+    rows = [json.loads(r) for r in render_batch(batch, PARAMS.to_dict(), str(tmp_path), None, 0.0, "model", None)["result"]]
     assert rows[0]["stage"] == "render" and "drums_mel.png" in rows[0]["error"]
     assert sorted(p.name for p in (tmp_path / "lithium").iterdir()) == ["drums_mel.png"]
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from infer import render
@@ -36,11 +37,16 @@ def test_a_batch_of_clips_of_different_lengths_inverts_as_each_clip_alone(tmp_pa
         torch.testing.assert_close(batched, alone.float(), atol=1e-4, rtol=1e-4)
 
     out = tmp_path / "out"
-    results = [json.loads(x) for x in render_batch(batch, PARAMS.to_dict(), str(out), None, 0.0, None)["result"]]
+    results = [json.loads(x) for x in render_batch(batch, PARAMS.to_dict(), str(out), None, 0.0, "model", None)["result"]]
     assert [x["error"] for x in results] == ["", ""]
-    for x in results:  # the written drums are that audio, level-matched (a gain, no other change)
+    for x in results:  # the written drums are that audio, at most a gain away
         written = load_audio(str(out / x["drums_path"]), PARAMS.sample_rate).numpy().reshape(-1)
         inverted = inv.audio[("drums", x["clip_id"])].numpy()
         n = min(len(written), len(inverted))
         corr = np.corrcoef(written[:n], inverted[:n])[0, 1]
         assert corr > 0.99, (x["clip_id"], corr)
+        # At the default level ("model") the drums keep the level the generator drew: no gain,
+        # only the peak trim that keeps them from clipping.
+        assert x["drums_gain_db"] == 0.0
+        level_db = 20 * np.log10(np.sqrt(np.mean(written[:n] ** 2) / np.mean(inverted[:n] ** 2)))
+        assert level_db == pytest.approx(x["drums_trim_db"], abs=0.2), x["clip_id"]

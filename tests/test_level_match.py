@@ -1,5 +1,5 @@
-"""Level matching: generated drums come out as loud as the bass (BS.1770 loudness), whatever
-their spectral balance, so they mix straight into the track."""
+"""The drums' level: by default the level the generator drew them at, plus the offset; with
+--drums-level bass, as loud as the bass (BS.1770 loudness) whatever their spectral balance."""
 from __future__ import annotations
 
 import numpy as np
@@ -56,3 +56,23 @@ def test_short_or_silent_signals_fall_back_to_rms_and_never_blow_up():
     assert render.level_match_gain_db(np.zeros(RATE), _tone(80), RATE) == 0.0
     whisper = 1e-7 * _tone(300)                    # gated out as silence by BS.1770, capped by RMS
     assert render.level_match_gain_db(whisper, _tone(80), RATE) == render.GAIN_LIMITS_DB[1]
+
+
+def test_the_drums_level_is_the_models_unless_asked_to_follow_the_bass():
+    bass, drums = _tone(80, amplitude=0.2), _tone(2000, amplitude=0.01)
+    assert render.drums_gain_db(drums, bass, RATE, "model") == 0.0
+    assert render.drums_gain_db(drums, bass, RATE, "model", -4.5) == -4.5
+    assert render.drums_gain_db(drums, bass, RATE, "bass", 2.0) == \
+        render.level_match_gain_db(drums, bass, RATE, 2.0)
+    with pytest.raises(ValueError, match="drums level"):
+        render.drums_gain_db(drums, bass, RATE, "loud")
+
+
+def test_the_cli_offers_the_levels_render_knows():
+    from cycledrums_cli import build_parser
+
+    parser = build_parser()
+    for command in ("generate", "evaluate"):
+        action = next(a for a in parser._subparsers._group_actions[0].choices[command]._actions
+                      if a.dest == "drums_level")
+        assert tuple(action.choices) == render.DRUMS_LEVELS and action.default == render.DRUMS_LEVELS[0]
