@@ -403,8 +403,8 @@ def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_g
     drums = render.fit_length(drums[0].numpy().astype(np.float64), n_out)
     gain_db = render.drums_gain_db(drums, bass, out_rate, drums_level, drums_gain_db)
     drums = drums * 10 ** (gain_db / 20)
+    drums, drums_trim_db = render.limit_peaks(drums, out_rate)  # only the peaks, not the kit's level
     mixed, mix_trim_db = render.peak_safe(render.mix(bass, drums))
-    drums, drums_trim_db = render.peak_safe(drums)
     contents = {"drums": render.wav_bytes(drums, out_rate), "mix": render.wav_bytes(mixed, out_rate),
                 "mel": render.mel_png_bytes(inv.images[cid].numpy())}
     return contents, {"sample_rate": int(out_rate), "channels": int(bass.shape[0]), "samples": int(n_out),

@@ -40,6 +40,8 @@ BLOCK = 2048
 GAIN_LIMITS_DB = (-40.0, 30.0)
 LOUDNESS_BLOCK_SECONDS = 0.4   # BS.1770's gating block: shorter signals have no loudness
 PEAK_LIMIT = 0.999
+LIMITER_HOLD_SECONDS = 0.005    # the limiter's gain stays down this long either side of a peak
+LIMITER_SMOOTH_SECONDS = 0.010  # and eases in and out over this much, so gain changes do not click
 DRUMS_LEVELS = ("model", "bass")  # the first is the default
 
 
@@ -148,6 +150,31 @@ def level_match_gain_db(drums: np.ndarray, bass: np.ndarray, sample_rate: int, d
             return 0.0
         gain = 20 * np.log10(b_rms / d_rms) + drums_gain_db
     return float(np.clip(gain, *GAIN_LIMITS_DB))
+
+
+def limit_peaks(signal: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:
+    """Turn down only the stretches around peaks over PEAK_LIMIT (look-ahead peak limiter);
+    returns (signal, the deepest gain reduction in dB, 0 when nothing was over).
+
+    Why not scale the whole signal: a generated kick that runs 10-20 dB hot would set the
+    level of the whole kit.  The gain is the lowest `PEAK_LIMIT / |x|` within the hold time
+    and smoothing length of each sample, then smoothed (a moving mean over the smoothing
+    length), so it is already down when a peak arrives and stays at or under PEAK_LIMIT.
+    Works on [n] or [channels, n] (one gain for all channels).
+    """
+    from scipy.ndimage import maximum_filter1d, uniform_filter1d
+
+    envelope = np.abs(signal) if signal.ndim == 1 else np.abs(signal).max(axis=0)
+    if not envelope.size or envelope.max() <= PEAK_LIMIT:
+        return signal, 0.0
+    hold = max(1, round(LIMITER_HOLD_SECONDS * sample_rate))
+    smooth = max(1, round(LIMITER_SMOOTH_SECONDS * sample_rate))
+    # The max filter reaches hold + smooth/2 either side: every sample the moving mean takes in
+    # around a peak already has that peak's gain or less.
+    reach = maximum_filter1d(envelope, size=2 * hold + smooth, mode="nearest")
+    gain = uniform_filter1d(np.minimum(1.0, PEAK_LIMIT / reach), size=smooth, mode="nearest")
+    limited = np.clip(signal * gain, -PEAK_LIMIT, PEAK_LIMIT)  # rounding only: the gain already holds
+    return limited, float(20 * np.log10(gain.min()))
 
 
 def peak_safe(signal: np.ndarray) -> tuple[np.ndarray, float]:

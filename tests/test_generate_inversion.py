@@ -46,7 +46,7 @@ def test_a_batch_of_clips_of_different_lengths_inverts_as_each_clip_alone(tmp_pa
         corr = np.corrcoef(written[:n], inverted[:n])[0, 1]
         assert corr > 0.99, (x["clip_id"], corr)
         # At the default level ("model") the drums keep the level the generator drew: no gain,
-        # only the peak trim that keeps them from clipping.
-        assert x["drums_gain_db"] == 0.0
+        # only the peak limiter, which takes off at most its deepest reduction.
+        assert x["drums_gain_db"] == 0.0 and x["drums_trim_db"] <= 0.0
         level_db = 20 * np.log10(np.sqrt(np.mean(written[:n] ** 2) / np.mean(inverted[:n] ** 2)))
-        assert level_db == pytest.approx(x["drums_trim_db"], abs=0.2), x["clip_id"]
+        assert x["drums_trim_db"] - 0.2 <= level_db <= 0.2, x["clip_id"]

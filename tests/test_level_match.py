@@ -76,3 +76,24 @@ def test_the_cli_offers_the_levels_render_knows():
         action = next(a for a in parser._subparsers._group_actions[0].choices[command]._actions
                       if a.dest == "drums_level")
         assert tuple(action.choices) == render.DRUMS_LEVELS and action.default == render.DRUMS_LEVELS[0]
+
+
+def test_the_limiter_turns_down_a_hot_kick_not_the_kit():
+    rng = np.random.default_rng(0)
+    kit = 0.05 * rng.standard_normal(2 * RATE)                # hats, well under full scale
+    kick_at = RATE                                            # one kick 20 dB over full scale
+    kit[kick_at:kick_at + 200] += 10.0 * np.hanning(200)
+    limited, reduction_db = render.limit_peaks(kit, RATE)
+    assert np.abs(limited).max() <= render.PEAK_LIMIT and reduction_db < -15
+    # Only around the kick (hold + smoothing) does anything change; the kit keeps its level.
+    reach = round((render.LIMITER_HOLD_SECONDS + render.LIMITER_SMOOTH_SECONDS) * RATE) + 200
+    away = np.ones(len(kit), bool)
+    away[kick_at - reach:kick_at + 200 + reach] = False
+    np.testing.assert_allclose(limited[away], kit[away], rtol=1e-12, atol=1e-15)
+    scaled, _ = render.peak_safe(kit)                         # scaling would take it all down
+    assert render.active_rms(scaled[away]) < 0.2 * render.active_rms(kit[away])
+    # Stereo: one gain for both channels, so their balance holds through the limiting.
+    limited2, _ = render.limit_peaks(np.stack([kit, 0.5 * kit]), RATE)
+    np.testing.assert_allclose(limited2[1], 0.5 * limited2[0], atol=1e-12)
+    quiet = 0.5 * kit / np.abs(kit).max()
+    assert render.limit_peaks(quiet, RATE) == (quiet, 0.0)
