@@ -1,4 +1,4 @@
-"""From generated drum windows to audio files: stitch, invert, level-match, mix, encode.
+"""From generated drum windows to audio files: stitch, invert, level, limit, mix, encode.
 
 Stitching: windows overlap by `overlap_frames` (50).  Each window is weighted by a
 raised-cosine fade over its overlapping edges (sin^2 in, cos^2 out: the two weights
@@ -14,19 +14,18 @@ the level.
 Level (`DRUMS_LEVELS`): by default ("model") the drums keep the level the generator drew
 them at.  Its input is the bass's mel at the file's own level and its training windows hold
 real stems at their level in the mix, so the drawn level is the model's estimate of how loud
-the drums sit against that bass; on the held-out grooves it was the closest to the true
-drums' level (mean |mel level difference| 4.3 dB on 12 clips, against 6.4 dB loudness-matched
-and 8.1 dB for another clip's real drums).  `drums_gain_db` is added to it.
+the drums sit against that bass.  `drums_gain_db` is added to it.  "bass" instead sets the
+drums' integrated loudness (ITU-R BS.1770-4, K-weighted and gated: torchaudio's `loudness`)
+to the bass's plus `drums_gain_db`, for a model whose level cannot be trusted.  Signals
+shorter than one 400 ms loudness block, or gated out as silent, fall back to active RMS (RMS
+over the 2048-sample blocks within 30 dB of the loudest block); the gain is capped to
+[-40, +30] dB so a near-silent generation is not blown up into noise.
 
-"bass" instead scales the drums so that their integrated loudness (ITU-R BS.1770-4,
-K-weighted and gated: torchaudio's `loudness`) equals the bass's plus `drums_gain_db`: for a
-model whose level cannot be trusted (one trained on normalised stems).  Loudness, not RMS: RMS is ruled by the loudest low-frequency peaks, so a generated kick
-that runs hot turned the whole kit down under RMS matching (by 13 dB on average on the
-held-out grooves, leaving the rest of the kit far too quiet); loudness weights the
-spectrum as listeners do, which is what "mixes straight into the track" needs.  Signals
-shorter than one 400 ms loudness block, or gated out as silent, fall back to active RMS
-(RMS over the 2048-sample blocks within 30 dB of the loudest block).  The gain change is capped to [-40, +30] dB so a near-silent generation
-is not blown up into noise.
+Peaks: a generated kick can run 10-20 dB hotter than the rest of the kit.  Scaling the whole
+signal under full scale (as the mix still is, `peak_safe`) then set the level of every drum
+by that one kick: on the held-out grooves the drums came out ~10 dB under the true ones
+whichever level rule ran before it.  `limit_peaks` turns down only the stretches around the
+peaks (look-ahead, a few milliseconds), so the rest of the kit keeps its level.
 """
 from __future__ import annotations
 
