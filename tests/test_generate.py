@@ -288,10 +288,10 @@ def _in_process_gives_the_jobs_drums(checkpoint: str, windows: str, job_output: 
     for cid in clip_ids:
         ours, theirs = (sf.read(io.BytesIO(read_bytes(join_uri(root, cid, "drums.wav"), s3_endpoint)))[0]
                         for root in (again, job_output))
-        # The same up to float rounding (Griffin-Lim in other batches), scaled by the drums' level,
-        # plus a 16-bit step or two.
+        # The same up to float rounding (Griffin-Lim in other batches), which the peak limiter's
+        # gain can lift with the drums' level: within 1/250 of the peak (-48 dB), plus 16-bit steps.
         assert ours.shape == theirs.shape
-        assert np.abs(ours - theirs).max() <= 2 / 32768 + 1e-3 * np.abs(theirs).max(), cid
+        assert np.abs(ours - theirs).max() <= 2 / 32768 + 4e-3 * np.abs(theirs).max(), cid
     fs, path = fsspec_filesystem(again, s3_endpoint)
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(path)) == sorted(["drums.wav", "mix.wav", "drums_mel.png"]
                                                                           * len(clip_ids))

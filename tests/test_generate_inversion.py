@@ -39,14 +39,15 @@ def test_a_batch_of_clips_of_different_lengths_inverts_as_each_clip_alone(tmp_pa
     out = tmp_path / "out"
     results = [json.loads(x) for x in render_batch(batch, PARAMS.to_dict(), str(out), None, 0.0, "model", None)["result"]]
     assert [x["error"] for x in results] == ["", ""]
-    for x in results:  # the written drums are that audio, at most a gain away
+    for x in results:  # the written drums are that audio, through the peak limiter
         written = load_audio(str(out / x["drums_path"]), PARAMS.sample_rate).numpy().reshape(-1)
-        inverted = inv.audio[("drums", x["clip_id"])].numpy()
-        n = min(len(written), len(inverted))
-        corr = np.corrcoef(written[:n], inverted[:n])[0, 1]
-        assert corr > 0.99, (x["clip_id"], corr)
+        inverted = inv.audio[("drums", x["clip_id"])].numpy().astype(np.float64)
         # At the default level ("model") the drums keep the level the generator drew: no gain,
-        # only the peak limiter, which takes off at most its deepest reduction.
+        # only the limiter (run here at the mel rate, in generate at the output rate).
         assert x["drums_gain_db"] == 0.0 and x["drums_trim_db"] <= 0.0
-        level_db = 20 * np.log10(np.sqrt(np.mean(written[:n] ** 2) / np.mean(inverted[:n] ** 2)))
-        assert x["drums_trim_db"] - 0.2 <= level_db <= 0.2, x["clip_id"]
+        limited, _ = render.limit_peaks(inverted, PARAMS.sample_rate)
+        n = min(len(written), len(limited))
+        corr = np.corrcoef(written[:n], limited[:n])[0, 1]
+        assert corr > 0.99, (x["clip_id"], corr)
+        level_db = 20 * np.log10(np.sqrt(np.mean(written[:n] ** 2) / np.mean(limited[:n] ** 2)))
+        assert abs(level_db) < 0.2, x["clip_id"]
