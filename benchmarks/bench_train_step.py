@@ -6,8 +6,8 @@ back every step), on the same networks.
 Ours: the Ray Train loop (`cycledrums train`) with 1 and with 2 workers reading
 Ray Data shards, at each `--precisions`: fp32 (the baseline's arithmetic, so the
 ratio is Ray Train's own cost) and auto (the default: bf16 autocast on a GPU, with
-channels-last, and on a CPU with AMX tiles or AVX512-BF16; optionally torch.compile).  When auto
-means bf16, the plain loop also runs with bf16 autocast, so each Ray run is set
+channels-last, and on a CPU with AMX tiles or AVX512-BF16; optionally
+torch.compile).  When auto means bf16, the plain loop also runs with bf16 autocast, so each Ray run is set
 beside the plain loop of its own arithmetic as well as beside the fp32 baseline.
 All in one run, on the same machine; medians of the timed steps.
 

@@ -389,8 +389,8 @@ def inverted_rows(todo: list[dict], params) -> Inverted:
 def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_gain_db: float,
                 drums_level: str, s3_endpoint_url: str | None) -> tuple[dict, dict]:
     """One clip's output files as bytes ({"drums", "mix", "mel"}) and its manifest fields: the drums
-    at the output rate and at `drums_level` (render.drums_gain_db), mixed with the original bass,
-    peak-safe."""
+    at the output rate and at `drums_level` (render.drums_gain_db), their peaks limited
+    (render.limit_peaks), mixed with the original bass and scaled where the mix would clip."""
     from pipelines.audio import resample
 
     from infer import render
