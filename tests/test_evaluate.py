@@ -140,6 +140,12 @@ def test_also_adds_a_model_as_a_set_and_keep_audio_writes_every_clip(ray_local, 
     assert not np.allclose(a, b)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["evaluate"]["models"]["p2p"]["model"] == "pix2pix"
+    # Each CPU actor holds both generators and Inception: its memory reservation says so
+    # (else Ray Data warns at the end of the job that the actors outgrew it).
+    from infer.evaluate import fused_actor_memory
+
+    reserved = summary["evaluate"]["generator_resources"]["actors"]["memory"]
+    assert reserved == fused_actor_memory(2) > fused_actor_memory(1)
 
 
 def _no_ray(monkeypatch):
