@@ -64,8 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, filter_stderr: bool = False) -> int:
+    """Run one command.  `filter_stderr` (the installed `cycledrums` command, not tests calling
+    main in-process) also drops Ray's native-log noise from fd 2 unless -v
+    (cluster.console.filter_native_stderr)."""
     args = build_parser().parse_args(argv)
+    if filter_stderr and not args.verbose:
+        from cluster.console import filter_native_stderr
+
+        filter_native_stderr()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -88,5 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def run() -> None:
+    """The `cycledrums` command."""
+    sys.exit(main(filter_stderr=True))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -11,8 +11,13 @@ warnings and errors of our own code, still reach the console.
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import warnings
 
@@ -54,6 +59,7 @@ NOISY_RECORDS = (
 
 _records_filtered = False
 _handler_wrapped = False
+_stderr_filter: tuple | None = None  # (the original fd 2, the filter process)
 
 def is_noise(line: str) -> bool:
     return any(p.search(line) for p in NOISY_LINES)
@@ -141,6 +147,63 @@ def _filtered(handler):
         if kept is not None:
             handler(kept)
     return handle
+
+
+def filter_native_stderr() -> None:
+    """Send this process's file descriptor 2 through a small filter process that drops Ray's noise.
+
+    Ray's C++ core worker in the driver writes some of its notices straight to fd 2, where no
+    Python handler sees them: on every Ray Data actor pool, "Actor with class name ... has
+    constructor arguments in the object store and max_restarts > 0" (Ray Data always passes
+    its actors' arguments by reference, ray-project/ray#53727).  The CLI calls this once, before
+    Ray starts, unless -v.  The filter is a separate process so that nothing is lost when the
+    job crashes or is killed: it drains the pipe until every writer is gone.  fd 2 is no longer
+    a terminal afterwards, so Ray Data logs progress instead of drawing bars (filtered; our own
+    progress lines carry done/total and an ETA).
+    """
+    global _stderr_filter
+    if _stderr_filter is not None:
+        return
+    read_end, write_end = os.pipe()
+    original = os.dup(2)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from cluster.console import filter_process; filter_process()"],
+        stdin=read_end, stdout=original, stderr=original, close_fds=True)
+    os.close(read_end)
+    sys.stderr.flush()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    _stderr_filter = (original, child)
+    atexit.register(_restore_stderr)
+
+
+def _restore_stderr() -> None:
+    """At exit: give fd 2 back and let the filter print what is left before the shell prompt."""
+    global _stderr_filter
+    if _stderr_filter is None:
+        return
+    original, child = _stderr_filter
+    _stderr_filter = None
+    sys.stderr.flush()
+    os.dup2(original, 2)  # closes this process's write end of the pipe
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # a leftover process still holds the pipe: don't hang
+        pass
+
+
+def filter_process() -> None:
+    """The filter process's main: stdin to stdout until the job's last writer is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the job; its last words still print
+    forward_filtered(sys.stdin.buffer, sys.stdout.buffer)
+
+
+def forward_filtered(source, sink) -> None:
+    """Copy lines from `source` to `sink` (binary streams), dropping Ray's noise, until EOF."""
+    for raw in iter(source.readline, b""):
+        if not is_noise(raw.decode("utf-8", "replace")):
+            sink.write(raw)
+            sink.flush()
 
 
 # ---------------------------------------------------------------- progress

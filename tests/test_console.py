@@ -95,3 +95,24 @@ def test_a_small_job_prints_a_readable_console(synth_data, tmp_path):
     steps = [line for line in lines if re.search(r"\bstep \d+/3 ", line)]
     assert steps and all("ETA" in line for line in steps), lines
     assert len(lines) < 60, "\n".join(lines)
+    # A Ray Data actor pool: the driver's core worker writes its actor-restart note straight to
+    # fd 2, which the command filters (cluster.console.filter_native_stderr).
+    lines = _check_readable(_run(["generate", str(tmp_path / "run"), str(synth_data / "test"),
+                                  str(tmp_path / "generated"), "--griffin-lim-iters", "2"], timeout=400))
+    assert any(re.search(r"generate: 2/2 clips done.*ETA", line) for line in lines), lines
+
+
+def test_the_stderr_filter_drops_ray_noise_and_passes_everything_else():
+    import io
+
+    from cluster.console import forward_filtered
+
+    noise = ("[2026-12-01 14:02:45,182 E 713 713] core_worker.cc:2465: Actor with class name: "
+             "'MapWorker(MapBatches(ClipActor))' and ID: '67' has constructor arguments in the object store "
+             "and max_restarts > 0. If the arguments in the object store go out of scope or are lost, the "
+             "actor restart will fail.\n")
+    ours = ["2026-12-01 14:02:50,001 INFO infer.generate: generate: 2/2 clips done\n",
+            "Traceback (most recent call last):\n", "ValueError: bad input \xe9\n", "no newline at the end"]
+    sink = io.BytesIO()
+    forward_filtered(io.BytesIO((ours[0] + noise + "".join(ours[1:])).encode()), sink)
+    assert sink.getvalue().decode() == "".join(ours)
