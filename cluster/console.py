@@ -167,7 +167,9 @@ def filter_native_stderr() -> None:
     read_end, write_end = os.pipe()
     original = os.dup(2)
     child = subprocess.Popen(
-        [sys.executable, "-c", "from cluster.console import filter_process; filter_process()"],
+        # This file run as a script: stdlib only, so the filter starts even where the
+        # project's package is not importable (a job's working directory elsewhere).
+        [sys.executable, "-I", os.path.abspath(__file__)],
         stdin=read_end, stdout=original, stderr=original, close_fds=True)
     os.close(read_end)
     sys.stderr.flush()
@@ -251,3 +253,7 @@ class Progress:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+
+if __name__ == "__main__":  # the filter process of filter_native_stderr
+    filter_process()
