@@ -24,12 +24,15 @@ def _is_ray_worker(proc: psutil.Process) -> bool:
 
 
 class PeakMemory:
-    """`with PeakMemory() as peak: ...` then peak.driver_mb, peak.worker_mb (largest one
-    worker reached), peak.workers_total_mb (largest sum over all workers at one time)."""
+    """`with PeakMemory() as peak: ...` then peak.driver_mb, peak.driver_added_mb (the driver's
+    peak over its RSS on entry: what the job itself added, apart from what the benchmark's own
+    in-process loop left behind), peak.worker_mb (largest one worker reached),
+    peak.workers_total_mb (largest sum over all workers at one time)."""
 
     def __init__(self, interval: float = 0.2):
         self.interval = interval
-        self.driver_mb = self.worker_mb = self.workers_total_mb = 0.0
+        self.driver_mb = self.driver_added_mb = self.worker_mb = self.workers_total_mb = 0.0
+        self._driver_start_mb = psutil.Process(os.getpid()).memory_info().rss / (1024 * 1024)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -51,6 +54,7 @@ class PeakMemory:
     def _sample(self, me: psutil.Process) -> None:
         mb = 1024 * 1024
         self.driver_mb = max(self.driver_mb, me.memory_info().rss / mb)
+        self.driver_added_mb = self.driver_mb - self._driver_start_mb
         total = 0.0
         for proc in psutil.process_iter():
             if not _is_ray_worker(proc):
@@ -64,7 +68,8 @@ class PeakMemory:
         self.workers_total_mb = max(self.workers_total_mb, total)
 
     def describe(self) -> str:
-        return (f"peak RSS: driver {self.driver_mb:.0f} MB, largest Ray worker {self.worker_mb:.0f} MB, "
+        return (f"peak RSS: driver {self.driver_mb:.0f} MB (+{self.driver_added_mb:.0f} MB during the job), "
+                f"largest Ray worker {self.worker_mb:.0f} MB, "
                 f"all Ray workers {self.workers_total_mb:.0f} MB")
 
 
@@ -74,7 +79,8 @@ def print_growth(small: dict, big: dict, factor: int) -> None:
     print(f"\ngrowth x{factor}: Ray job throughput {big['job_rate'] / small['job_rate']:.2f}x the 1x run's "
           f"(loop {big['base_rate'] / small['base_rate']:.2f}x); peak worker RSS "
           f"{small['peak'].worker_mb:.0f} -> {big['peak'].worker_mb:.0f} MB, driver "
-          f"{small['peak'].driver_mb:.0f} -> {big['peak'].driver_mb:.0f} MB")
+          f"{small['peak'].driver_mb:.0f} -> {big['peak'].driver_mb:.0f} MB (added during the job "
+          f"{small['peak'].driver_added_mb:.0f} -> {big['peak'].driver_added_mb:.0f} MB)")
     if "clips" in small and big["job_s"] > small["job_s"]:
         # Two points of job seconds = start + clips / rate: the rate once the actors are up,
         # and the start (process starts, imports, model loads) that a small run pays in full.
