@@ -100,6 +100,10 @@ def quiet_ray_logs(verbose: bool = False) -> None:
         # a filter on those handlers sees the records of every ray.* logger.
         for handler in logging.getLogger("ray").handlers:
             handler.addFilter(_RecordFilter())
+        # Importing ray.data configures its loggers (level INFO): import it first, or a job
+        # that imports it later prints Ray Data's plan and progress blocks after all.
+        import ray.data  # noqa: F401
+
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         _records_filtered = True
     if not _handler_wrapped:

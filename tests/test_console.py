@@ -84,8 +84,8 @@ def _check_readable(output: str) -> list[str]:
 
 @pytest.mark.timeout(900)
 def test_a_small_job_prints_a_readable_console(synth_data, tmp_path):
-    """prepare then train, as a user runs them: no Ray-internal chatter, no line repeated more
-    than a few times, progress lines with done/total and an ETA."""
+    """prepare, train and generate, as a user runs them: no Ray-internal chatter, no line repeated
+    more than a few times, progress lines with done/total and an ETA."""
     windows = tmp_path / "windows"
     lines = _check_readable(_run(["prepare", str(synth_data), str(windows)], timeout=400))
     assert any("prepare: 6/6 tracks done" in line and "ETA" in line for line in lines), lines
@@ -99,7 +99,7 @@ def test_a_small_job_prints_a_readable_console(synth_data, tmp_path):
     # fd 2, which the command filters (cluster.console.filter_native_stderr).
     lines = _check_readable(_run(["generate", str(tmp_path / "run"), str(synth_data / "test"),
                                   str(tmp_path / "generated"), "--griffin-lim-iters", "2"], timeout=400))
-    assert any(re.search(r"generate: 2/2 clips done.*ETA", line) for line in lines), lines
+    assert any(re.search(r"generate: 2/2 done.*ETA", line) for line in lines), lines
 
 
 def test_the_stderr_filter_drops_ray_noise_and_passes_everything_else():
@@ -111,7 +111,7 @@ def test_the_stderr_filter_drops_ray_noise_and_passes_everything_else():
              "'MapWorker(MapBatches(ClipActor))' and ID: '67' has constructor arguments in the object store "
              "and max_restarts > 0. If the arguments in the object store go out of scope or are lost, the "
              "actor restart will fail.\n")
-    ours = ["2026-12-01 14:02:50,001 INFO infer.generate: generate: 2/2 clips done\n",
+    ours = ["2026-12-01 14:02:50,001 INFO infer.generate: generate: 2/2 done\n",
             "Traceback (most recent call last):\n", "ValueError: bad input \xe9\n", "no newline at the end"]
     sink = io.BytesIO()
     forward_filtered(io.BytesIO((ours[0] + noise + "".join(ours[1:])).encode()), sink)
