@@ -254,10 +254,10 @@ def fused_actor_memory(n_models: int) -> int:
     (USS) in one actor; Ray Data warns when a reservation leaves under 25% headroom."""
     from cluster.resources import ACTOR_MEMORY
 
-    return ACTOR_MEMORY + GENERATOR_MEMORY * max(1, n_models)
+    return ACTOR_MEMORY + GENERATOR_MEMORY * n_models
 
 
-def _plan_pools(request: ResourceRequest, n_models: int = 1) -> dict:
+def _plan_pools(request: ResourceRequest, n_models: int) -> dict:
     """{"generator": (plan, book), "Inception": (plan, book)}.
 
     CPU: one pool for both (the same plan and book under each key): an EvaluateActor per
