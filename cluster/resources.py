@@ -493,10 +493,19 @@ def new_placement_book():
     return ray.remote(num_cpus=0)(PlacementBook).remote()
 
 
-def read_placements(book) -> list[dict]:
+def close_placement_book(book) -> list[dict]:
+    """At a job's end: the placements its actors recorded; then the book's actor ends.
+
+    Ray Data keeps a pool's constructor arguments (the book's handle among them) after the
+    job, so the book would otherwise outlive it: one idle actor per job in a long-lived
+    driver (a notebook, a benchmark, the test session).  Read each book once."""
     import ray
 
-    return ray.get(book.read.remote(), timeout=30) if book is not None else []
+    if book is None:
+        return []
+    entries = ray.get(book.read.remote(), timeout=30)
+    ray.kill(book)
+    return entries
 
 
 def placement_summary(plan: ActorPlan, entries: list[dict]) -> dict:

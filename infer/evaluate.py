@@ -215,7 +215,7 @@ def _generated_sets(models: list[Model], inputs: dict) -> list:
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Run the whole job; returns score's summary (also OUTPUT/summary.json) with an `evaluate` part."""
     from cluster.ray_runtime import init_ray
-    from cluster.resources import no_cuda_message, placement_summary, read_placements
+    from cluster.resources import no_cuda_message, placement_summary
 
     from infer.score import ScoreError, collect
     from infer.score_summary import finish
@@ -235,13 +235,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
             raise EvaluateError(message) from err
         raise
-    info = {"test_set": job.reference.uri, "models": {}, "generator_resources": placement_summary(
-        pools["generator"][0], read_placements(pools["generator"][1]))}
+    resources = _close_pools(pools)
+    info = {"test_set": job.reference.uri, "models": {}, "generator_resources": resources["generator"]}
     writer = ReportAudio(job, pools, info)
     try:
         summary = finish(collected, job.sets, job.reference, job.score_cfg, job.grader, job.annotations,
-                         time.perf_counter() - start, placement_summary(pools["Inception"][0],
-                                                                        read_placements(pools["Inception"][1])),
+                         time.perf_counter() - start, resources["Inception"],
                          before_write=writer, extra={"evaluate": info})
     except ScoreError as err:
         raise EvaluateError(str(err)) from err
@@ -287,6 +286,18 @@ def _plan_pools(request: ResourceRequest, n_models: int) -> dict:
             plan = replace(plan, max_size=max(plan.min_size, plan.max_size // 2))
         pools[what] = (plan, book)
     return pools
+
+
+def _close_pools(pools: dict) -> dict:
+    """Each pool's placement summary; each book is read and ended once (on CPU both pools
+    are the one fused pool, with one book)."""
+    from cluster.resources import close_placement_book, placement_summary
+
+    entries = {}  # id(book) -> its placements
+    for plan, book in pools.values():
+        if id(book) not in entries:
+            entries[id(book)] = close_placement_book(book)
+    return {what: placement_summary(plan, entries[id(book)]) for what, (plan, book) in pools.items()}
 
 
 def build_dataset(job: EvaluateJob, pools: dict):
@@ -534,7 +545,7 @@ class ReportAudio:
         if not clip_ids:
             return set()
         wanted = set(clip_ids)
-        plan, book = self.pools["generator"]
+        plan, _ = self.pools["generator"]  # its book is closed: the job's summary is taken
         if plan.device == "cpu":  # a handful of clips: the driver holds the model already
             manifest, errors = generate.generate_in_process(m.gen_cfg, {**m.job, "kind": self.job.reference.kind,
                                                                         "source": self.job.reference.uri},
@@ -547,7 +558,7 @@ class ReportAudio:
         else:
             clips = [AudioClip(cid, self.job.inputs[cid]) for cid in clip_ids]
             ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "audio", "clips": clips}, plan.io)
-        ds = generate.render_stage(generate.generator_stage(ds, m.gen_cfg, m.job, plan, book), m.gen_cfg,
+        ds = generate.render_stage(generate.generator_stage(ds, m.gen_cfg, m.job, plan, None), m.gen_cfg,
                                    m.job["params"], plan.io)
         return self._written(m, *generate._collect_results(ds, len(clip_ids)))
 

@@ -649,7 +649,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
     import pyarrow as pa
 
     from cluster.ray_runtime import init_ray
-    from cluster.resources import ResourceError, placement_summary, plan_model_stage, read_placements
+    from cluster.resources import ResourceError, placement_summary, plan_model_stage, close_placement_book
 
     from infer.runtime import join_uri, write_table
 
@@ -695,7 +695,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         "realtime_factor": round(audio_seconds / seconds, 3) if seconds > 0 else None,
         "device": plan.device, "generator_actors": plan.size,
         "inversion": f"generator actor ({plan.device})",
-        "resources": placement_summary(plan, read_placements(book)),
+        "resources": placement_summary(plan, close_placement_book(book)),
         "options": {k: v for k, v in asdict(cfg).items() if k not in ("inputs", "output", "checkpoint")},
         "mel_params": params.to_dict(), "outputs": outputs,
     }

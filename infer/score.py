@@ -80,7 +80,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     """Run the whole scoring job; returns the summary (also written to OUTPUT/summary.json)."""
     from cluster.ray_runtime import init_ray
 
-    from cluster.resources import no_cuda_message, placement_summary, read_placements
+    from cluster.resources import no_cuda_message, placement_summary, close_placement_book
 
     sets, reference, weights, grader, annotations = prepare_inputs(cfg)
     init_ray(cfg.address)
@@ -97,7 +97,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
             raise ScoreError(message) from err
         raise
-    resources = placement_summary(plan, read_placements(book))
+    resources = placement_summary(plan, close_placement_book(book))
     return finish(collected, sets, reference, cfg, grader, annotations, time.perf_counter() - start,
                   resources)
 

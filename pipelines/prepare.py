@@ -427,7 +427,7 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
     from ray.data import DataContext, ExecutionResources
 
     from cluster.ray_runtime import init_ray
-    from cluster.resources import no_cuda_message, placement_summary, read_placements
+    from cluster.resources import no_cuda_message, placement_summary, close_placement_book
 
     init_ray(cfg.address)
     plan, book = _cluster_plan(cfg, layout)
@@ -477,7 +477,7 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
             results.append(lost)
     resources = {"device": "cpu", "cpus": plan["cpus"], "gpus": plan["gpus"]}
     if plan["actors"]:
-        resources = placement_summary(plan["actors"], read_placements(book))
+        resources = placement_summary(plan["actors"], close_placement_book(book))
     return results, resources
 
 

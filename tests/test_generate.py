@@ -270,7 +270,29 @@ def test_seed_matters_only_with_variation(first_run, ray_local, checkpoint, inpu
     assert not np.array_equal(on1, on2)
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(300)
+def test_a_job_leaves_no_actor_of_its_own_behind(ray_local, checkpoint, inputs, tmp_path, monkeypatch):
+    # A long-lived driver (a notebook, a benchmark) runs job after job: each job's placement
+    # book must end with it, or every job leaves an idle process holding memory and CPU.
+    import cluster.resources as resources
+    from cycledrums_cli import main
+
+    books, new_book = [], resources.new_placement_book
+
+    def recorded_book():
+        books.append(new_book())
+        return books[-1]
+
+    monkeypatch.setattr(resources, "new_placement_book", recorded_book)
+    only = tmp_path / "in"
+    only.mkdir()
+    (only / "lithium.flac").write_bytes((inputs / "lithium.flac").read_bytes())
+    assert main(["generate", checkpoint, str(only), str(tmp_path / "out")]) == 0
+    assert len(books) == 1
+    with pytest.raises(ray_local.exceptions.RayActorError):
+        ray_local.get(books[0].read.remote(), timeout=60)
+
+
 def _in_process_gives_the_jobs_drums(checkpoint: str, windows: str, job_output: str, clip_ids: list[str],
                                      s3_endpoint: str) -> None:
     """generate_in_process (evaluate's report audio on CPU) on a few Parquet windows: the
@@ -297,6 +319,7 @@ def _in_process_gives_the_jobs_drums(checkpoint: str, windows: str, job_output: 
                                                                           * len(clip_ids))
 
 
+@pytest.mark.timeout(400)
 def test_parquet_windows_on_s3_generate_then_score(ray_local, checkpoint, s3_bucket, s3_endpoint, tmp_path):
     """The paper's evaluation loop: test windows -> generated drum clips -> scores against the truth."""
     from cycledrums_cli import main
