@@ -27,7 +27,7 @@ stops the job with `NoCudaError`, naming the node and CUDA_VISIBLE_DEVICES, unle
 the test-only switch CYCLEDRUMS_TEST_CPU_STANDIN_FOR_GPU=1 lets it run on CPU as a
 stand-in (Ray's fake cluster has GPUs as scheduling tokens but no CUDA).  Every
 actor records where it ran (node id, GPU ids) in a `PlacementBook` the job's summary
-reads.
+reads once, at the end, which also ends the book's actor.
 
 No job module is imported here; Ray and torch are imported only inside functions.
 """
