@@ -215,7 +215,7 @@ def _generated_sets(models: list[Model], inputs: dict) -> list:
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Run the whole job; returns score's summary (also OUTPUT/summary.json) with an `evaluate` part."""
     from cluster.ray_runtime import init_ray
-    from cluster.resources import no_cuda_message, placement_summary
+    from cluster.resources import no_cuda_message
 
     from infer.score import ScoreError, collect
     from infer.score_summary import finish

@@ -649,7 +649,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
     import pyarrow as pa
 
     from cluster.ray_runtime import init_ray
-    from cluster.resources import ResourceError, placement_summary, plan_model_stage, close_placement_book
+    from cluster.resources import ResourceError, close_placement_book, placement_summary, plan_model_stage
 
     from infer.runtime import join_uri, write_table
 

@@ -80,7 +80,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     """Run the whole scoring job; returns the summary (also written to OUTPUT/summary.json)."""
     from cluster.ray_runtime import init_ray
 
-    from cluster.resources import no_cuda_message, placement_summary, close_placement_book
+    from cluster.resources import close_placement_book, no_cuda_message, placement_summary
 
     sets, reference, weights, grader, annotations = prepare_inputs(cfg)
     init_ray(cfg.address)

@@ -427,7 +427,7 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
     from ray.data import DataContext, ExecutionResources
 
     from cluster.ray_runtime import init_ray
-    from cluster.resources import no_cuda_message, placement_summary, close_placement_book
+    from cluster.resources import close_placement_book, no_cuda_message, placement_summary
 
     init_ray(cfg.address)
     plan, book = _cluster_plan(cfg, layout)
