@@ -27,7 +27,8 @@ stops the job with `NoCudaError`, naming the node and CUDA_VISIBLE_DEVICES, unle
 the test-only switch CYCLEDRUMS_TEST_CPU_STANDIN_FOR_GPU=1 lets it run on CPU as a
 stand-in (Ray's fake cluster has GPUs as scheduling tokens but no CUDA).  Every
 actor records where it ran (node id, GPU ids) in a `PlacementBook` the job's summary
-reads once, at the end, which also ends the book's actor.
+reads at the end; the book's actor ends with the job, finished or failed
+(`ending_placement_books`).
 
 No job module is imported here; Ray and torch are imported only inside functions.
 """
@@ -37,6 +38,7 @@ import argparse
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger(__name__)
@@ -493,19 +495,31 @@ def new_placement_book():
     return ray.remote(num_cpus=0)(PlacementBook).remote()
 
 
-def close_placement_book(book) -> list[dict]:
-    """At a job's end: the placements its actors recorded; then the book's actor ends.
-
-    Ray Data keeps a pool's constructor arguments (the book's handle among them) after the
-    job, so the book would otherwise outlive it: one idle actor per job in a long-lived
-    driver (a notebook, a benchmark, the test session).  Read each book once."""
+def read_placements(book) -> list[dict]:
+    """The placements a job's actors recorded in its book (none without a book)."""
     import ray
 
-    if book is None:
-        return []
-    entries = ray.get(book.read.remote(), timeout=30)
-    ray.kill(book)
-    return entries
+    return [] if book is None else ray.get(book.read.remote(), timeout=30)
+
+
+@contextmanager
+def ending_placement_books(*books):
+    """The life of a job's placement books: each ends (its actor is killed) when the job
+    leaves the block, finished or failed.  Read them inside the block.
+
+    Ray Data keeps a pool's constructor arguments (the book's handle among them) after the
+    job, so a book would otherwise outlive it: one idle actor per job in a long-lived
+    driver (a notebook, a benchmark, the test session)."""
+    import ray
+
+    try:
+        yield
+    finally:
+        for book in {id(b): b for b in books if b is not None}.values():
+            try:
+                ray.kill(book)
+            except Exception as err:  # the job's own error, if any, is the one to raise
+                log.debug("placement book not ended: %s", err)
 
 
 def placement_summary(plan: ActorPlan, entries: list[dict]) -> dict:

@@ -215,7 +215,7 @@ def _generated_sets(models: list[Model], inputs: dict) -> list:
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Run the whole job; returns score's summary (also OUTPUT/summary.json) with an `evaluate` part."""
     from cluster.ray_runtime import init_ray
-    from cluster.resources import no_cuda_message
+    from cluster.resources import ending_placement_books, no_cuda_message
 
     from infer.score import ScoreError, collect
     from infer.score_summary import finish
@@ -228,14 +228,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     log.info("evaluating %d model(s) (%s) on %d clip(s) of %s (%s; baselines %s)", len(job.models),
              ", ".join(m.label for m in job.models), len(job.inputs), job.reference.uri, job.reference.kind,
              "on" if job.score_cfg.baselines else "off")
-    try:
-        collected = collect(ds, len(job.reference.clip_ids))
-    except Exception as err:
-        message = no_cuda_message(err)
-        if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
-            raise EvaluateError(message) from err
-        raise
-    resources = _close_pools(pools)
+    with ending_placement_books(*(book for _, book in pools.values())):
+        try:
+            collected = collect(ds, len(job.reference.clip_ids))
+        except Exception as err:
+            message = no_cuda_message(err)
+            if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
+                raise EvaluateError(message) from err
+            raise
+        resources = _pool_summaries(pools)
     info = {"test_set": job.reference.uri, "models": {}, "generator_resources": resources["generator"]}
     writer = ReportAudio(job, pools, info)
     try:
@@ -288,15 +289,15 @@ def _plan_pools(request: ResourceRequest, n_models: int) -> dict:
     return pools
 
 
-def _close_pools(pools: dict) -> dict:
-    """Each pool's placement summary; each book is read and ended once (on CPU both pools
-    are the one fused pool, with one book)."""
-    from cluster.resources import close_placement_book, placement_summary
+def _pool_summaries(pools: dict) -> dict:
+    """Each pool's placement summary; each book is read once (on CPU both pools are the one
+    fused pool, with one book)."""
+    from cluster.resources import placement_summary, read_placements
 
     entries = {}  # id(book) -> its placements
     for plan, book in pools.values():
         if id(book) not in entries:
-            entries[id(book)] = close_placement_book(book)
+            entries[id(book)] = read_placements(book)
     return {what: placement_summary(plan, entries[id(book)]) for what, (plan, book) in pools.items()}
 
 
@@ -545,7 +546,7 @@ class ReportAudio:
         if not clip_ids:
             return set()
         wanted = set(clip_ids)
-        plan, _ = self.pools["generator"]  # its book is closed: the job's summary is taken
+        plan, _ = self.pools["generator"]  # its book has ended: the job's summary is taken
         if plan.device == "cpu":  # a handful of clips: the driver holds the model already
             manifest, errors = generate.generate_in_process(m.gen_cfg, {**m.job, "kind": self.job.reference.kind,
                                                                         "source": self.job.reference.uri},

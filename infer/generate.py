@@ -649,7 +649,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
     import pyarrow as pa
 
     from cluster.ray_runtime import init_ray
-    from cluster.resources import ResourceError, close_placement_book, placement_summary, plan_model_stage
+    from cluster.resources import (ResourceError, ending_placement_books, placement_summary, plan_model_stage,
+                                   read_placements)
 
     from infer.runtime import join_uri, write_table
 
@@ -665,13 +666,14 @@ def run_generate(cfg: GenerateConfig) -> dict:
         raise GenerateError(str(err)) from err
     log.info("generating drums for %d %s clip(s) with %s (%s); generator: %s", n_clips, kind, checkpoint,
              config.get("model"), plan.describe())
-    if plan.device == "cpu":
-        ds = clip_stage(cfg, job, plan, book)
-    else:
-        ds = render_stage(generator_stage(_source_dataset(cfg, job, plan.io), cfg, job, plan, book),
-                          cfg, params, plan.io)
-
-    manifest, errors = _collect_results(ds, n_clips)
+    with ending_placement_books(book):
+        if plan.device == "cpu":
+            ds = clip_stage(cfg, job, plan, book)
+        else:
+            ds = render_stage(generator_stage(_source_dataset(cfg, job, plan.io), cfg, job, plan, book),
+                              cfg, params, plan.io)
+        manifest, errors = _collect_results(ds, n_clips)
+        placements = read_placements(book)
     seconds = time.perf_counter() - start
 
     manifest.sort(key=lambda r: r["clip_id"])
@@ -695,7 +697,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         "realtime_factor": round(audio_seconds / seconds, 3) if seconds > 0 else None,
         "device": plan.device, "generator_actors": plan.size,
         "inversion": f"generator actor ({plan.device})",
-        "resources": placement_summary(plan, close_placement_book(book)),
+        "resources": placement_summary(plan, placements),
         "options": {k: v for k, v in asdict(cfg).items() if k not in ("inputs", "output", "checkpoint")},
         "mel_params": params.to_dict(), "outputs": outputs,
     }

@@ -427,7 +427,7 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
     from ray.data import DataContext, ExecutionResources
 
     from cluster.ray_runtime import init_ray
-    from cluster.resources import close_placement_book, no_cuda_message, placement_summary
+    from cluster.resources import ending_placement_books, no_cuda_message, placement_summary, read_placements
 
     init_ray(cfg.address)
     plan, book = _cluster_plan(cfg, layout)
@@ -451,22 +451,24 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
 
     results = []
     progress = Progress("prepare", len(rows), unit="tracks")
-    try:
-        for row in build_dataset(rows, cfg, layout, plan, book).iter_rows():
-            if row["status"] == "failed":
-                log.warning("%s: failed in %s: %s", row["track_id"], row["stage"], row["reason"])
-            elif row["warning"]:
-                log.warning("%s: %s", row["track_id"], row["warning"])
-            results.append(dict(row))
-            progress.update(1, errors=int(row["status"] == "failed"))
-    except Exception as err:
-        message = no_cuda_message(err)
-        if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
-            raise PrepareError(message) from err
-        raise
-    finally:
-        (ctx.execution_options.resource_limits, ctx.max_errored_blocks,
-         ctx.op_resource_reservation_enabled) = saved
+    with ending_placement_books(book):
+        try:
+            for row in build_dataset(rows, cfg, layout, plan, book).iter_rows():
+                if row["status"] == "failed":
+                    log.warning("%s: failed in %s: %s", row["track_id"], row["stage"], row["reason"])
+                elif row["warning"]:
+                    log.warning("%s: %s", row["track_id"], row["warning"])
+                results.append(dict(row))
+                progress.update(1, errors=int(row["status"] == "failed"))
+        except Exception as err:
+            message = no_cuda_message(err)
+            if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
+                raise PrepareError(message) from err
+            raise
+        finally:
+            (ctx.execution_options.resource_limits, ctx.max_errored_blocks,
+             ctx.op_resource_reservation_enabled) = saved
+        placements = read_placements(book)
     returned = {r["track_id"] for r in results}
     for row in rows:
         if row["track_id"] not in returned:
@@ -477,7 +479,7 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
             results.append(lost)
     resources = {"device": "cpu", "cpus": plan["cpus"], "gpus": plan["gpus"]}
     if plan["actors"]:
-        resources = placement_summary(plan["actors"], close_placement_book(book))
+        resources = placement_summary(plan["actors"], placements)
     return results, resources
 
 

@@ -271,10 +271,13 @@ def test_seed_matters_only_with_variation(first_run, ray_local, checkpoint, inpu
 
 
 @pytest.mark.timeout(300)
-def test_a_job_leaves_no_actor_of_its_own_behind(ray_local, checkpoint, inputs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("job_fails", [False, True], ids=["finished", "failed"])
+def test_a_job_leaves_no_actor_of_its_own_behind(ray_local, checkpoint, inputs, tmp_path, monkeypatch, job_fails):
     # A long-lived driver (a notebook, a benchmark) runs job after job: each job's placement
-    # book must end with it, or every job leaves an idle process holding memory and CPU.
+    # book must end with it, finished or failed, or every job leaves an idle process holding
+    # memory and CPU.
     import cluster.resources as resources
+    import infer.generate as generate
     from cycledrums_cli import main
 
     books, new_book = [], resources.new_placement_book
@@ -283,11 +286,21 @@ def test_a_job_leaves_no_actor_of_its_own_behind(ray_local, checkpoint, inputs, 
         books.append(new_book())
         return books[-1]
 
+    def collection_fails(ds, n_clips):
+        raise RuntimeError("the cluster went away mid-job")
+
     monkeypatch.setattr(resources, "new_placement_book", recorded_book)
+    if job_fails:
+        monkeypatch.setattr(generate, "_collect_results", collection_fails)
     only = tmp_path / "in"
     only.mkdir()
     (only / "lithium.flac").write_bytes((inputs / "lithium.flac").read_bytes())
-    assert main(["generate", checkpoint, str(only), str(tmp_path / "out")]) == 0
+    args = ["generate", checkpoint, str(only), str(tmp_path / "out")]
+    if job_fails:
+        with pytest.raises(RuntimeError, match="went away"):
+            main(args)
+    else:
+        assert main(args) == 0
     assert len(books) == 1
     with pytest.raises(ray_local.exceptions.RayActorError):
         ray_local.get(books[0].read.remote(), timeout=60)

@@ -237,7 +237,7 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from cluster.resources import close_placement_book, train_backend
+    from cluster.resources import ending_placement_books, read_placements, train_backend
     from train.loop import train_loop_per_worker
 
     plan = plan or preflight(data, run_dir, options, num_workers=num_workers, resume=resume,
@@ -274,12 +274,14 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
     )
     log.info("training %s: %d train windows, %d workers, %d steps/epoch, %d steps",
              cfg.model, data_summary.train_windows, num_workers, steps_per_epoch, total_steps)
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    with ending_placement_books(placements):
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        entries = read_placements(placements)
     checkpoint = resolve_checkpoint(run_dir, s3_endpoint_url)
     step = int(read_progress(checkpoint, s3_endpoint_url)["step"])
-    resources = _resources_summary(device, num_workers, cpus_per_worker, close_placement_book(placements))
+    resources = _resources_summary(device, num_workers, cpus_per_worker, entries)
     _write_resources(run_dir, resources, s3_endpoint_url)
     return TrainSummary(run_dir=run_dir, checkpoint=checkpoint, step=step,
                         total_steps=total_steps, metrics=dict(result.metrics or {}),
