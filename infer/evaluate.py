@@ -224,11 +224,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     init_ray(cfg.address)
     start = time.perf_counter()
     pools = _plan_pools(cfg.resources, len(job.models))
-    ds = build_dataset(job, pools)
     log.info("evaluating %d model(s) (%s) on %d clip(s) of %s (%s; baselines %s)", len(job.models),
              ", ".join(m.label for m in job.models), len(job.inputs), job.reference.uri, job.reference.kind,
              "on" if job.score_cfg.baselines else "off")
     with ending_placement_books(*(book for _, book in pools.values())):
+        ds = build_dataset(job, pools)
         try:
             collected = collect(ds, len(job.reference.clip_ids))
         except Exception as err:
@@ -268,7 +268,8 @@ def _plan_pools(request: ResourceRequest, n_models: int) -> dict:
     two pools; each actor reserves half of --gpus-per-actor, and by default each pool
     grows to half of what one pool could, so a generator and an Inception actor share each GPU.
     """
-    from cluster.resources import ResourceError, choose_device, cluster_view, plan_model_stage
+    from cluster.resources import (ResourceError, choose_device, cluster_view, ending_placement_books,
+                                   plan_model_stage)
     from infer.generate import IO_CPUS
 
     g = request.gpus_per_actor
@@ -280,7 +281,8 @@ def _plan_pools(request: ResourceRequest, n_models: int) -> dict:
         try:
             plan, book = plan_model_stage(shared, what=what, io_cpus=IO_CPUS, **memory)
         except ResourceError as err:
-            raise EvaluateError(str(err)) from err
+            with ending_placement_books(*(b for _, b in pools.values())):  # the pools already planned
+                raise EvaluateError(str(err)) from err
         if cpu:
             return {"generator": (plan, book), "Inception": (plan, book)}
         if request.actors is None:

@@ -182,3 +182,27 @@ def test_bad_input_exits_2_before_ray_and_writes_nothing(models, test_set, incep
                                            "drums.wav").read_bytes())
     assert "no clip has a bass beside its drums" in fails(models["cyclegan"], str(drums_only.parent), str(out))
     assert not out.exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_that_cannot_be_planned_ends_the_books_of_those_already_planned(ray_local, monkeypatch):
+    # On GPUs evaluate plans two pools, each with its placement book: when the second cannot
+    # be scheduled the job stops, and the first pool's book must not stay behind.
+    import cluster.resources as resources
+    from infer.evaluate import EvaluateError, _plan_pools
+
+    books = []
+
+    def plan_model_stage(request, *, what, **policy):
+        if books:
+            raise resources.ResourceError(f"{what} needs 1 GPU; the cluster has none left")
+        books.append(resources.new_placement_book())
+        return object(), books[-1]
+
+    monkeypatch.setattr(resources, "choose_device", lambda device, view: ("cuda", "asked for"))
+    monkeypatch.setattr(resources, "plan_model_stage", plan_model_stage)
+    with pytest.raises(EvaluateError, match="needs 1 GPU"):
+        _plan_pools(resources.ResourceRequest(device="cuda", actors=(1, 1)), n_models=1)
+    assert len(books) == 1
+    with pytest.raises(ray_local.exceptions.RayActorError):
+        ray_local.get(books[0].read.remote(), timeout=60)
