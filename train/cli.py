@@ -89,7 +89,7 @@ def run_train(args) -> int:
     from ray.train import TrainingFailedError
 
     from cluster.ray_runtime import local_cluster_view
-    from cluster.resources import ResourceError, plan_workers
+    from cluster.resources import ResourceError, ending_placement_books, plan_workers
 
     try:
         local = local_cluster_view(args.address)
@@ -107,10 +107,11 @@ def run_train(args) -> int:
     except ResourceError as err:
         raise CliError(str(err)) from err
     try:
-        summary = train(plan.data, plan.run_dir, options, num_workers=args.num_workers,
-                        device=device, placements=placements, cpus_per_worker=args.cpus_per_worker,
-                        resume=args.resume, max_failures=args.max_failures,
-                        s3_endpoint_url=args.s3_endpoint_url, plan=plan)
+        with ending_placement_books(placements):  # the book made here ends here, the run finished or failed
+            summary = train(plan.data, plan.run_dir, options, num_workers=args.num_workers,
+                            device=device, placements=placements, cpus_per_worker=args.cpus_per_worker,
+                            resume=args.resume, max_failures=args.max_failures,
+                            s3_endpoint_url=args.s3_endpoint_url, plan=plan)
     except TrainingFailedError as err:
         print(f"cycledrums train: training failed after {args.max_failures} restart(s): {err}\n"
               f"the last checkpoint (if any) is in {args.run_dir}; continue with --resume",

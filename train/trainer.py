@@ -225,7 +225,8 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
           plan: RunPlan | None = None) -> TrainSummary:
     """Train (or resume) a run in RUN_DIR on the windows in DATA.  Ray must be initialised.
 
-    `device` and `placements` come from cluster.resources.plan_workers (the shared policy).
+    `device` and `placements` come from cluster.resources.plan_workers (the shared policy);
+    the caller, which made the book, ends it (`ending_placement_books`).
 
     `plan` is what `preflight` returned for the same arguments (the CLI checks before it
     starts Ray); without it the checks run here.
@@ -237,7 +238,7 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from cluster.resources import ending_placement_books, read_placements, train_backend
+    from cluster.resources import read_placements, train_backend
     from train.loop import train_loop_per_worker
 
     plan = plan or preflight(data, run_dir, options, num_workers=num_workers, resume=resume,
@@ -274,11 +275,10 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
     )
     log.info("training %s: %d train windows, %d workers, %d steps/epoch, %d steps",
              cfg.model, data_summary.train_windows, num_workers, steps_per_epoch, total_steps)
-    with ending_placement_books(placements):
-        result = trainer.fit()
-        if result.error:
-            raise result.error
-        entries = read_placements(placements)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    entries = read_placements(placements)
     checkpoint = resolve_checkpoint(run_dir, s3_endpoint_url)
     step = int(read_progress(checkpoint, s3_endpoint_url)["step"])
     resources = _resources_summary(device, num_workers, cpus_per_worker, entries)
