@@ -565,7 +565,21 @@ def claim_device(planned: str, what: str, book=None, torch_threads: int = 1) -> 
     return device
 
 
-def no_cuda_message(err: BaseException) -> str | None:
+@contextmanager
+def broken_gpu_node_as(error_type: type[Exception]):
+    """Around a job's collection on the driver: an actor's NoCudaError (a broken GPU node)
+    becomes `error_type` with NoCudaError's one-line text, not Ray's 300-line actor
+    traceback; any other error passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        message = _no_cuda_message(err)
+        if message:
+            raise error_type(message) from err
+        raise
+
+
+def _no_cuda_message(err: BaseException) -> str | None:
     """The NoCudaError text inside an error Ray raised on the driver (actor died), if any."""
     text = str(err)
     marker = "NoCudaError: "

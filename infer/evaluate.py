@@ -215,7 +215,7 @@ def _generated_sets(models: list[Model], inputs: dict) -> list:
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Run the whole job; returns score's summary (also OUTPUT/summary.json) with an `evaluate` part."""
     from cluster.ray_runtime import init_ray
-    from cluster.resources import ending_placement_books, no_cuda_message
+    from cluster.resources import broken_gpu_node_as, ending_placement_books
 
     from infer.score import ScoreError, collect
     from infer.score_summary import finish
@@ -229,13 +229,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
              "on" if job.score_cfg.baselines else "off")
     with ending_placement_books(*(book for _, book in pools.values())):
         ds = build_dataset(job, pools)
-        try:
+        with broken_gpu_node_as(EvaluateError):
             collected = collect(ds, len(job.reference.clip_ids))
-        except Exception as err:
-            message = no_cuda_message(err)
-            if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
-                raise EvaluateError(message) from err
-            raise
         resources = _pool_summaries(pools)
     info = {"test_set": job.reference.uri, "models": {}, "generator_resources": resources["generator"]}
     writer = ReportAudio(job, pools, info)

@@ -792,20 +792,15 @@ def _split_results(batch: dict, manifest: list[dict], errors: list[dict]) -> tup
 
 def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
     """(manifest rows, error rows) as the job's batches come back."""
-    from cluster.resources import no_cuda_message
+    from cluster.resources import broken_gpu_node_as
 
     from infer.runtime import Progress
 
     progress = Progress("generate", n_clips)
     manifest, errors = [], []
-    try:
+    with broken_gpu_node_as(GenerateError):
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes: progress stays current
             progress.update(*_split_results(batch, manifest, errors))
-    except Exception as err:
-        message = no_cuda_message(err)
-        if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
-            raise GenerateError(message) from err
-        raise
     return manifest, errors
 
 

@@ -80,7 +80,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     """Run the whole scoring job; returns the summary (also written to OUTPUT/summary.json)."""
     from cluster.ray_runtime import init_ray
 
-    from cluster.resources import ending_placement_books, no_cuda_message, placement_summary, read_placements
+    from cluster.resources import (broken_gpu_node_as, ending_placement_books, placement_summary,
+                                   read_placements)
 
     sets, reference, weights, grader, annotations = prepare_inputs(cfg)
     init_ray(cfg.address)
@@ -91,13 +92,8 @@ def run_score(cfg: ScoreConfig) -> dict:
              "Inception on %s x%d", n_generated, len(sets), len(reference.clip_ids), reference.kind,
              "on" if cfg.baselines else "off", plan.device, plan.size)
     with ending_placement_books(book):
-        try:
+        with broken_gpu_node_as(ScoreError):
             collected = collect(ds, len(reference.clip_ids))
-        except Exception as err:
-            message = no_cuda_message(err)
-            if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
-                raise ScoreError(message) from err
-            raise
         resources = placement_summary(plan, read_placements(book))
     return finish(collected, sets, reference, cfg, grader, annotations, time.perf_counter() - start,
                   resources)

@@ -427,7 +427,8 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
     from ray.data import DataContext, ExecutionResources
 
     from cluster.ray_runtime import init_ray
-    from cluster.resources import ending_placement_books, no_cuda_message, placement_summary, read_placements
+    from cluster.resources import (broken_gpu_node_as, ending_placement_books, placement_summary,
+                                   read_placements)
 
     init_ray(cfg.address)
     plan, book = _cluster_plan(cfg, layout)
@@ -451,7 +452,7 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
 
     results = []
     progress = Progress("prepare", len(rows), unit="tracks")
-    with ending_placement_books(book):
+    with ending_placement_books(book), broken_gpu_node_as(PrepareError):
         try:
             for row in build_dataset(rows, cfg, layout, plan, book).iter_rows():
                 if row["status"] == "failed":
@@ -460,11 +461,6 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
                     log.warning("%s: %s", row["track_id"], row["warning"])
                 results.append(dict(row))
                 progress.update(1, errors=int(row["status"] == "failed"))
-        except Exception as err:
-            message = no_cuda_message(err)
-            if message:  # a broken GPU node: stop with its name, not a 300-line actor traceback
-                raise PrepareError(message) from err
-            raise
         finally:
             (ctx.execution_options.resource_limits, ctx.max_errored_blocks,
              ctx.op_resource_reservation_enabled) = saved

@@ -18,6 +18,7 @@ from cluster.resources import (
     NoCudaError,
     ResourceError,
     ResourceRequest,
+    broken_gpu_node_as,
     check_satisfiable,
     claim_device,
     plan_actors,
@@ -112,6 +113,26 @@ def test_a_gpu_actor_without_cuda_stops_unless_the_test_standin_is_allowed(monke
         claim_device("cuda", "generator")
     monkeypatch.setenv(STANDIN_ENV, "1")
     assert claim_device("cuda", "generator") == "cpu"
+
+
+def test_a_broken_gpu_node_stops_the_job_with_one_line_and_other_errors_pass_unchanged():
+    class JobError(RuntimeError):
+        pass
+
+    # What Ray raises on the driver when an actor's constructor raised NoCudaError.
+    actor_died = RuntimeError("ActorDiedError: The actor died because of an error raised in its creation task\n"
+                              "  File \"cluster/resources.py\", line 550, in claim_device\n"
+                              "cluster.resources.NoCudaError: generator actor on node abc was given GPU(s) ['0'] "
+                              "by Ray but torch sees no CUDA device\nmore traceback")
+    with pytest.raises(JobError) as caught:
+        with broken_gpu_node_as(JobError):
+            raise actor_died
+    assert str(caught.value) == ("generator actor on node abc was given GPU(s) ['0'] by Ray "
+                                 "but torch sees no CUDA device")
+    assert caught.value.__cause__ is actor_died
+    with pytest.raises(ValueError, match="a bad clip"):
+        with broken_gpu_node_as(JobError):
+            raise ValueError("a bad clip")
 
 
 def _run_cli(args: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
