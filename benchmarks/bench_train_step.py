@@ -11,6 +11,11 @@ torch.compile).  When auto means bf16, the plain loop also runs with bf16 autoca
 beside the plain loop of its own arithmetic as well as beside the fp32 baseline.
 All in one run, on the same machine; medians of the timed steps.
 
+To split Ray's cost from our loop's, the plain loop's own step also runs inside one Ray
+Train worker (no Ray Data, none of our loop; `--no-reference-in-ray` skips it), and each Ray
+run prints what every other process on the machine (Ray's own among them) used during its
+timed steps: cores and wake-ups per second (`host_load.py`).
+
 One full step is about 1.9 TFLOP: on a 2-core CPU that is tens of seconds, so the
 default run is short (1 warm-up + 2 timed steps each).
 
@@ -37,6 +42,10 @@ from pipelines.windows import binary_to_images
 from train.config import PRECISIONS, TrainConfig, uses_bf16
 from train.models import build_networks
 from train.pool import ImagePool
+
+from host_load import HostLoad, describe
+
+TRAIN_WORKERS = ("ray::RayTrainWorker",)  # the measured work; every other process is "other"
 
 
 def reference_style_loop(bass: np.ndarray, drums: np.ndarray, cfg: TrainConfig, device: str,
@@ -107,8 +116,9 @@ def reference_style_loop(bass: np.ndarray, drums: np.ndarray, cfg: TrainConfig, 
 
 
 def ray_loop(data: str, cfg_options: dict, workers: int, cpus_per_worker: float, use_gpu: bool,
-             steps: int, warmup: int) -> list[float]:
-    """Seconds per step (per worker step = `workers` samples) of `cycledrums train`."""
+             steps: int, warmup: int) -> tuple[list[float], tuple[float, float]]:
+    """(seconds per step (per worker step = `workers` samples) of `cycledrums train`, the
+    wall-clock window of the timed steps)."""
     from train.runlog import read_metrics
     from train.trainer import train
 
@@ -117,8 +127,42 @@ def ray_loop(data: str, cfg_options: dict, workers: int, cpus_per_worker: float,
                                  "checkpoint_every": 10 ** 6, "images_per_epoch": 0}
         train(data, run_dir, options, num_workers=workers, device="cuda" if use_gpu else "cpu",
               cpus_per_worker=cpus_per_worker, max_failures=0)
-        rates = [m["samples_per_s"] for m in read_metrics(run_dir) if "event" not in m]
-    return [workers / r for r in rates[warmup:]]
+        records = [m for m in read_metrics(run_dir) if "event" not in m]
+    timed = records[warmup:]
+    window = (records[warmup - 1]["time"] if warmup else timed[0]["time"] - workers / timed[0]["samples_per_s"],
+              timed[-1]["time"])
+    return [workers / m["samples_per_s"] for m in timed], window
+
+
+def _reference_step_per_worker(config: dict) -> None:
+    import ray.train
+
+    torch.set_num_threads(config["threads"])
+    cfg = TrainConfig.from_dict(config["cfg"])
+    times = reference_style_loop(config["bass"], config["drums"], cfg, "cpu", config["steps"],
+                                 config["warmup"], bf16=config["bf16"])
+    end = time.time()
+    with tempfile.TemporaryDirectory() as folder:  # Ray Train keeps metrics that come with a checkpoint
+        ray.train.report({"times": times, "end": end}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def reference_in_ray_train(bass: np.ndarray, drums: np.ndarray, cfg: TrainConfig, cpus: int,
+                           steps: int, warmup: int, bf16: bool) -> tuple[list[float], tuple[float, float]]:
+    """The plain loop's own step (no Ray Data, none of our loop) inside one Ray Train worker
+    with `cpus` CPUs: its gap to the plain loop is what the Ray Train worker and Ray's own
+    processes cost by themselves.  (times, wall-clock window of the timed steps)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-ref-") as storage:
+        result = TorchTrainer(
+            _reference_step_per_worker,
+            train_loop_config={"bass": bass[:4], "drums": drums[:4], "cfg": cfg.to_dict(),
+                               "threads": cpus, "steps": steps, "warmup": warmup, "bf16": bf16},
+            scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": cpus}),
+            run_config=RunConfig(storage_path=storage, name="reference-step")).fit()
+    times, end = result.metrics["times"], result.metrics["end"]
+    return times, (end - sum(times), end)
 
 
 def report(name: str, times: list[float], samples_per_step: int, base: float | None) -> float:
@@ -145,6 +189,9 @@ def main() -> None:
     ap.add_argument("--ngf", type=int, default=64, help="generator width (default 64, the paper's)")
     ap.add_argument("--ndf", type=int, default=64, help="critic width (default 64)")
     ap.add_argument("--n-blocks", type=int, default=9, help="ResNet blocks (default 9)")
+    ap.add_argument("--reference-in-ray", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the plain loop's own step inside one Ray Train worker (CPU only; "
+                         "default on): splits Ray's cost from our loop's and its input's")
     args = ap.parse_args()
 
     import ray
@@ -182,18 +229,30 @@ def main() -> None:
 
         # Logical CPUs: what the workers reserve, plus room for the Ray Data tasks.
         init_ray(None, num_cpus=max(4, cores + 2))
-        runs = []
-        for p in precisions:
-            options = {"ngf": cfg.ngf, "ndf": cfg.ndf, "n_blocks": cfg.n_blocks,
-                       "compile": args.compile, "precision": p}
-            for workers in [int(w) for w in args.workers.split(",")]:
-                cpus = 1.0 if args.gpu else max(1, cores // workers)
-                times = ray_loop(data, options, workers, cpus, args.gpu, args.steps, args.warmup)
-                layout = " + channels-last" if args.gpu and arithmetic[p] == "bf16" else ""
-                name = (f"Ray Train, {workers} worker(s) x {cpus:g} CPU, "
-                        f"{p} ({arithmetic[p]}{layout})")
-                runs.append((name, times, workers, p))
-                report(name, times, workers, None)
+        runs = []  # (name, times, workers, precision or None for the reference step, arithmetic)
+        with HostLoad() as load:
+            if args.reference_in_ray and not args.gpu:
+                for k in sorted(set(arithmetic.values())):
+                    times, window = reference_in_ray_train(bass, drums, cfg, cores, args.steps,
+                                                           args.warmup, bf16=k == "bf16")
+                    name = f"plain loop's step in 1 Ray Train worker x {cores} CPU ({k})"
+                    runs.append((name, times, 1, None, k))
+                    report(name, times, 1, None)
+                    print(f"{'':<46} {describe(load.window(*window, exclude=TRAIN_WORKERS))}", flush=True)
+            for p in precisions:
+                options = {"ngf": cfg.ngf, "ndf": cfg.ndf, "n_blocks": cfg.n_blocks,
+                           "compile": args.compile, "precision": p}
+                for workers in [int(w) for w in args.workers.split(",")]:
+                    cpus = 1.0 if args.gpu else max(1, cores // workers)
+                    times, window = ray_loop(data, options, workers, cpus, args.gpu, args.steps,
+                                             args.warmup)
+                    layout = " + channels-last" if args.gpu and arithmetic[p] == "bf16" else ""
+                    name = (f"Ray Train, {workers} worker(s) x {cpus:g} CPU, "
+                            f"{p} ({arithmetic[p]}{layout})")
+                    runs.append((name, times, workers, p, arithmetic[p]))
+                    report(name, times, workers, None)
+                    print(f"{'':<46} {describe(load.window(*window, exclude=TRAIN_WORKERS))}",
+                          flush=True)
         ray.shutdown()
         for k in plain_kinds:
             after = reference_style_loop(bass, drums, cfg, device, args.steps, args.warmup,
@@ -205,11 +264,12 @@ def main() -> None:
         base = {k: report(f"plain loop ({k}, 1 process, {threads} threads)", times, 1,
                           None) for k, times in plain.items()}
         speeds = {}  # (precision, workers) -> samples/s
-        for name, times, workers, p in runs:
-            speeds[p, workers] = report(name, times, workers, base["fp32"])
-            if arithmetic[p] != "fp32":
-                print(f"{'':<46} x{speeds[p, workers] / base[arithmetic[p]]:.2f} "
-                      f"vs the plain loop in {arithmetic[p]}")
+        for name, times, workers, p, kind in runs:
+            rate = report(name, times, workers, base["fp32"])
+            if p is not None:
+                speeds[p, workers] = rate
+            if kind != "fp32":
+                print(f"{'':<46} x{rate / base[kind]:.2f} vs the plain loop in {kind}")
         for p in precisions:
             if (p, 1) in speeds and (p, 2) in speeds:
                 print(f"scaling 1 -> 2 workers ({p}): x{speeds[p, 2] / speeds[p, 1]:.2f} samples/s")

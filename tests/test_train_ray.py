@@ -86,6 +86,10 @@ def test_short_run_writes_checkpoints_with_replicas_in_sync(first_run, windows):
     steps = [m["step"] for m in metrics if "event" not in m]
     assert steps == [1, 2, 3]
     assert all(m["lr"] == pytest.approx(2e-4) for m in metrics if "event" not in m)
+    # Each step carries the wall-clock time it ended, after the run's start and in order.
+    start = next(m["time"] for m in metrics if m.get("event") == "start")
+    ends = [m["time"] for m in metrics if "event" not in m]
+    assert start <= ends[0] and ends == sorted(ends)
 
 
 @pytest.mark.timeout(60)

@@ -152,7 +152,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     stop_at = total_steps if cfg.stop_after_steps is None \
         else min(total_steps, step + cfg.stop_after_steps)
     loss_names = LOSS_NAMES[cfg.model]
-    pending: list[tuple[int, float, torch.Tensor]] = []  # (step, lr, losses) not yet logged
+    pending: list[tuple[int, float, torch.Tensor, float]] = []  # (step, lr, losses, end time) not yet logged
     last = {"time": time.perf_counter(), "losses": {}, "samples_per_s": 0.0}
     preview = [torch.empty(0, 1, params.n_mels, params.window_frames, device=device)] * 2
     last_checkpoint_step = -1 if not restored else step
@@ -167,8 +167,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         samples_per_s = len(pending) * cfg.batch_size * world / max(now - last["time"], 1e-9)
         values = torch.stack([p[2] for p in pending]).float().cpu().tolist()  # one sync
         log.write([{"step": s, "epoch": (s - 1) // steps_per_epoch, "lr": lr,
-                    **dict(zip(loss_names, v)), "samples_per_s": samples_per_s}
-                   for (s, lr, _), v in zip(pending, values)])
+                    **dict(zip(loss_names, v)), "samples_per_s": samples_per_s, "time": ended}
+                   for (s, lr, _, ended), v in zip(pending, values)])
         summary = " ".join(f"{k} {x:.3f}" for k, x in zip(loss_names, values[-1]))
         done = pending[-1][0]
         steps_per_s = samples_per_s / (cfg.batch_size * world)
@@ -224,7 +224,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 scheduler.step()
             step += 1
             taken += 1
-            pending.append((step, lr, torch.stack([losses[k] for k in loss_names])))
+            pending.append((step, lr, torch.stack([losses[k] for k in loss_names]), time.time()))
             if _log_due(cfg.log_every, step, last["time"]):
                 flush_log()
             if step % cfg.checkpoint_every == 0 and step < stop_at:
