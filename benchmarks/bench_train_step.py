@@ -230,15 +230,19 @@ def main() -> None:
         # Logical CPUs: what the workers reserve, plus room for the Ray Data tasks.
         init_ray(None, num_cpus=max(4, cores + 2))
         runs = []  # (name, times, workers, precision or None for the reference step, arithmetic)
+
+        def ran(name, times, window, workers, p, kind):
+            runs.append((name, times, workers, p, kind))
+            report(name, times, workers, None)
+            print(f"{'':<46} {describe(load.window(*window, exclude=TRAIN_WORKERS))}", flush=True)
+
         with HostLoad() as load:
             if args.reference_in_ray and not args.gpu:
                 for k in sorted(set(arithmetic.values())):
                     times, window = reference_in_ray_train(bass, drums, cfg, cores, args.steps,
                                                            args.warmup, bf16=k == "bf16")
-                    name = f"plain loop's step in 1 Ray Train worker x {cores} CPU ({k})"
-                    runs.append((name, times, 1, None, k))
-                    report(name, times, 1, None)
-                    print(f"{'':<46} {describe(load.window(*window, exclude=TRAIN_WORKERS))}", flush=True)
+                    ran(f"plain loop's step in 1 Ray Train worker x {cores} CPU ({k})", times, window,
+                        1, None, k)
             for p in precisions:
                 options = {"ngf": cfg.ngf, "ndf": cfg.ndf, "n_blocks": cfg.n_blocks,
                            "compile": args.compile, "precision": p}
@@ -247,12 +251,8 @@ def main() -> None:
                     times, window = ray_loop(data, options, workers, cpus, args.gpu, args.steps,
                                              args.warmup)
                     layout = " + channels-last" if args.gpu and arithmetic[p] == "bf16" else ""
-                    name = (f"Ray Train, {workers} worker(s) x {cpus:g} CPU, "
-                            f"{p} ({arithmetic[p]}{layout})")
-                    runs.append((name, times, workers, p, arithmetic[p]))
-                    report(name, times, workers, None)
-                    print(f"{'':<46} {describe(load.window(*window, exclude=TRAIN_WORKERS))}",
-                          flush=True)
+                    ran(f"Ray Train, {workers} worker(s) x {cpus:g} CPU, {p} ({arithmetic[p]}{layout})",
+                        times, window, workers, p, arithmetic[p])
         ray.shutdown()
         for k in plain_kinds:
             after = reference_style_loop(bass, drums, cfg, device, args.steps, args.warmup,

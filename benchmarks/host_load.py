@@ -9,7 +9,8 @@ a small machine").
 
 A sampler thread keeps a snapshot every `interval` seconds; `window(t0, t1)` compares the
 snapshots nearest to two wall-clock times, so a benchmark can look at its timed steps only
-and leave Ray's start-up out.
+and leave Ray's start-up out.  The sampler's own reading of /proc runs in the benchmark's
+process, so its cost is counted there, under the driver's name.
 """
 from __future__ import annotations
 
