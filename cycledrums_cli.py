@@ -12,27 +12,10 @@ import logging
 import sys
 import traceback
 
+from cluster.errors import CliError, JobFailure, UserError  # noqa: F401  (re-exported for callers)
+
 # (module, in the order the pipeline runs)
 SUBCOMMAND_MODULES = ("pipelines.cli", "train.cli", "infer.cli", "cluster.cli")
-
-
-class UserError(ValueError):
-    """Base of every error a user causes (bad input, option, path, checkpoint...).
-
-    `main` prints it without a traceback and exits 2 (`-v` adds the traceback).
-    Each job's own error class (PrepareError, GenerateError, TrainSetupError, ...)
-    derives from it, so no job has to remember to convert its errors.
-    """
-
-
-class JobFailure(Exception):
-    """The job could not finish for a reason outside the user's input (storage or network
-    faults after retries).  `main` prints it without a traceback and exits 1; its message
-    names what failed and says that a re-run retries."""
-
-
-class CliError(UserError):
-    """A user-facing error raised by the command-line layer itself."""
 
 
 def add_job_options(parser) -> None:

@@ -114,7 +114,7 @@ def _default_address() -> str:
 
 
 def _parse_env(pairs: list[str] | None) -> dict[str, str]:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
 
     env = {}
     for pair in pairs or []:
@@ -126,7 +126,7 @@ def _parse_env(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _run_submit(args) -> int:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
 
     from cluster.submit import (DEFAULT_MAX_FILE_MB, SubmitError, SubmitRequest, run_submit,
                                 validate_job_args)
@@ -204,7 +204,7 @@ def _register_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
 
     from cluster.demo import DemoError, DemoOptions, run_demo
 

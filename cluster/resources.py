@@ -41,6 +41,8 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from cluster.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -53,7 +55,7 @@ NODE_CORES = "node_cores"
 CPU_BLOCKS_IN_FLIGHT = 2  # blocks queued per CPU model actor (ActorPlan.compute)
 
 
-class ResourceError(ValueError):
+class ResourceError(UserError):
     """The job asks for resources the cluster cannot give, or the options are invalid."""
 
 

@@ -76,7 +76,7 @@ with --variation 0 (the default) the seed changes nothing.""",
 
 
 def _run_generate(args) -> int:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
 
     from cluster.resources import ResourceRequest
 
@@ -168,7 +168,7 @@ when several GENERATED sets share clip ids.""",
 
 
 def _run_score(args) -> int:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
 
     from infer.grader import AnnotationError
     from infer.score import ScoreConfig, ScoreError, run_score
@@ -265,7 +265,7 @@ Inception actor share each GPU (each reserves half of --gpus-per-actor).""",
 
 
 def _run_evaluate(args) -> int:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
 
     from cluster.resources import ResourceRequest
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from cluster.resources import ResourceRequest
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cluster.resources import ResourceRequest
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 from pipelines.storage import read_bytes, write_bytes
 
 log = logging.getLogger(__name__)

@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cluster.errors import UserError
+
 DIMENSIONS = ("quality", "contamination", "credibility", "time")
 REQUIRED_COLUMNS = ("clip_id", "rater") + DIMENSIONS
 BUCKETS = ("0-3", "4-5", "6-7", "8-9")
 N_BUCKETS = len(BUCKETS)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     pass
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
+from cluster.errors import UserError
 from cluster.resources import ResourceRequest
 
 MATCHING_RULE = ("clip ids match when equal, or when one is the other with leading folders removed "
                  "('track-1' matches 'test/track-1' and vice versa), if exactly one reference clip fits")
 
 
-class ScoreError(ValueError):
+class ScoreError(UserError):
     """A problem with the job's inputs as a whole (printed as a CLI error)."""
 
 

@@ -18,7 +18,7 @@ import os
 import posixpath
 from dataclasses import dataclass
 
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 MANIFEST = "manifest.parquet"

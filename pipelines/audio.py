@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 
 AudioSource = Union[str, os.PathLike, bytes, BinaryIO]
 

@@ -22,7 +22,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 
 from pipelines.storage import fsspec_filesystem, is_remote
 

@@ -36,7 +36,7 @@ def _register_synth(sub) -> None:
 
 
 def _run_synth(args) -> int:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
     from pipelines.synth import write_dataset
 
     try:
@@ -93,7 +93,7 @@ def _split_list(text: str | None) -> list[str] | None:
 
 
 def _run_grooves(args) -> int:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
     from pipelines.grooves import GroovesConfig, GroovesError, format_summary, run_grooves
 
     cfg = GroovesConfig(
@@ -131,7 +131,7 @@ def _register_roundtrip(sub) -> None:
 
 
 def _run_roundtrip(args) -> int:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
     from pipelines.roundtrip import roundtrip_file
 
     if args.iterations < 1:
@@ -203,7 +203,7 @@ def _register_prepare(sub) -> None:
 
 def _run_prepare(args) -> int:
     from cluster.resources import ResourceError, ResourceRequest
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
     from pipelines.catalog import CatalogError
     from pipelines.prepare import PrepareConfig, PrepareError, exit_problem, format_summary, run_prepare
     from pipelines.separation import ModelSpecError

@@ -23,7 +23,7 @@ import hashlib
 import re
 import unicodedata
 
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 
 MAX_PART_CHARS = 100  # keeps a part well under the 255-byte file-name limit in UTF-8
 HASH_MARK = "~"

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from cluster.errors import UserError
 from pipelines.storage import fsspec_filesystem, is_local_filesystem, read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ DRUMS_PEAK = 0.6
 BASS_VS_DRUMS_DB = -2.0
 
 
-class GroovesError(ValueError):
+class GroovesError(UserError):
     """A user error in the inputs or options (reported without a traceback)."""
 
 

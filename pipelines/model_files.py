@@ -14,7 +14,7 @@ import pickle
 import re
 import zipfile
 
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 
 
 class UnsafeModelFileError(UserError):

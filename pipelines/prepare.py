@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from cluster.resources import ResourceRequest
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 from pipelines.catalog import DEFAULT_TEST_FRACTION, Catalog, Track, build_catalog
 from pipelines.mel import MelParams
 from pipelines.separation import DEFAULT_MODEL

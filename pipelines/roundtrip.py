@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 from pipelines.audio import AudioError, load_audio, save_wav
 from pipelines.mel import MelParams, audio_to_image, image_to_audio, mel_mae_db
 

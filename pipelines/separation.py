@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 
 DEFAULT_MODEL = "htdemucs"
 KEPT_SOURCES = ("bass", "drums")

@@ -12,7 +12,7 @@ import os
 import fsspec
 import pyarrow.fs as pafs
 
-from cycledrums_cli import JobFailure
+from cluster.errors import JobFailure
 
 # Retries of every S3 call, in both clients (s3fs / botocore and pyarrow's own S3 client):
 # AWS "standard" mode, exponential backoff with jitter, throttling (503 SlowDown) and

@@ -22,7 +22,7 @@ def test_user_error_prints_a_message_and_v_adds_the_traceback(tmp_path, capsys):
 
 
 def test_every_job_error_class_is_a_user_error():
-    from cycledrums_cli import CliError, UserError
+    from cluster.errors import CliError, UserError
     from infer.generate import GenerateError
     from infer.sources import SourceError
     from pipelines.audio import AudioError

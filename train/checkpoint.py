@@ -24,7 +24,7 @@ import posixpath
 
 import torch
 
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 
 from pipelines.mel import MelParams
 from pipelines.storage import fsspec_filesystem, read_bytes

@@ -69,7 +69,7 @@ def _add_option_flag(group, f) -> None:
 
 
 def run_train(args) -> int:
-    from cycledrums_cli import CliError
+    from cluster.errors import CliError
 
     options = {f.name: getattr(args, f.name) for f in option_fields()}
     if options["epochs"] is not None and options["max_steps"] is not None:

@@ -12,7 +12,7 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 
-from cycledrums_cli import UserError
+from cluster.errors import UserError
 
 from pipelines.mel import MelParams
 from pipelines.storage import arrow_filesystem, is_remote, local_path_resolved, storage_errors
