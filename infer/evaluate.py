@@ -114,6 +114,7 @@ class EvaluateJob:
 
 def preflight(cfg: EvaluateConfig) -> EvaluateJob:
     """Every check generate and score make before Ray starts, on evaluate's inputs."""
+    from pipelines.paths import check_output_outside_inputs
     from pipelines.storage import local_path_resolved
 
     from infer.score import ScoreConfig, check_inception_weights, check_output, prepare_annotations_and_grader
@@ -124,6 +125,8 @@ def preflight(cfg: EvaluateConfig) -> EvaluateJob:
         raise EvaluateError(f"--report-clips must be >= 0, got {cfg.report_clips}")
     cfg = replace(cfg, test_set=local_path_resolved(cfg.test_set), output=local_path_resolved(cfg.output))
     specs = _model_specs(cfg)
+    check_output_outside_inputs(cfg.output, {"TEST_SET": cfg.test_set,
+                                             "CHECKPOINT": [checkpoint for _, checkpoint in specs]})
     check_output(cfg.output, cfg.s3_endpoint_url)
     weights = check_inception_weights(cfg.inception_weights, cfg.s3_endpoint_url)
     reference = _reference(cfg)

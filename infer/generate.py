@@ -501,12 +501,14 @@ def preflight(cfg: GenerateConfig) -> tuple[GenerateConfig, dict]:
     """
     from dataclasses import replace
 
+    from pipelines.paths import check_output_outside_inputs
     from pipelines.storage import fsspec_filesystem, local_path_resolved, storage_errors
 
     cfg.validate()
     cfg = replace(cfg, checkpoint=local_path_resolved(cfg.checkpoint),
                   inputs=[local_path_resolved(u) for u in cfg.inputs],
                   output=local_path_resolved(cfg.output))
+    check_output_outside_inputs(cfg.output, {"CHECKPOINT": cfg.checkpoint, "INPUT": cfg.inputs})
     fs, inner = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
     with storage_errors("checking", cfg.output):
         if fs.isfile(inner):

@@ -102,11 +102,14 @@ def run_score(cfg: ScoreConfig) -> dict:
 def prepare_inputs(cfg: ScoreConfig):
     """Every check that needs no Ray: options, OUTPUT, weights, inputs, clip matching, grader, annotations."""
     from infer.sources import SourceError
+    from pipelines.paths import check_output_outside_inputs
 
     if cfg.batch_size < 1:
         raise ScoreError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.report_clips < 0:
         raise ScoreError(f"--report-clips must be >= 0, got {cfg.report_clips}")
+    check_output_outside_inputs(cfg.output, {"GENERATED": [parse_generated(g)[1] for g in cfg.generated],
+                                             "REFERENCE": cfg.reference})
     check_output(cfg.output, cfg.s3_endpoint_url)
     weights = check_inception_weights(cfg.inception_weights, cfg.s3_endpoint_url)
     try:

@@ -372,9 +372,12 @@ def _metadata(cfg: GroovesConfig, ok: list[dict], soundfont: str) -> bytes:
 
 def run_grooves(cfg: GroovesConfig, in_process: bool = False) -> dict:
     """Select, render (Ray Data, or in this process), write metadata; returns a summary."""
+    from pipelines.paths import check_output_outside_inputs
     from pipelines.soundbank import default_soundfont_path
 
     started = time.perf_counter()
+    check_output_outside_inputs(cfg.out, {"GROOVE_DIR": cfg.groove_dir, "--soundfont": cfg.soundfont},
+                                what="OUT")
     soundfont = cfg.soundfont or default_soundfont_path()
     try:
         open(soundfont, "rb").close()

@@ -64,7 +64,7 @@ TRACK_FIELDS = [
     pa.field("reason", pa.string()),
     pa.field("seconds", pa.float64()),  # audio duration
     pa.field("transient", pa.bool_()),  # failed on a storage / network fault: a re-run retries
-    pa.field("warning", pa.string()),  # kept, but with a problem worth knowing (truncated file)
+    pa.field("warning", pa.string()),  # kept, but with a problem worth knowing
 ]
 TRACK_SCHEMA = pa.schema(TRACK_FIELDS)
 STEMS_SCHEMA = pa.schema(TRACK_FIELDS + [pa.field("bass", pa.large_binary()),
@@ -184,17 +184,17 @@ def _check_long_enough(num_samples: int, rate: int, params: MelParams) -> None:
 
 
 def _decode_mono(uri: str, params: MelParams, s3_endpoint_url: str | None):
-    """File -> (mono float32 tensor at the codec's rate, warning); AudioError when unusable."""
-    from pipelines.audio import EmptyAudioError, check_not_silent, read_audio, to_mono_resampled, truncation_warning
+    """File -> mono float32 tensor at the codec's rate; AudioError when unusable
+    (read_audio refuses truncated files and NaN/Inf samples for every job alike)."""
+    from pipelines.audio import EmptyAudioError, check_not_silent, read_audio, to_mono_resampled
 
     data = read_bytes(uri, s3_endpoint_url)
     if not data:
         raise EmptyAudioError(f"{uri}: file is empty (0 bytes)")
     samples, rate = read_audio(_named_buffer(data, uri))
-    warning = truncation_warning(data, samples.shape[0], rate, uri)
     signal = to_mono_resampled(samples, rate, params.sample_rate)
     check_not_silent(signal, uri)
-    return signal, warning
+    return signal
 
 
 def _audio_bytes(signal) -> bytes:
@@ -218,13 +218,12 @@ def decode_stems(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None
         if row["status"] == "pending":
             try:
                 sources = json.loads(row["sources"])
-                bass, bass_warning = _decode_mono(sources["bass"], params, s3_endpoint_url)
-                drums, drums_warning = _decode_mono(sources["drums"], params, s3_endpoint_url)
+                bass = _decode_mono(sources["bass"], params, s3_endpoint_url)
+                drums = _decode_mono(sources["drums"], params, s3_endpoint_url)
                 n = min(bass.shape[-1], drums.shape[-1])
                 _check_long_enough(n, params.sample_rate, params)
                 row.update(bass=_audio_bytes(bass[:n]), drums=_audio_bytes(drums[:n]),
-                           seconds=n / params.sample_rate,
-                           warning=_join_warnings(bass_warning, drums_warning))
+                           seconds=n / params.sample_rate)
             except Exception as err:  # a bad track becomes an error row; the job goes on
                 _fail(row, "decode", err)
         rows.append(row)
@@ -233,7 +232,7 @@ def decode_stems(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None
 
 def decode_mix(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) -> pa.Table:
     """Mixes layout: song file -> float32 [channels, samples] at its own rate, for Demucs."""
-    from pipelines.audio import SILENCE_PEAK, SilentAudioError, read_audio, truncation_warning
+    from pipelines.audio import SILENCE_PEAK, SilentAudioError, read_audio
 
     rows = []
     for row in batch.to_pylist():
@@ -243,7 +242,6 @@ def decode_mix(batch: pa.Table, params: MelParams, s3_endpoint_url: str | None) 
                 uri = json.loads(row["sources"])["mix"]
                 raw = read_bytes(uri, s3_endpoint_url)
                 samples, rate = read_audio(_named_buffer(raw, uri))
-                row["warning"] = truncation_warning(raw, samples.shape[0], rate, uri)
                 _check_long_enough(samples.shape[0], rate, params)
                 peak = float(np.abs(samples).max())
                 if peak < SILENCE_PEAK:
@@ -549,6 +547,7 @@ def preflight(cfg: PrepareConfig) -> tuple[PrepareConfig, Catalog]:
     model, the catalog.  Returns the config with resolved paths and the catalog."""
     from dataclasses import replace
 
+    from pipelines.paths import check_output_outside_inputs
     from pipelines.storage import local_path_resolved
 
     if cfg.limit is not None and cfg.limit < 0:
@@ -559,6 +558,7 @@ def preflight(cfg: PrepareConfig) -> tuple[PrepareConfig, Catalog]:
         raise PrepareError(f"--separators must be at least 1, got {cfg.separators}")
     cfg = replace(cfg, input=local_path_resolved(cfg.input), output=local_path_resolved(cfg.output),
                   tracks_csv=local_path_resolved(cfg.tracks_csv) if cfg.tracks_csv else None)
+    check_output_outside_inputs(cfg.output, {"INPUT": cfg.input, "--tracks-csv": cfg.tracks_csv})
     out_fs, out_root = fsspec_filesystem(cfg.output, cfg.s3_endpoint_url)
     if out_fs.isfile(out_root):
         raise PrepareError(f"OUTPUT {cfg.output} is an existing file; give a folder (or s3:// prefix)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from cluster.errors import UserError
 
 from pipelines.mel import MelParams
+from pipelines.paths import check_output_outside_inputs
 from pipelines.storage import arrow_filesystem, is_remote, local_path_resolved, storage_errors
 from pipelines.windows import mel_params_from_schema
 from train.checkpoint import (CheckpointCorruptError, list_checkpoints, read_progress,
@@ -191,6 +192,8 @@ def preflight(data: str, run_dir: str, options: dict, *, num_workers: int = 1,
     if num_workers < 1:
         raise TrainSetupError("--num-workers must be at least 1")
     data, run_dir = local_path_resolved(data), local_path_resolved(run_dir)
+    check_output_outside_inputs(run_dir, {"DATA": data, "--init-from": options.get("init_from")},
+                                what="RUN_DIR")
     if not is_remote(run_dir) and os.path.isfile(run_dir):
         raise TrainSetupError(f"RUN_DIR {run_dir} is an existing file; give a folder")
     with storage_errors("reading", data):
