@@ -79,6 +79,10 @@ def report_clips(table, ladder: dict | None, labels: list[str], n: int, seed: in
 # ---------------------------------------------------------------- media
 
 
+# Seconds of audio per Vorbis write (see ogg_bytes).
+OGG_BLOCK_SECONDS = 4
+
+
 def ogg_bytes(audio: np.ndarray, rate: int) -> bytes:
     """Mono audio -> Ogg Vorbis bytes (peak-limited to 1)."""
     import soundfile as sf
@@ -90,7 +94,13 @@ def ogg_bytes(audio: np.ndarray, rate: int) -> bytes:
     if audio.size == 0:
         audio = np.zeros(rate // 10, np.float32)
     buf = io.BytesIO()
-    sf.write(buf, audio, rate, format="OGG", subtype="VORBIS")
+    # In blocks: libsndfile 1.2's Vorbis encoder crashes the process (SIGSEGV) when one
+    # write holds more than about 90 s at 22.05 kHz, i.e. on any full song (issue #31).
+    block = OGG_BLOCK_SECONDS * rate
+    channels = audio.shape[1] if audio.ndim == 2 else 1
+    with sf.SoundFile(buf, "w", rate, channels, format="OGG", subtype="VORBIS") as out:
+        for start in range(0, audio.shape[0], block):
+            out.write(audio[start:start + block])
     return buf.getvalue()
 
 

@@ -41,6 +41,14 @@ class SilentAudioError(AudioError):
     """The signal decodes but carries no sound (all samples below SILENCE_PEAK)."""
 
 
+class NonFiniteAudioError(AudioError):
+    """Some samples are NaN or infinite (possible only in float files)."""
+
+
+class TruncatedAudioError(AudioError):
+    """The file holds less audio than its header declares (cut short)."""
+
+
 def _describe(source: AudioSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
@@ -48,19 +56,34 @@ def _describe(source: AudioSource) -> str:
 
 
 def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
-    """Decode `source` (path, bytes or file object) to (float32 array [frames, channels], rate)."""
+    """Decode `source` (path, bytes or file object) to (float32 array [frames, channels], rate).
+
+    The one place every job decodes audio, so the one place that refuses what no job can
+    use: a missing, empty or unreadable file, zero samples, a file cut short
+    (`TruncatedAudioError`) and NaN or infinite samples (`NonFiniteAudioError`).
+    Silence is decoded as usual (`check_not_silent` is the caller's choice).
+    """
     name = _describe(source)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
             raise FileNotFoundError(f"audio file not found: {name}")
         if os.path.getsize(source) == 0:
             raise EmptyAudioError(f"{name}: file is empty (0 bytes)")
-    elif isinstance(source, (bytes, bytearray)):
+        with open(source, "rb") as f:
+            return _read_checked(f, name)
+    if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise EmptyAudioError(f"{name}: no bytes to decode")
         source = io.BytesIO(source)
+    return _read_checked(source, name)
+
+
+def _read_checked(f: BinaryIO, name: str) -> tuple[np.ndarray, int]:
+    start = f.tell() if f.seekable() else None
     try:
-        data, rate = sf.read(source, dtype="float32", always_2d=True)
+        with sf.SoundFile(f) as snd:
+            declared, rate = snd.frames, snd.samplerate
+            data = snd.read(dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:  # also raised for unknown formats
         # str(err) names the file object ("<_io.BytesIO object at 0x...>"): keep the reason only.
         reason = getattr(err, "error_string", "") or str(err)
@@ -69,52 +92,79 @@ def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
         raise NotAudioError(f"{name}: not a readable audio file ({err})") from err
     if data.shape[0] == 0:
         raise EmptyAudioError(f"{name}: decodes to zero samples")
+    check_finite(data, rate, name)
+    if start is not None:
+        f.seek(start)
+        head = f.read(_WAV_HEAD_BYTES)
+        size = f.seek(0, io.SEEK_END) - start
+        reason = truncation(head, size, declared, data.shape[0], rate)
+        if reason:
+            raise TruncatedAudioError(f"{name}: {reason}")
     return data, rate
 
 
-def _wav_data_chunk(raw: bytes) -> tuple[int, int, int] | None:
-    """(declared data bytes, bytes present, block align) of a RIFF/WAVE file, else None."""
+def check_finite(data: np.ndarray, rate: int, name: str) -> None:
+    """NonFiniteAudioError when any sample is NaN or infinite (a float file from a broken export)."""
+    # min/max propagate NaN and keep +-inf: two passes, no temporary array, for the common case.
+    if data.size and np.isfinite(data.min()) and np.isfinite(data.max()):
+        return
+    bad = ~np.isfinite(data)
+    first = int(np.argmax(bad.any(axis=1))) if bad.ndim == 2 else int(np.argmax(bad))
+    raise NonFiniteAudioError(f"{name}: {int(bad.sum())} of {data.size} samples are NaN or infinite "
+                              f"(the first at {first / rate:.2f} s); not usable audio")
+
+
+# A WAV's chunks before its data (fmt, LIST, ...) are read from at most this much of its start.
+_WAV_HEAD_BYTES = 1 << 20
+
+
+def _wav_data_chunk(head: bytes, size: int) -> tuple[int, int, int] | None:
+    """(declared data bytes, bytes present, block align) of a RIFF/WAVE file of `size` bytes
+    starting with `head`, else None (not a WAV, or its data chunk lies past `head`)."""
     import struct
 
-    if len(raw) < 12 or raw[:4] not in (b"RIFF", b"RF64") or raw[8:12] != b"WAVE":
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
         return None
     pos, align, ds64_size = 12, 0, None
-    while pos + 8 <= len(raw):
-        cid, size = raw[pos:pos + 4], struct.unpack("<I", raw[pos + 4:pos + 8])[0]
+    while pos + 8 <= len(head):
+        cid, chunk = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
         body = pos + 8
-        if cid == b"ds64" and size >= 16:
-            ds64_size = struct.unpack("<Q", raw[body + 8:body + 16])[0]
-        elif cid == b"fmt " and size >= 14:
-            align = struct.unpack("<H", raw[body + 12:body + 14])[0]
+        if cid == b"ds64" and chunk >= 16:
+            ds64_size = struct.unpack("<Q", head[body + 8:body + 16])[0]
+        elif cid == b"fmt " and chunk >= 14:
+            align = struct.unpack("<H", head[body + 12:body + 14])[0]
         elif cid == b"data":
-            if size == 0xFFFFFFFF and ds64_size is not None:
-                size = ds64_size
-            return size, len(raw) - body, align
-        pos = body + size + (size & 1)
+            if chunk == 0xFFFFFFFF and ds64_size is not None:
+                chunk = ds64_size
+            return chunk, size - body, align
+        pos = body + chunk + (chunk & 1)
     return None
 
 
-def truncation_warning(raw: bytes, decoded_frames: int, rate: int, name: str) -> str:
-    """'' when the file holds what its header declares; else a warning with both lengths.
+def truncation(head: bytes, size: int, declared_frames: int, decoded_frames: int, rate: int) -> str:
+    """'' when the file holds what its header declares; else the reason, with both lengths.
 
     A file cut short (an interrupted copy or download) still decodes, to less audio than
-    its header says; that should be seen, not silently kept as a shorter track.
+    its header says; every job refuses it rather than silently use a shorter track.
+    WAV: the data chunk's declared size against the bytes present (exact).  Other formats:
+    the frame count libsndfile reads from the header against the frames decoded, with
+    some slack (0.1 s or 0.5%) for formats whose count is an estimate (MP3).
     """
-    declared = None
-    wav = _wav_data_chunk(raw)
+    wav = _wav_data_chunk(head, size)
     if wav is not None:
-        size, present, align = wav
-        if align and size > present and size != 0xFFFFFFFF:  # 0xFFFFFFFF: a streamed WAV
-            declared = size // align
-    else:
-        try:
-            declared = sf.info(io.BytesIO(raw)).frames
-        except (sf.LibsndfileError, RuntimeError):
+        chunk, present, align = wav
+        if not align or chunk <= present or chunk == 0xFFFFFFFF:  # 0xFFFFFFFF: a streamed WAV
             return ""
-    if declared is None or declared <= decoded_frames:
-        return ""
-    return (f"{name}: truncated: the header declares {declared / rate:.2f} s, the file holds "
-            f"{decoded_frames / rate:.2f} s ({100 * decoded_frames / declared:.0f}%); kept what is there")
+        declared = chunk // align
+        if declared <= decoded_frames:
+            return ""
+    else:
+        declared = declared_frames
+        if declared <= decoded_frames + max(rate // 10, declared // 200):
+            return ""
+    return (f"truncated: the header declares {declared / rate:.2f} s, the file holds "
+            f"{decoded_frames / rate:.2f} s ({100 * decoded_frames / declared:.0f}%); "
+            "an interrupted copy or download? Copy it again, or re-save the part that is there")
 
 
 # Output phases per polyphase block that `resample` aims for (see there).

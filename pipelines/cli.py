@@ -160,7 +160,7 @@ def _register_prepare(sub) -> None:
         "track id, optionally filtered with FMA's tracks.csv (albums with the word 'live' in the "
         "title are dropped). Writes OUTPUT/{train,test}/<track>.parquet (one file per track, 256x256 uint8 "
         "windows, 50 frames overlap, mel parameters in the file metadata), OUTPUT/_errors.csv "
-        "(track, path, stage, reason, outcome: failures and truncated files kept with a warning) and "
+        "(track, path, stage, reason, outcome: failures, such as corrupt, truncated or silent files, and tracks kept with a warning) and "
         "OUTPUT/_summary.json (this run, and what OUTPUT holds). Tracks already in OUTPUT are "
         "skipped unless --overwrite. Exit status 1 when OUTPUT holds no window after the run, or "
         "when tracks failed on storage faults (a re-run retries them). S3 credentials come from the standard AWS environment.",
