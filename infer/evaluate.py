@@ -219,6 +219,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Run the whole job; returns score's summary (also OUTPUT/summary.json) with an `evaluate` part."""
     from cluster.ray_runtime import init_ray
     from cluster.resources import broken_gpu_node_as, ending_placement_books
+    from pipelines.storage import storage_faults_in_ray
 
     from infer.score import ScoreError, collect
     from infer.score_summary import finish
@@ -232,7 +233,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
              "on" if job.score_cfg.baselines else "off")
     with ending_placement_books(*(book for _, book in pools.values())):
         ds = build_dataset(job, pools)
-        with broken_gpu_node_as(EvaluateError):
+        with storage_faults_in_ray(), broken_gpu_node_as(EvaluateError):
             collected = collect(ds, len(job.reference.clip_ids))
         resources = _pool_summaries(pools)
     info = {"test_set": job.reference.uri, "models": {}, "generator_resources": resources["generator"]}
@@ -382,12 +383,28 @@ def model_input_batch(batch: dict, inputs: dict, kind: str, params_dict: dict, s
                                      "uri": np.array([inputs[ids[i]] for i in todo], dtype=object)},
                                     params_dict, s3_endpoint_url) if todo else {}
         by_index = dict(zip(todo, generate._rows(got))) if todo else {}
+        _stop_on_storage_fault(batch["ref_error"], by_index.values())
         decoded = [by_index.get(i) or generate._row(clip_id=cid, input=inputs.get(cid, ""), stage="decode",
                                                     error=_no_input(cid, inputs, batch["ref_error"][i]))
                    for i, cid in enumerate(ids)]
     columns = generate._columns(decoded)
     columns.pop("clip_id")
     return {**{k: v for k, v in batch.items() if k not in columns}, **columns}
+
+
+def _stop_on_storage_fault(ref_errors, decoded_rows) -> None:
+    """A reference or bass file that could not be read for a storage fault (after the
+    retries) stops the job with its one-line StorageError (`storage_faults_in_ray`): the
+    figures are per test set, so a clip missing for a fault would change them, and a re-run
+    retries it.  A bad file stays an error row."""
+    from pipelines.storage import StorageError, is_storage_fault_text
+
+    for error in ref_errors:
+        if error and is_storage_fault_text(str(error)):
+            raise StorageError(str(error))
+    for row in decoded_rows:
+        if row.get("transient"):
+            raise StorageError(str(row["error"]))
 
 
 def _no_input(clip_id: str, inputs: dict, ref_error: str) -> str:
@@ -415,7 +432,7 @@ def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dic
     clip's files are also written there (generate's layout)."""
     from pipelines.audio import AudioError
     from pipelines.mel import MelParams
-    from pipelines.storage import write_bytes
+    from pipelines.storage import StorageError, write_bytes
 
     from infer import generate
     from infer.runtime import join_uri, remove_quietly
@@ -437,6 +454,8 @@ def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dic
             image = mel_image_from_bytes(contents["drums"], f"{cid}/drums.wav", ref_params)
             for kind, data in contents.items() if output else ():
                 write_bytes(join_uri(output, cid, generate.OUTPUT_FILES[kind]), data, s3_endpoint_url)
+        except StorageError:
+            raise  # stops the job with its one-line message (storage_faults_in_ray)
         except (AudioError, OSError, ValueError, RuntimeError) as err:
             if output:
                 for name in generate.OUTPUT_FILES.values():

@@ -486,10 +486,13 @@ def _check_generator_loads(checkpoint: str, s3_endpoint_url: str | None) -> None
     """Load the generator once on the driver: a broken checkpoint is a clear error, not a dead actor."""
     import pickle
 
+    from pipelines.storage import StorageError
     from train.checkpoint import load_generator
 
     try:
         load_generator(checkpoint, device="cpu", s3_endpoint_url=s3_endpoint_url)
+    except StorageError:
+        raise  # a storage fault, not a broken checkpoint: exit 1, a re-run retries it
     except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError) as err:
         raise GenerateError(f"cannot load the generator from {checkpoint}: {type(err).__name__}: {err}") from err
 
@@ -795,12 +798,13 @@ def _split_results(batch: dict, manifest: list[dict], errors: list[dict]) -> tup
 def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
     """(manifest rows, error rows) as the job's batches come back."""
     from cluster.resources import broken_gpu_node_as
+    from pipelines.storage import storage_faults_in_ray
 
     from infer.runtime import Progress
 
     progress = Progress("generate", n_clips)
     manifest, errors = [], []
-    with broken_gpu_node_as(GenerateError):
+    with storage_faults_in_ray(), broken_gpu_node_as(GenerateError):
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes: progress stays current
             progress.update(*_split_results(batch, manifest, errors))
     return manifest, errors

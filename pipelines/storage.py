@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import re
+import time
+from typing import Callable, TypeVar
 
 import fsspec
 import pyarrow.fs as pafs
 
 from cluster.errors import JobFailure
+
+T = TypeVar("T")
 
 # Retries of every S3 call, in both clients (s3fs / botocore and pyarrow's own S3 client):
 # AWS "standard" mode, exponential backoff with jitter, throttling (503 SlowDown) and
@@ -39,10 +45,44 @@ _PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Permissi
               FileExistsError)
 
 
+def _body_fault_types() -> tuple[type[BaseException], ...]:
+    """The errors of a connection lost while a response's body is read (a reset after the
+    status line and headers, half the body in): raised past the S3 clients' retry loops,
+    which cover the request and its status line only."""
+    import http.client
+
+    types: list[type[BaseException]] = [ConnectionError, http.client.IncompleteRead]
+    try:
+        import aiohttp
+
+        types += [aiohttp.ClientPayloadError, aiohttp.ClientConnectionError]
+    except ImportError:  # pragma: no cover - s3fs brings aiohttp
+        pass
+    try:
+        from botocore.exceptions import ResponseStreamingError
+
+        types.append(ResponseStreamingError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from urllib3.exceptions import IncompleteRead, ProtocolError
+
+        types += [IncompleteRead, ProtocolError]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def is_body_fault(err: BaseException) -> bool:
+    """True for a connection lost in the middle of a response body (see `_body_fault_types`)."""
+    return isinstance(err, _body_fault_types())
+
+
 def is_transient(err: BaseException) -> bool:
     """True for a storage / network fault a re-run may not hit: a StorageError (the storage
-    layer wraps remote faults into one) or a raw network error of the S3 client."""
-    if isinstance(err, StorageError):
+    layer wraps remote faults into one), a raw network error of the S3 client, or a
+    connection lost in the middle of a response body."""
+    if isinstance(err, StorageError) or is_body_fault(err):
         return True
     try:
         from botocore.exceptions import BotoCoreError
@@ -58,18 +98,111 @@ def _is_remote_fault(err: BaseException) -> bool:
     return isinstance(err, (OSError, TimeoutError)) or is_transient(err)
 
 
+RETRY_HINT = "a re-run retries it"
+
+
+def _storage_error(action: str, uri: str, err: BaseException) -> StorageError | None:
+    """The StorageError naming `uri` that a transient fault on it becomes; None for others."""
+    if isinstance(err, StorageError):
+        return err
+    if is_remote(uri) and _is_remote_fault(err):
+        detail = " ".join(f"{type(err).__name__}: {err}".split())  # one line
+        return StorageError(f"{action} {uri} failed after {s3_max_attempts()} attempts "
+                            f"({detail}); {RETRY_HINT}")
+    return None
+
+
+_FAULT_TEXT = re.compile(r" failed after \d+ attempts \(.*\); " + re.escape(RETRY_HINT))
+
+
+def is_storage_fault_text(text: str) -> bool:
+    """Does an error text (a stage's error row, which keeps errors as text) carry a
+    StorageError's message?"""
+    return bool(_FAULT_TEXT.search(text))
+
+
 @contextlib.contextmanager
 def storage_errors(action: str, uri: str):
     """Turn a transient fault on a remote `uri` into a StorageError that names it."""
     try:
         yield
+    except Exception as err:
+        wrapped = _storage_error(action, uri, err)
+        if wrapped is None or wrapped is err:
+            raise
+        raise wrapped from err
+
+
+def backoff_seconds(attempt: int) -> float:
+    """The wait before retry number `attempt` (1, 2, ...): full jitter over an exponential
+    cap, as the AWS standard retry mode does (here from 0.2 s, at most 20 s)."""
+    return random.uniform(0.0, min(20.0, 0.2 * 2 ** attempt))
+
+
+def retried_read(action: str, uri: str, read: Callable[[], T]) -> T:
+    """`read()` (a whole read of the object `uri`: request AND body) with the S3 retry budget.
+
+    The S3 clients retry a request until its status line; a connection lost in the middle
+    of the body (aiohttp's ClientPayloadError, a reset, an incomplete read) escapes them.
+    Such a fault here re-runs the whole read, up to `s3_max_attempts()` reads in all, with
+    backoff.  A remote fault that is left becomes a StorageError naming `uri` (a JobFailure:
+    the job exits 1; a re-run retries it).  Local paths are read once, unchanged.
+    """
+    if not is_remote(uri):
+        return read()
+    attempts = s3_max_attempts()
+    for attempt in range(1, attempts + 1):
+        try:
+            return read()
+        except Exception as err:
+            if is_body_fault(err) and attempt < attempts:
+                time.sleep(backoff_seconds(attempt))
+                continue
+            wrapped = _storage_error(action, uri, err)
+            if wrapped is None or wrapped is err:
+                raise
+            raise wrapped from err
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+STORAGE_ERROR_MARK = "StorageError: "
+
+
+def storage_fault_in(err: BaseException) -> StorageError | None:
+    """The StorageError behind an error Ray raised on the driver, if any.
+
+    Ray Data re-raises a task's or actor's exception as its own (`UserCodeException`),
+    with the original only as text in its traceback; this finds a StorageError there (or
+    in the exception chain) and gives back one with its one-line message."""
+    seen, stack = set(), [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e) is StorageError:
+            return e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    text = str(err)
+    if STORAGE_ERROR_MARK in text:
+        return StorageError(text.rsplit(STORAGE_ERROR_MARK, 1)[1].strip().splitlines()[0])
+    return None
+
+
+@contextlib.contextmanager
+def storage_faults_in_ray():
+    """Around a job's collection on the driver: a StorageError raised in a Ray task or actor
+    (which Ray Data re-raises inside a long traceback) becomes that one-line StorageError,
+    so the CLI prints it and exits 1; any other error passes unchanged."""
+    try:
+        yield
     except StorageError:
         raise
     except Exception as err:
-        if is_remote(uri) and _is_remote_fault(err):
-            raise StorageError(f"{action} {uri} failed after {s3_max_attempts()} attempts "
-                               f"({type(err).__name__}: {err}); a re-run retries it") from err
-        raise
+        found = storage_fault_in(err)
+        if found is None:
+            raise
+        raise StorageError(str(found)) from err
 
 
 def is_remote(uri: str) -> bool:
@@ -166,11 +299,13 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
 
 
 def read_bytes(uri: str, s3_endpoint_url: str | None = None) -> bytes:
-    """The whole content of a local file or object; FileNotFoundError names the URI."""
+    """The whole content of a local file or object; FileNotFoundError names the URI.
+
+    The read (request and body) is retried as a whole (`retried_read`); a fault that is left
+    is a StorageError naming the object."""
     fs, path = fsspec_filesystem(uri, s3_endpoint_url)
     try:
-        with storage_errors("reading", uri):
-            return fs.cat_file(path)
+        return retried_read("reading", uri, lambda: fs.cat_file(path))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"file not found: {uri}") from err
 

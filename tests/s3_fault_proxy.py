@@ -1,8 +1,12 @@
 """A fault-injecting HTTP proxy for S3 tests (standard library only).
 
 It listens on 127.0.0.1 and forwards every request to an S3 server (moto), except a
-seeded share of them, which get either a `503 SlowDown` reply (S3's throttling answer)
-or a TCP reset before any reply (a dropped connection).  Which requests fail is decided
+seeded share of them, which get a `503 SlowDown` reply (S3's throttling answer), a TCP
+reset before any reply (a dropped connection), or - the common real failure - a reset in
+the middle of the body: the upstream reply's status line and headers (with the full
+Content-Length), then half its body, then a TCP reset ("midbody").  `reset_share` and
+`midbody_share` are the shares of the faulty requests that get each kind of reset; the
+rest get the 503.  Which requests fail is decided
 per request key: the n-th request with a given method and path fails iff
 hash(seed, method, path, n) < rate, so the same job under the same seed meets the same
 faults whatever order its parallel requests arrive in.
@@ -28,11 +32,13 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encodin
 class FaultProxy:
     """`with FaultProxy(upstream) as proxy:` -> proxy.url; set proxy.rate / proxy.seed any time."""
 
-    def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0, reset_share: float = 0.5):
+    def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0, reset_share: float = 0.5,
+                 midbody_share: float = 0.0):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
-        self.rate, self.seed, self.reset_share = rate, seed, reset_share
-        self.counts = Counter()  # "forwarded", "slowdown", "reset"
+        self.rate, self.seed = rate, seed
+        self.reset_share, self.midbody_share = reset_share, midbody_share
+        self.counts = Counter()  # "forwarded", "slowdown", "reset", "midbody"
         self._seen = Counter()
         self._lock = threading.Lock()
         proxy = self
@@ -52,7 +58,7 @@ class FaultProxy:
                 if fault == "slowdown":
                     self._reply(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
                     return
-                self._forward(body)
+                self._forward(body, midbody=fault == "midbody")
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
@@ -76,16 +82,24 @@ class FaultProxy:
                 self.close_connection = True
                 self.connection.close()
 
-            def _reply(self, status: int, headers: dict, body: bytes, length: int | None = None):
+            def _reply(self, status: int, headers: dict, body: bytes, length: int | None = None,
+                       midbody: bool = False):
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body) if length is None else length))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                if self.command == "HEAD":
+                    body = b""
+                if midbody:
+                    # The full Content-Length is announced; half the body follows, then a reset.
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    self._reset()
+                    return
+                self.wfile.write(body)
 
-            def _forward(self, body: bytes):
+            def _forward(self, body: bytes, midbody: bool = False):
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
@@ -97,11 +111,13 @@ class FaultProxy:
                     length = len(data)
                     if self.command == "HEAD":
                         length = int(response.getheader("Content-Length") or 0)
-                    self._reply(response.status, out, data, length)
+                    self._reply(response.status, out, data, length, midbody=midbody)
                 finally:
                     conn.close()
                 with proxy._lock:
-                    proxy.counts["forwarded"] += 1
+                    # "midbody": a reply really cut short (a HEAD's or an empty body has nothing to cut)
+                    cut = midbody and self.command != "HEAD" and len(data) > 0
+                    proxy.counts["midbody" if cut else "forwarded"] += 1
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -123,7 +139,12 @@ class FaultProxy:
                           int.from_bytes(digest[8:16], "big") / 2.0**64)
             if draw >= self.rate:
                 return None
-            fault = "reset" if kind < self.reset_share else "slowdown"
+            if kind < self.reset_share:
+                fault = "reset"
+            elif kind < self.reset_share + self.midbody_share:
+                return "midbody"  # counted once the reply's half is out (_forward)
+            else:
+                fault = "slowdown"
             self.counts[fault] += 1
             return fault
 
