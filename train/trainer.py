@@ -243,6 +243,7 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
 
     from cluster.resources import read_placements, train_backend
     from train.loop import train_loop_per_worker
+    from train.run_lock import run_lock
 
     plan = plan or preflight(data, run_dir, options, num_workers=num_workers, resume=resume,
                              s3_endpoint_url=s3_endpoint_url)
@@ -250,45 +251,47 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
     steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
     data_summary = plan.data_summary
 
-    storage_fs, storage_path = arrow_filesystem(run_dir, s3_endpoint_url)
-    use_gpu = device == "cuda"
-    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
-    backend = train_backend(device)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.to_dict(), "mel_params": params.to_dict(),
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-            "run_dir": run_dir, "s3_endpoint_url": s3_endpoint_url,
-            "cpus_per_worker": cpus_per_worker, "resume_checkpoint": plan.resume_checkpoint,
-            "damaged_checkpoints": plan.damaged_checkpoints, "on_step": on_step,
-            "placements": placements,
-        },
-        torch_config=TorchConfig(backend=backend) if backend else None,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=RUN_NAME,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs if is_remote(run_dir) else None,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=max_failures),
-        ),
-        datasets=build_datasets(data, cfg, s3_endpoint_url),
-    )
-    log.info("training %s: %d train windows, %d workers, %d steps/epoch, %d steps",
-             cfg.model, data_summary.train_windows, num_workers, steps_per_epoch, total_steps)
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    entries = read_placements(placements)
-    checkpoint = resolve_checkpoint(run_dir, s3_endpoint_url)
-    step = int(read_progress(checkpoint, s3_endpoint_url)["step"])
-    resources = _resources_summary(device, num_workers, cpus_per_worker, entries)
-    _write_resources(run_dir, resources, s3_endpoint_url)
-    return TrainSummary(run_dir=run_dir, checkpoint=checkpoint, step=step,
-                        total_steps=total_steps, metrics=dict(result.metrics or {}),
-                        resources=resources)
+    # One run at a time in RUN_DIR (train/run_lock.py): held until this run ends, finished or failed.
+    with run_lock(run_dir, s3_endpoint_url):
+        storage_fs, storage_path = arrow_filesystem(run_dir, s3_endpoint_url)
+        use_gpu = device == "cuda"
+        resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+        backend = train_backend(device)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "config": cfg.to_dict(), "mel_params": params.to_dict(),
+                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                "run_dir": run_dir, "s3_endpoint_url": s3_endpoint_url,
+                "cpus_per_worker": cpus_per_worker, "resume_checkpoint": plan.resume_checkpoint,
+                "damaged_checkpoints": plan.damaged_checkpoints, "on_step": on_step,
+                "placements": placements,
+            },
+            torch_config=TorchConfig(backend=backend) if backend else None,
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(
+                name=RUN_NAME,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs if is_remote(run_dir) else None,
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                failure_config=FailureConfig(max_failures=max_failures),
+            ),
+            datasets=build_datasets(data, cfg, s3_endpoint_url),
+        )
+        log.info("training %s: %d train windows, %d workers, %d steps/epoch, %d steps",
+                 cfg.model, data_summary.train_windows, num_workers, steps_per_epoch, total_steps)
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        entries = read_placements(placements)
+        checkpoint = resolve_checkpoint(run_dir, s3_endpoint_url)
+        step = int(read_progress(checkpoint, s3_endpoint_url)["step"])
+        resources = _resources_summary(device, num_workers, cpus_per_worker, entries)
+        _write_resources(run_dir, resources, s3_endpoint_url)
+        return TrainSummary(run_dir=run_dir, checkpoint=checkpoint, step=step,
+                            total_steps=total_steps, metrics=dict(result.metrics or {}),
+                            resources=resources)
 
 
 def _resources_summary(device: str, num_workers: int, cpus_per_worker: float, entries: list[dict]) -> dict:
