@@ -68,6 +68,36 @@ def song_derangement(clip_ids: list[str], seed: int) -> np.ndarray:
     return partner
 
 
+def partner_candidates(clip_ids: list[str], seed: int, limit: int = 8) -> list[list[int]]:
+    """Per clip, up to `limit` other-clip partners in order of preference: `song_derangement`'s
+    partner first, then the other clips of its song, then any others (both in a seeded order).
+
+    The reference stage takes the first whose drums decode, so one unreadable file costs
+    its own clip and no partner's baseline."""
+    n = len(clip_ids)
+    first = song_derangement(clip_ids, seed)
+    order = np.random.default_rng(stable_seed(seed, "fallback")).permutation(n)
+    songs: dict[str, list[int]] = {}
+    for i in order:
+        songs.setdefault(_song(clip_ids[i]), []).append(int(i))
+    out = []
+    for i in range(n):
+        chosen, seen = [int(first[i])], {i, int(first[i])}
+        for pool in (songs[_song(clip_ids[i])], order):
+            for k in pool:
+                if len(chosen) >= limit:
+                    break
+                if int(k) not in seen:
+                    chosen.append(int(k))
+                    seen.add(int(k))
+        out.append(chosen)
+    return out
+
+
+def _song(clip_id: str) -> str:
+    return clip_id.rsplit("/", 1)[0] if "/" in clip_id else ""
+
+
 def shaped_noise_image(true_image: np.ndarray, params, seed: int) -> np.ndarray:
     """uint8 mel image of noise with the true drums' long-term (per-bin mean power) spectrum."""
     db = params.db_min + true_image.astype(np.float64) * params.db_step

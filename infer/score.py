@@ -211,14 +211,7 @@ def reference_dataset(reference: ReferenceSet, cfg: ScoreConfig, io, decode_in_a
         return ds.map_batches(stages.parquet_reference_batch, batch_format="pyarrow", batch_size=64,
                               fn_kwargs={"params_dict": params.to_dict(), "baselines": bool(cfg.baselines),
                                          "seed": cfg.seed}, **io.map_args()), []
-    rows = [dict(r, other_id="", other_uri="") for r in reference.audio_rows]
-    if cfg.baselines and len(rows) >= 2:  # the other-clip baseline: a seeded derangement of the clips
-        from infer.baselines import song_derangement
-
-        for row, j in zip(rows, song_derangement([r["clip_id"] for r in rows], cfg.seed)):
-            partner = reference.audio_rows[j]
-            row.update(other_id=partner["clip_id"], other_uri=partner["drums_uri"])
-    ds = ray.data.from_items(rows)
+    ds = ray.data.from_items(stages.audio_reference_rows(reference.audio_rows, bool(cfg.baselines), cfg.seed))
     decode = (stages.audio_reference_batch,
               {"params_dict": params.to_dict(), "s3_endpoint_url": cfg.s3_endpoint_url})
     if decode_in_actor:

@@ -92,29 +92,74 @@ def parquet_reference_batch(batch, params_dict: dict, baselines: bool, seed: int
                      "other_id": other_ids, "ref_error": [""] * n, "ref_seconds": [seconds] * n})
 
 
+def audio_reference_rows(audio_rows: list[dict], baselines: bool, seed: int) -> list[dict]:
+    """Reference audio rows (clip_id, drums_uri, bass_uri) + the other-clip baseline's partners:
+    other_id / other_uri (a seeded derangement of the clips) and `other_fallbacks`, JSON
+    [[clip_id, drums_uri], ...] tried in order when the partner's drums cannot be decoded."""
+    import json
+
+    rows = [dict(r, other_id="", other_uri="", other_fallbacks="[]") for r in audio_rows]
+    if baselines and len(rows) >= 2:
+        from infer.baselines import partner_candidates
+
+        for row, candidates in zip(rows, partner_candidates([r["clip_id"] for r in rows], seed)):
+            partners = [[audio_rows[j]["clip_id"], audio_rows[j]["drums_uri"]] for j in candidates]
+            row.update(other_id=partners[0][0], other_uri=partners[0][1],
+                       other_fallbacks=json.dumps(partners[1:]))
+    return rows
+
+
 def audio_reference_batch(batch: dict, params_dict: dict, s3_endpoint_url: str | None) -> dict:
-    """Reference audio rows (clip_id, drums_uri, bass_uri, other_id, other_uri) -> rows with mel images."""
+    """Reference audio rows (`audio_reference_rows`) -> rows with mel images.
+
+    Each file is decoded on its own (once per batch): a bad drums or bass file is its own
+    clip's `ref_error`; a partner whose drums cannot be decoded is replaced by the next of
+    `other_fallbacks` (no usable one: no other-clip baseline for that clip)."""
+    import json
+
     from pipelines.audio import AudioError
     from pipelines.mel import MelParams
 
     params = MelParams.from_dict(params_dict)
+    decoded: dict[str, tuple[bytes, str, float]] = {}  # uri -> (image, error, seconds)
+
+    def decode(uri: str) -> tuple[bytes, str, float]:
+        if uri not in decoded:
+            start = time.perf_counter()
+            try:
+                decoded[uri] = (image_bytes(load_mel_image(uri, params, s3_endpoint_url)), "", 0.0)
+            except (AudioError, FileNotFoundError, OSError) as err:
+                decoded[uri] = (b"", str(err), 0.0)
+            image, error, _ = decoded[uri]
+            decoded[uri] = (image, error, time.perf_counter() - start)
+        return decoded[uri]
+
     out = {k: [] for k in REF_COLUMNS}
-    for clip_id, drums_uri, bass_uri, other_id, other_uri in zip(
-            batch["clip_id"], batch["drums_uri"], batch["bass_uri"], batch["other_id"], batch["other_uri"]):
-        images, error = {"ref_image": b"", "bass_image": b"", "other_image": b""}, ""
-        start = time.perf_counter()
-        try:
-            for key, uri in (("ref_image", drums_uri), ("bass_image", bass_uri), ("other_image", other_uri)):
-                if uri:
-                    images[key] = image_bytes(load_mel_image(uri, params, s3_endpoint_url))
-        except (AudioError, FileNotFoundError, OSError) as err:
-            error = f"reference: {err}"
+    n = len(batch["clip_id"])
+    fallbacks = batch["other_fallbacks"] if "other_fallbacks" in batch else ["[]"] * n
+    for clip_id, drums_uri, bass_uri, other_id, other_uri, more in zip(
+            batch["clip_id"], batch["drums_uri"], batch["bass_uri"], batch["other_id"], batch["other_uri"],
+            fallbacks):
+        images, errors, seconds = {"ref_image": b"", "bass_image": b"", "other_image": b""}, [], 0.0
+        for key, uri in (("ref_image", drums_uri), ("bass_image", bass_uri)):
+            if uri:
+                images[key], error, spent = decode(uri)
+                seconds += spent
+                if error:
+                    errors.append(error)
+        partner = ""
+        if not errors and other_uri:
+            for candidate_id, uri in [[other_id, other_uri]] + json.loads(str(more)):
+                image, error, spent = decode(uri)
+                if not error:
+                    images["other_image"], partner, seconds = image, candidate_id, seconds + spent
+                    break
         out["clip_id"].append(clip_id)
-        out["other_id"].append(other_id)
+        out["other_id"].append(partner)
         for key, value in images.items():
-            out[key].append(value)
-        out["ref_error"].append(error)
-        out["ref_seconds"].append(time.perf_counter() - start)
+            out[key].append(value if not errors else b"")
+        out["ref_error"].append(f"reference: {errors[0]}" if errors else "")
+        out["ref_seconds"].append(seconds)
     return _columns(out)
 
 
