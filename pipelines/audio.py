@@ -69,19 +69,34 @@ def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
             raise FileNotFoundError(f"audio file not found: {name}")
         if os.path.getsize(source) == 0:
             raise EmptyAudioError(f"{name}: file is empty (0 bytes)")
-        with open(source, "rb") as f:
-            return _read_checked(f, name)
+        path = source
+
+        def head() -> tuple[bytes, int]:
+            with open(path, "rb") as f:
+                return f.read(_WAV_HEAD_BYTES), os.path.getsize(path)
+
+        return _read_checked(source, name, head)  # libsndfile reads a path itself: faster
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise EmptyAudioError(f"{name}: no bytes to decode")
         source = io.BytesIO(source)
-    return _read_checked(source, name)
+    f, start = source, source.tell() if source.seekable() else None
+
+    def head() -> tuple[bytes, int] | None:
+        if start is None:
+            return None  # a stream: its header cannot be read again
+        f.seek(start)
+        data = f.read(_WAV_HEAD_BYTES)
+        return data, f.seek(0, io.SEEK_END) - start
+
+    return _read_checked(source, name, head)
 
 
-def _read_checked(f: BinaryIO, name: str) -> tuple[np.ndarray, int]:
-    start = f.tell() if f.seekable() else None
+def _read_checked(source, name: str, head) -> tuple[np.ndarray, int]:
+    """Decode with libsndfile, then refuse zero samples, NaN/Inf and a file cut short;
+    `head()` gives (the file's first bytes, its size) for the truncation check, or None."""
     try:
-        with sf.SoundFile(f) as snd:
+        with sf.SoundFile(source) as snd:
             declared, rate = snd.frames, snd.samplerate
             data = snd.read(dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:  # also raised for unknown formats
@@ -93,11 +108,9 @@ def _read_checked(f: BinaryIO, name: str) -> tuple[np.ndarray, int]:
     if data.shape[0] == 0:
         raise EmptyAudioError(f"{name}: decodes to zero samples")
     check_finite(data, rate, name)
-    if start is not None:
-        f.seek(start)
-        head = f.read(_WAV_HEAD_BYTES)
-        size = f.seek(0, io.SEEK_END) - start
-        reason = truncation(head, size, declared, data.shape[0], rate)
+    header = head()
+    if header is not None:
+        reason = truncation(header[0], header[1], declared, data.shape[0], rate)
         if reason:
             raise TruncatedAudioError(f"{name}: {reason}")
     return data, rate
