@@ -121,18 +121,18 @@ def audio_reference_batch(batch: dict, params_dict: dict, s3_endpoint_url: str |
     from pipelines.mel import MelParams
 
     params = MelParams.from_dict(params_dict)
-    decoded: dict[str, tuple[bytes, str, float]] = {}  # uri -> (image, error, seconds)
+    decoded: dict[str, tuple[bytes, str]] = {}  # uri -> (image, error)
 
     def decode(uri: str) -> tuple[bytes, str, float]:
-        if uri not in decoded:
-            start = time.perf_counter()
-            try:
-                decoded[uri] = (image_bytes(load_mel_image(uri, params, s3_endpoint_url)), "", 0.0)
-            except (AudioError, FileNotFoundError, OSError) as err:
-                decoded[uri] = (b"", str(err), 0.0)
-            image, error, _ = decoded[uri]
-            decoded[uri] = (image, error, time.perf_counter() - start)
-        return decoded[uri]
+        """(image, error, seconds spent now: 0 when this batch decoded the file already)."""
+        if uri in decoded:
+            return (*decoded[uri], 0.0)
+        start = time.perf_counter()
+        try:
+            decoded[uri] = (image_bytes(load_mel_image(uri, params, s3_endpoint_url)), "")
+        except (AudioError, FileNotFoundError, OSError) as err:
+            decoded[uri] = (b"", str(err))
+        return (*decoded[uri], time.perf_counter() - start)
 
     out = {k: [] for k in REF_COLUMNS}
     n = len(batch["clip_id"])
@@ -151,8 +151,9 @@ def audio_reference_batch(batch: dict, params_dict: dict, s3_endpoint_url: str |
         if not errors and other_uri:
             for candidate_id, uri in [[other_id, other_uri]] + json.loads(str(more)):
                 image, error, spent = decode(uri)
+                seconds += spent
                 if not error:
-                    images["other_image"], partner, seconds = image, candidate_id, seconds + spent
+                    images["other_image"], partner = image, candidate_id
                     break
         out["clip_id"].append(clip_id)
         out["other_id"].append(partner)
