@@ -133,7 +133,8 @@ OUTPUT     folder (local or s3://) for clips.parquet/.csv (per clip: 256 STOI-li
            errors.parquet/.csv, summary.json (per set: means, Fréchet distance per
            Inception layer, bucket histograms; grader accuracy and confusion matrix),
            buckets.png / grades.png (like the paper's figures 4 / 3), features.png,
-           and grader.joblib when a grader is trained.
+           grader.json + grader.npz when a grader is trained (plain data, no pickle),
+           and grade.html with --grading-sheet (see below).
 
 Clips match when their ids are equal, or when one is the other with leading
 folders removed ("track-1" matches "test/track-1"), if exactly one reference clip
@@ -150,7 +151,19 @@ Annotations CSV (--annotations): header clip_id,rater,quality,contamination,
 credibility,time[,set]; one row per clip and rater; the four grades are integers
 0-9 (9 best; contamination 9 = no contamination).  A clip's grade is the mean over
 raters and dimensions, rounded; buckets 0-3, 4-5, 6-7, 8-9.  `set` is needed only
-when several GENERATED sets share clip ids.""",
+when several GENERATED sets share clip ids.  Repeat --annotations for several raters.
+
+The grading loop: --grading-sheet N writes OUTPUT/grade.html, a blind listening test
+of N clips sampled (--seed) across the sets and the baselines, each shown only by an
+opaque id with its bass, drums and mix (audio under OUTPUT/grading/<id>/) and four 0-9
+inputs; answers stay in the browser and download as each rater's annotations CSV.
+The map from id to (set, clip) is OUTPUT/grading_key.csv, not linked from the page:
+give raters grade.html and grading/ only.  Then run score again with
+--annotations A.csv --annotations B.csv (the ids are mapped back through
+OUTPUT/grading_key.csv, or --grading-key): summary.json's `human_grades` and
+report.html give the raters' Pearson agreement per dimension and overall, each set's
+grade distribution with the baselines as anchors, the grader's cross-validated
+accuracy and confusion matrix, and the grader's buckets for every clip.""",
     )
     p.add_argument("generated", metavar="GENERATED", help="[LABEL=]PATH of the generated drums (see above)")
     p.add_argument("reference", metavar="REFERENCE", help="Parquet window set or folder of true drums (see above)")
@@ -179,12 +192,14 @@ def _run_score(args) -> int:
         generated=[args.generated] + list(args.also), reference=args.reference, output=args.output,
         annotations=args.annotations, grader=args.grader, inception_weights=args.inception_weights,
         batch_size=args.batch_size, grader_c=args.grader_c, seed=args.seed, baselines=args.baselines,
-        report_clips=args.report_clips, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        report_clips=args.report_clips, grading_sheet=args.grading_sheet, grading_key=args.grading_key,
+        s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args))
     try:
         summary = run_score(cfg)
     except (ScoreError, AnnotationError) as err:
         raise CliError(str(err)) from err
+    _print_grading(summary)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -228,7 +243,8 @@ TEST_SET    the test clips, with their true drums: a folder of <clip>/bass.* and
 OUTPUT      folder, local or s3:// (created if missing): score's outputs,
             clips.parquet/.csv, errors.parquet/.csv, summary.json (with an
             `evaluate` part: models, where their audio is), features.png (and
-            buckets.png / grades.png / grader.joblib with a grader), report.html
+            buckets.png / grades.png / grader.json + .npz with a grader), report.html,
+            grade.html with --grading-sheet (see `cycledrums score --help`)
             with media/ beside it; and the generated audio as generate lays it out,
             audio/<set>/<clip>/drums.wav, mix.wav, drums_mel.png.
 
@@ -281,12 +297,14 @@ def _run_evaluate(args) -> int:
         drums_level=args.drums_level,
         inception_weights=args.inception_weights, batch_size=args.batch_size, baselines=args.baselines,
         report_clips=args.report_clips, annotations=args.annotations, grader=args.grader,
-        grader_c=args.grader_c, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        grader_c=args.grader_c, grading_sheet=args.grading_sheet, grading_key=args.grading_key,
+        s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args))
     try:
         summary = run_evaluate(cfg)
     except (ScoreError, AnnotationError, FileNotFoundError) as err:
         raise CliError(str(err)) from err
+    _print_grading(summary)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -299,6 +317,22 @@ def _run_evaluate(args) -> int:
         print(f"sanity ladder (true > other clip > noise/silence/bass): {verdicts}")
     print(f"outputs in {args.output} (open report.html)")
     return 0
+
+
+def _print_grading(summary: dict) -> None:
+    """The grading loop's lines: where grade.html is, the raters' agreement, the anchors."""
+    sheet = summary.get("grading_sheet")
+    if sheet:
+        print(f"grading sheet: {sheet['clips']} clips in {sheet['page']} (give raters it and grading/; "
+              f"the key {sheet['key']} stays with you)")
+    human = summary.get("human_grades")
+    if human:
+        agree = human["agreement"]["mean_pairwise"]
+        print(f"human grades: {human['clips_graded']} clips by {len(human['raters'])} rater(s); mean pairwise "
+              "Pearson r " + ", ".join(f"{d} {'-' if r is None else f'{r:.2f}'}" for d, r in agree.items()))
+        anchors = {k: v for k, v in human["anchors"].items() if k != "means"}
+        if anchors:
+            print("anchors: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in anchors.items()))
 
 
 def add_generation_options(p, batch_flag: str) -> None:
@@ -324,11 +358,19 @@ def add_generation_options(p, batch_flag: str) -> None:
 
 def add_scoring_options(p) -> None:
     """How drums are scored: the options score and evaluate share."""
-    p.add_argument("--annotations", metavar="CSV", default=None,
-                   help="human grades to train (or, with --grader, evaluate) the grader (default: none)")
+    p.add_argument("--annotations", metavar="CSV", action="append", default=None,
+                   help="Human grades that train (or, with --grader, evaluate) the grader; repeat it for several "
+                        "raters, e.g. the CSVs grade.html downloads (default: none).")
     p.add_argument("--grader", metavar="PATH", default=None,
-                   help="apply a saved grader (OUTPUT/grader.joblib of an earlier run; a pickle, load only "
-                        "files you trust) instead of training one (default: none)")
+                   help="Apply a saved grader instead of training one: OUTPUT/grader.json of an earlier run, "
+                        "its grader.npz beside it; plain data, and a pickle (.joblib) is refused unread "
+                        "(default: none).")
+    p.add_argument("--grading-sheet", type=int, default=0, metavar="N",
+                   help="Write OUTPUT/grade.html, a blind listening test of N clips sampled across the sets and "
+                        "the baselines, whose downloaded CSVs are --annotations files (default: 0, none).")
+    p.add_argument("--grading-key", metavar="PATH", default=None,
+                   help="The grading_key.csv that maps grade.html's opaque ids back to (set, clip) for "
+                        "--annotations from that page (default: OUTPUT/grading_key.csv).")
     p.add_argument("--inception-weights", metavar="PATH", default=None,
                    help="Inception-v3 state dict (torchvision's inception_v3 layout), local or s3:// "
                         "(default: torchvision's cache, <torch hub dir>/checkpoints/"

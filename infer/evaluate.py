@@ -221,10 +221,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from cluster.resources import broken_gpu_node_as, ending_placement_books
     from pipelines.storage import storage_faults_in_ray
 
+    from infer.results import EVALUATE_RESULTS, ResultSet
     from infer.score import ScoreError, collect
     from infer.score_summary import finish
 
     job = preflight(cfg)
+    # The previous run's set goes aside; OUTPUT is marked incomplete until the commit (infer/results.py):
+    # before the job when its workers write audio (--keep-audio), else before the results are written.
+    results = ResultSet(job.cfg.output, EVALUATE_RESULTS, "evaluate", cfg.s3_endpoint_url)
+    if any(m.write_all for m in job.models):
+        results.begin()
     init_ray(cfg.address)
     start = time.perf_counter()
     pools = _plan_pools(cfg.resources, len(job.models))
@@ -238,12 +244,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         resources = _pool_summaries(pools)
     info = {"test_set": job.reference.uri, "models": {}, "generator_resources": resources["generator"]}
     writer = ReportAudio(job, pools, info)
+    if not any(m.write_all for m in job.models):
+        results.begin()
     try:
         summary = finish(collected, job.sets, job.reference, job.score_cfg, job.grader, job.annotations,
                          time.perf_counter() - start, resources["Inception"],
                          before_write=writer, extra={"evaluate": info})
     except ScoreError as err:
         raise EvaluateError(str(err)) from err
+    results.commit()
     return summary
 
 

@@ -657,12 +657,15 @@ def run_generate(cfg: GenerateConfig) -> dict:
     from cluster.resources import (ResourceError, ending_placement_books, placement_summary, plan_model_stage,
                                    read_placements)
 
+    from infer.results import generate_results
     from infer.runtime import join_uri, write_table
-
 
     cfg, job = preflight(cfg)
     checkpoint, config, params = job["checkpoint"], job["config"], job["params"]
     n_clips, kind = job["n_clips"], job["kind"]
+    # The previous run's set goes aside; OUTPUT is marked incomplete until the commit (infer/results.py).
+    results = generate_results(cfg.output, [c.clip_id for c in job.get("clips", [])], cfg.s3_endpoint_url)
+    results.begin()
     init_ray(cfg.address)
     start = time.perf_counter()
     try:  # the actors generate and invert (Griffin-Lim): the heavy work; the tasks only decode and write
@@ -708,6 +711,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
     }
     summary_path = join_uri(cfg.output, "summary.json")
     write_bytes(summary_path, json.dumps(summary, indent=2).encode(), cfg.s3_endpoint_url)
+    results.commit()
     log.info("generate: %d clip(s) done, %d error(s), %.1f s of audio in %.1f s", len(manifest), len(errors),
              audio_seconds, seconds)
     return summary

@@ -235,11 +235,13 @@ def _parquet_window(uri: str, clip_id: str, params, s3_endpoint_url: str | None)
 # ---------------------------------------------------------------- the page
 
 _STYLE = """
-body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top}th{background:#eee}
+body{font-family:sans-serif;margin:1em;max-width:1600px}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 5px;font-size:13px;vertical-align:top}th{background:#eee}
 th.sortable{cursor:pointer}th.sortable:after{content:" \\2195";color:#999}.pass{color:#070}.fail{color:#b00}
-.baseline{color:#666;font-style:italic}audio{width:210px;height:30px;display:block}img.spec{width:420px}
-.tag{font-size:11px;padding:1px 4px;border-radius:3px;background:#ddd}
+.baseline{color:#666;font-style:italic}audio{width:190px;height:30px;display:block}
+table.clips{width:100%}table.clips th{font-size:12px;overflow-wrap:anywhere}table.clips td{font-size:12px}
+table.clips td.spec{width:34%}img.spec{width:100%;max-width:420px;min-width:260px;height:auto}
+.tag{font-size:11px;padding:1px 4px;border-radius:3px;background:#ddd}.matrices{display:flex;gap:1.5em;flex-wrap:wrap}
 """
 
 _SCRIPT = """
@@ -301,6 +303,73 @@ def _ladder_table(ladder: dict | None) -> str:
             f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
 
+def _matrix(title: str, names: list[str], matrix: list[list], cell=_fmt) -> str:
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows = "".join(f"<tr><th>{html.escape(n)}</th>{''.join(f'<td>{cell(v)}</td>' for v in row)}</tr>"
+                   for n, row in zip(names, matrix))
+    return f"<table class=matrix><caption>{html.escape(title)}</caption><thead><tr><th></th>{head}</tr></thead>" \
+           f"<tbody>{rows}</tbody></table>"
+
+
+def _human_section(summary: dict) -> str:
+    """Human grades and the grader: the raters' agreement (the paper's Table I), each set's grades
+    with the baselines as anchors, the grader's cross-validated accuracy and confusion matrix, and
+    its buckets for every clip (Fig. 4)."""
+    parts = []
+    sheet = summary.get("grading_sheet")
+    if sheet:
+        parts.append(f"<p>Grading sheet: <a href=\"grade.html\">grade.html</a>, {sheet['clips']} clips under "
+                     f"opaque ids (key: grading_key.csv, kept here, not linked from the sheet).</p>")
+    human = summary.get("human_grades")
+    if human:
+        agree = human["agreement"]
+        raters = agree["raters"]
+        mats = [_matrix(f"{d} (Pearson r)", raters, m) for d, m in agree["per_dimension"].items()]
+        mats.append(_matrix("overall: mean of the four (Pearson r)", raters, agree["overall"]))
+        mats.append(_matrix("clips graded by both", raters, agree["clips_in_common"]))
+        dims = ("quality", "contamination", "credibility", "time")
+        rows = []
+        for label, d in human["grade_distribution"].items():
+            hist = " ".join(str(c) for c in d["grade_histogram"])
+            rows.append(f"<tr><td>{html.escape(label)}</td><td>{d['clips']}</td><td>{_fmt(d['mean_grade'])}</td>"
+                        + "".join(f"<td>{_fmt(d['mean_per_dimension'][k])}</td>" for k in dims)
+                        + f"<td><code>{hist}</code></td><td><code>{d['bucket_histogram']}</code></td></tr>")
+        anchors = "; ".join(f"{k.replace('_', ' ')}: {'yes' if v else 'NO'}"
+                            for k, v in human["anchors"].items() if k != "means")
+        parts.append(
+            f"<h3>Raters' agreement</h3><p>{len(raters)} rater(s), {human['clips_graded']} clips graded. "
+            f"{html.escape(agree['method'])}; mean pairwise r: "
+            + ", ".join(f"{d} {_fmt(r)}" for d, r in agree["mean_pairwise"].items())
+            + f".</p><div class=matrices>{''.join(mats)}</div>"
+            f"<h3>Grades per set</h3><p>Mean over raters and dimensions; histogram of the rounded grades 0..9; "
+            f"buckets 0-3 / 4-5 / 6-7 / 8-9. Anchors: {html.escape(anchors) or '-'}.</p>"
+            f"<table id=grades><thead><tr><th>set</th><th>clips</th><th>mean grade</th>"
+            + "".join(f"<th>{k}</th>" for k in dims)
+            + f"<th>grades 0..9</th><th>buckets</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    grader = summary.get("grader") or {}
+    if grader.get("source"):
+        line = f"source: {grader['source']}"
+        if grader.get("cv_accuracy") is not None:
+            line = (f"cross-validated accuracy {grader['cv_accuracy']:.3f} on {grader['trained_on']} clips "
+                    f"(majority-bucket baseline {grader['majority_baseline']:.3f}, chance 0.25)")
+        elif grader.get("accuracy_on_annotations") is not None:
+            line += f"; accuracy on these annotations {grader['accuracy_on_annotations']:.3f}"
+        conf = ""
+        if grader.get("confusion_matrix"):
+            conf = _matrix("confusion: rows true bucket, columns predicted", ["0-3", "4-5", "6-7", "8-9"],
+                           grader["confusion_matrix"], cell=str)
+        entries = list(summary["sets"].items()) + list(summary.get("baselines", {}).items())
+        hist_rows = "".join(f"<tr><td>{html.escape(l)}</td>" + "".join(f"<td>{c}</td>" for c in s_["predicted_bucket_histogram"])
+                            + "</tr>" for l, s_ in entries if "predicted_bucket_histogram" in s_)
+        parts.append(f"<h3>The grader</h3><p>{html.escape(line)}.</p>{conf}"
+                     f"<table id=predicted><caption>predicted bucket of every scored clip, per set</caption>"
+                     f"<thead><tr><th>set</th><th>0-3</th><th>4-5</th><th>6-7</th><th>8-9</th></tr></thead>"
+                     f"<tbody>{hist_rows}</tbody></table>")
+    if not parts:
+        return ""
+    return "<h2 id=human>Human grades and the grader</h2>" + "".join(parts)
+
+
 def _audio(path: str, label: str) -> str:
     return (f"<span class=tag>{html.escape(label)}</span>"
             f"<audio controls preload=metadata src=\"{html.escape(path)}\"></audio>")
@@ -332,10 +401,11 @@ def write_report(table, summary: dict, reference, sets: list, output: str, param
                 continue
             body.append(_clip_row(media, clip_id, category, rows[label].loc[clip_id]))
         kind = "baseline" if label not in {s.label for s in sets} else "generated"
-        head = "".join(f"<th class=sortable>{m}</th>" for m in ("clip", "shown as", "rank score") + TABLE_METRICS)
+        head = "".join(f"<th class=sortable>{m.replace('_', '_<wbr>')}</th>"
+                       for m in ("clip", "shown as", "rank score") + TABLE_METRICS)
         sections.append(
             f"<h2 id=\"set-{index}\">{html.escape(label)} <small class=tag>{kind}</small></h2>"
-            f"<table class=clips><thead><tr>{head}<th>listen</th><th>spectrogram</th></tr></thead>"
+            f"<table class=clips><thead><tr>{head}<th>listen</th><th class=spec>spectrogram</th></tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
     page = _page(summary, how, n_clips, labels, sections)
     uri = join_uri(output, REPORT)
@@ -432,7 +502,7 @@ def _clip_row(media: tuple[str, str], clip_id: str, category: str, row) -> str:
     metrics = "".join(f"<td>{_fmt(float(row[m]))}</td>" for m in TABLE_METRICS)
     return (f"<tr><td>{html.escape(clip_id)}</td><td>{category}</td><td>{_fmt(float(row['_score']))}</td>"
             f"{metrics}<td>{players}</td>"
-            f"<td><a href=\"{png}\"><img class=spec src=\"{png}\" alt=\"spectrograms of {html.escape(clip_id)}\">"
+            f"<td class=spec><a href=\"{png}\"><img class=spec src=\"{png}\" alt=\"spectrograms of {html.escape(clip_id)}\">"
             f"</a></td></tr>")
 
 
@@ -459,6 +529,7 @@ clip counts and covariance estimate each rests on. Baseline sets are in italics.
 <p>Does each metric rank true drums &gt; another clip's drums &gt; shaped noise, silence, a copy of the bass?
 (set means; per-clip win rates, ties count half; pass = every rung in order with a win rate of at least 0.5)</p>
 {_ladder_table(summary.get('sanity_ladder'))}
+{_human_section(summary)}
 <h2>Histograms</h2>
 {''.join(f'<img src="{p}" alt="{p}" style="max-width:100%">' for p in plots)}
 <p>Per set below: {n_clips} clips (worst, best and random thirds by {html.escape(how)}). Click a column header

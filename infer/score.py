@@ -83,6 +83,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     from cluster.resources import (broken_gpu_node_as, ending_placement_books, placement_summary,
                                    read_placements)
 
+    from infer.results import SCORE_RESULTS, ResultSet
+
     sets, reference, weights, grader, annotations = prepare_inputs(cfg)
     init_ray(cfg.address)
     start = time.perf_counter()
@@ -95,8 +97,13 @@ def run_score(cfg: ScoreConfig) -> dict:
         with broken_gpu_node_as(ScoreError):
             collected = collect(ds, len(reference.clip_ids))
         resources = placement_summary(plan, read_placements(book))
-    return finish(collected, sets, reference, cfg, grader, annotations, time.perf_counter() - start,
-                  resources)
+    # The previous run's set goes aside; OUTPUT is marked incomplete until the commit (infer/results.py).
+    results = ResultSet(cfg.output, SCORE_RESULTS, "score", cfg.s3_endpoint_url)
+    results.begin()
+    summary = finish(collected, sets, reference, cfg, grader, annotations, time.perf_counter() - start,
+                     resources)
+    results.commit()
+    return summary
 
 
 def prepare_inputs(cfg: ScoreConfig):
@@ -104,12 +111,16 @@ def prepare_inputs(cfg: ScoreConfig):
     from infer.sources import SourceError
     from pipelines.paths import check_output_outside_inputs
 
+    from infer.results import check_complete
+
     if cfg.batch_size < 1:
         raise ScoreError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.report_clips < 0:
         raise ScoreError(f"--report-clips must be >= 0, got {cfg.report_clips}")
     check_output_outside_inputs(cfg.output, {"GENERATED": [parse_generated(g)[1] for g in cfg.generated],
                                              "REFERENCE": cfg.reference})
+    for spec in cfg.generated:  # a set whose generate run was killed is not scored as if complete
+        check_complete(parse_generated(spec)[1], "GENERATED", cfg.s3_endpoint_url)
     check_output(cfg.output, cfg.s3_endpoint_url)
     weights = check_inception_weights(cfg.inception_weights, cfg.s3_endpoint_url)
     try:

@@ -30,7 +30,7 @@ class ScoreConfig:
     generated: list[str]                 # "[LABEL=]PATH" each
     reference: str
     output: str
-    annotations: str | None = None
+    annotations: str | list[str] | None = None   # one CSV or several (one per rater, from grade.html)
     grader: str | None = None
     inception_weights: str | None = None
     batch_size: int = 16
@@ -38,6 +38,8 @@ class ScoreConfig:
     seed: int = 0
     baselines: bool | None = None        # None: on when the reference has >= 2 clips
     report_clips: int = 24
+    grading_sheet: int = 0               # clips in grade.html (0: no grading sheet)
+    grading_key: str | None = None       # grade.html's id map (default: OUTPUT/grading_key.csv)
     s3_endpoint_url: str | None = None
     address: str | None = None
     resources: ResourceRequest = field(default_factory=ResourceRequest)

@@ -183,11 +183,18 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
                           cfg.s3_endpoint_url)
     outputs += write_table(errors_table, cfg.output, "errors", cfg.s3_endpoint_url)
     if grader is not None and cfg.annotations and not cfg.grader:
-        path = join_uri(cfg.output, "grader.joblib")
-        grader.save(path, cfg.s3_endpoint_url)
-        outputs.append(path)
+        path = join_uri(cfg.output, "grader.json")
+        outputs += grader.save(path, cfg.s3_endpoint_url)
         grader_summary["path"] = path
     outputs += _write_plots(table, labels, cfg)
+    human = human_grades(table, annotations, labels) if annotations is not None else None
+    sheet = None
+    if cfg.grading_sheet:
+        from infer.grading_sheet import write_grading_sheet
+
+        sheet = write_grading_sheet(table, labels, reference, params, cfg.output, cfg.grading_sheet, cfg.seed,
+                                    cfg.s3_endpoint_url)
+        outputs += sheet.pop("outputs")
 
     summary = {
         "reference": {"uri": reference.uri, "kind": reference.kind, "clips": len(reference.clip_ids),
@@ -200,6 +207,8 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
                       for label in baseline_labels},
         "sanity_ladder": ladder,
         "grader": grader_summary,
+        "human_grades": human,
+        "grading_sheet": sheet,
         "clips_scored": int((~table["baseline"]).sum()),
         "errors": len(errors),
         "seconds": {"job": round(job_seconds, 3),
@@ -261,6 +270,41 @@ def _set_summary(table, label: str, frechet: dict, errors: list[dict], uri: str 
 
 # ---------------------------------------------------------------- grader
 
+GRADE_COLUMNS = ["grade_mean", "raters", "grade", "bucket"] + [f"grade_{d}" for d in
+                                                                  ("quality", "contamination", "credibility", "time")]
+
+
+def human_grades(table, annotations, labels: list[str]) -> dict:
+    """What the paper reports of its raters: their agreement (Table I), each set's grade distribution
+    (Fig. 3) and whether the baselines anchor the scale (true drums on top, noise and silence at the bottom)."""
+    from infer.baselines import NOISE, OTHER, SILENCE, TRUE
+    from infer.grader import rater_agreement
+
+    graded = table[table["grade"].notna()] if "grade" in table else table.iloc[:0]
+    distribution = {}
+    for label in labels:
+        rows = graded[graded["set"] == label]
+        if len(rows):
+            distribution[label] = {
+                "clips": int(len(rows)), "mean_grade": round(float(rows["grade_mean"].mean()), 3),
+                "grade_histogram": np.bincount(rows["grade"].astype(int), minlength=10).tolist(),
+                "bucket_histogram": np.bincount(rows["bucket"].astype(int), minlength=4).tolist(),
+                "mean_per_dimension": {d: round(float(rows[f"grade_{d}"].mean()), 3)
+                                       for d in ("quality", "contamination", "credibility", "time")}}
+    means = {label: d["mean_grade"] for label, d in distribution.items()}
+    anchors = {"means": means}
+    if TRUE in means:
+        anchors["true_drums_top"] = all(means[TRUE] >= m for m in means.values())
+    bottom = [b for b in (NOISE, SILENCE) if b in means]
+    if bottom:
+        others = [m for label, m in means.items() if label not in bottom]
+        anchors["noise_silence_bottom"] = all(means[b] <= m for b in bottom for m in others)
+    if TRUE in means and OTHER in means:
+        anchors["true_above_other_clip"] = means[TRUE] > means[OTHER]
+    return {"raters": sorted(annotations["rater"].astype(str).unique()),
+            "annotation_rows": int(len(annotations)), "clips_graded": int(len(graded)),
+            "agreement": rater_agreement(annotations), "grade_distribution": distribution, "anchors": anchors}
+
 
 def _join_annotations(table, sets, annotations):
     """Add grade_mean / grade / bucket / raters columns (NaN where a clip has no annotation)."""
@@ -278,8 +322,9 @@ def _join_annotations(table, sets, annotations):
     keys = ["set", "clip_id"] if by_set else ["clip_id"]
     generated = table[~table["baseline"]]
     merged = table.merge(grades, on=keys, how="left")
-    merged.loc[merged["baseline"].to_numpy(), ["grade_mean", "raters", "grade", "bucket"]] = np.nan
-    unmatched = len(grades) - int(generated.merge(grades, on=keys, how="inner").shape[0])
+    if not by_set:  # a bare clip id names the generated clip; with a set, baselines are graded too (grade.html)
+        merged.loc[merged["baseline"].to_numpy(), GRADE_COLUMNS] = np.nan
+    unmatched = len(grades) - int((generated if not by_set else table).merge(grades, on=keys, how="inner").shape[0])
     if unmatched:
         log.warning("%d annotated clips are not among the scored clips (ids or set labels differ)", unmatched)
     return merged, unmatched
@@ -295,7 +340,7 @@ def _apply_grader(table, sets, grader, annotations, cfg: ScoreConfig, names: lis
             merged, unmatched = _join_annotations(table, sets, annotations)
         except AnnotationError as err:
             raise ScoreError(str(err)) from err
-        for column in ("grade_mean", "raters", "grade", "bucket"):
+        for column in GRADE_COLUMNS:
             table[column] = merged[column].to_numpy()
         summary["annotated_clips"] = int(table["bucket"].notna().sum())
         summary["annotations_unmatched"] = unmatched
@@ -313,15 +358,17 @@ def _apply_grader(table, sets, grader, annotations, cfg: ScoreConfig, names: lis
                        confusion_rows="true bucket", confusion_columns="predicted bucket",
                        feature_names=[n for n in names if not n.startswith("stoi_") or n == "stoi_mean"])
     elif grader is not None:
-        missing = [n for n in grader.feature_names if n not in table.columns]
-        if missing:
-            raise ScoreError(f"the saved grader was trained on features this version does not compute "
-                             f"({missing[:3]}); retrain it")
+        from infer.grader import GraderError
+
+        try:
+            grader.check_features([str(c) for c in table.columns], "computed by this job")
+        except GraderError as err:
+            raise ScoreError(f"--grader {cfg.grader}: {err}") from err
         names = grader.feature_names
         summary.update(source=cfg.grader, cv_accuracy_at_training=grader.cv_accuracy, features=len(names))
     if grader is None:
         return summary, None
-    buckets, probs = grader.predict(table[names].to_numpy())
+    buckets, probs = predict_clips(grader, table[names].to_numpy(np.float64))
     table["bucket_pred"] = buckets
     for b in range(probs.shape[1]):
         table[f"prob_{b}"] = probs[:, b]
@@ -334,6 +381,43 @@ def _apply_grader(table, sets, grader, annotations, cfg: ScoreConfig, names: lis
             summary["accuracy_on_annotations"] = float((buckets[annotated] == truth).mean())
             summary["confusion_matrix"] = confusion_matrix(truth, buckets[annotated], labels=[0, 1, 2, 3]).tolist()
     return summary, grader
+
+
+# Clips past which the grader is applied in Ray tasks (blocks of PREDICT_BLOCK clips) rather than
+# in one vectorised call on the driver.
+RAY_PREDICT_CLIPS = 5000
+PREDICT_BLOCK = 2048
+
+
+def _predict_block(batch: dict, grader) -> dict:
+    x = np.stack([batch[f"f{i}"] for i in range(len(grader.feature_names))], axis=1)
+    buckets, probs = grader.predict(x)
+    return {"row": batch["row"], "bucket": buckets, "probs": probs}
+
+
+def predict_clips(grader, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The grader on every clip: with the job's Ray up and many clips (the paper's 14,000), as a
+    Ray Data map over blocks of the features (the grader travels as plain arrays); else in process."""
+    import ray
+
+    if not (ray.is_initialized() and len(x) >= RAY_PREDICT_CLIPS):
+        return grader.predict(x)
+    import pyarrow as pa
+    import ray.data
+
+    columns = {f"f{i}": x[:, i] for i in range(x.shape[1])}
+    columns["row"] = np.arange(len(x))
+    table = pa.table(columns)
+    ds = ray.data.from_arrow([table.slice(i, PREDICT_BLOCK) for i in range(0, len(x), PREDICT_BLOCK)])
+    out = ds.map_batches(_predict_block, batch_format="numpy", batch_size=PREDICT_BLOCK, num_cpus=0.5,
+                         fn_kwargs={"grader": grader})
+    rows, buckets, probs = [], [], []
+    for batch in out.iter_batches(batch_format="numpy", batch_size=None):
+        rows.append(batch["row"])
+        buckets.append(batch["bucket"])
+        probs.append(batch["probs"])
+    order = np.argsort(np.concatenate(rows), kind="stable")
+    return np.concatenate(buckets)[order], np.concatenate(probs)[order]
 
 
 # ---------------------------------------------------------------- plots

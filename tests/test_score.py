@@ -285,7 +285,7 @@ def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp
         (true2 / f"{clip_id}.wav").write_bytes((ref2 / clip_id / "drums.wav").read_bytes())
     out2 = tmp_path / "scores2"
     assert main(["score", str(gen2), str(ref2), str(out2), "--also", f"truth={true2}", "--no-baselines",
-                 "--report-clips", "0", "--grader", str(out / "grader.joblib"),
+                 "--report-clips", "0", "--grader", str(out / "grader.json"),
                  "--inception-weights", inception_file]) == 0
     scored = pd.read_csv(out2 / "clips.csv")
     held = scored[scored["set"] == "generated"].merge(truth2, on="clip_id")
