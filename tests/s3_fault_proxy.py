@@ -1,4 +1,4 @@
-"""A fault-injecting HTTP proxy for S3 tests (standard library only).
+r"""A fault-injecting HTTP proxy for S3 tests (standard library only).
 
 It listens on 127.0.0.1 and forwards every request to an S3 server (moto), except a
 seeded share of them, which get a `503 SlowDown` reply (S3's throttling answer), a TCP
@@ -6,7 +6,8 @@ reset before any reply (a dropped connection), or - the common real failure - a 
 the middle of the body: the upstream reply's status line and headers (with the full
 Content-Length), then half its body, then a TCP reset ("midbody").  `reset_share` and
 `midbody_share` are the shares of the faulty requests that get each kind of reset; the
-rest get the 503.  Which requests fail is decided
+rest get the 503.  `only`, a regular expression, limits the faults to the requests whose
+"METHOD /path" it matches (e.g. r"^GET .*\.wav$": the reads of audio objects).  Which requests fail is decided
 per request key: the n-th request with a given method and path fails iff
 hash(seed, method, path, n) < rate, so the same job under the same seed meets the same
 faults whatever order its parallel requests arrive in.
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import re
 import socket
 import struct
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message>"
@@ -33,11 +35,12 @@ class FaultProxy:
     """`with FaultProxy(upstream) as proxy:` -> proxy.url; set proxy.rate / proxy.seed any time."""
 
     def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0, reset_share: float = 0.5,
-                 midbody_share: float = 0.0):
+                 midbody_share: float = 0.0, only: str | None = None):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
         self.rate, self.seed = rate, seed
         self.reset_share, self.midbody_share = reset_share, midbody_share
+        self.only = only
         self.counts = Counter()  # "forwarded", "slowdown", "reset", "midbody"
         self._seen = Counter()
         self._lock = threading.Lock()
@@ -132,7 +135,7 @@ class FaultProxy:
         with self._lock:
             n = self._seen[(method, path)]
             self._seen[(method, path)] += 1
-            if self.rate <= 0:
+            if self.rate <= 0 or (self.only and not re.search(self.only, f"{method} {unquote(path)}")):
                 return None
             digest = hashlib.sha256(f"{self.seed}/{method}/{path}/{n}".encode()).digest()
             draw, kind = (int.from_bytes(digest[:8], "big") / 2.0**64,

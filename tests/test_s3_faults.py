@@ -159,3 +159,184 @@ def test_at_70_percent_failures_are_reported_and_a_rerun_completes(ray_local, pr
     assert sorted(manifest.column("clip_id").to_pylist()) == sorted(CLIP_NAMES)
     errors = pq.read_table(fs.open("faults/g70/errors.parquet", "rb"))
     assert errors.num_rows == 0
+
+
+# ---------------------------------------------------------------- resets in the middle of a body
+#
+# The common real failure: the status line and headers arrive (with the full Content-Length),
+# then half the body, then the connection resets.  The S3 clients' retries end at the status
+# line, so the storage layer retries the whole read (pipelines.storage.retried_read).  Each
+# job runs three times on the same data: at 60% faults (mid-body resets and 503s, 3 attempts)
+# it exits 1 naming objects; a clean re-run into the same OUTPUT completes (the reference);
+# at 20% (default retry policy) it completes with that reference's outputs.
+
+
+@pytest.fixture
+def midbody(proxy):
+    """set(rate, seed, only=None): faults on `proxy` are mid-body resets and 503 SlowDowns,
+    half each (`only`: on the requests it matches, see FaultProxy); restored to none (and
+    the module's other mix) afterwards."""
+    def set_faults(rate: float, seed: int, only: str | None = None) -> None:
+        with proxy._lock:  # each key's n-th request from here on: the same faults in every session
+            proxy._seen.clear()
+            proxy.rate, proxy.seed, proxy.reset_share, proxy.midbody_share = rate, seed, 0.0, 0.5
+            proxy.only = only
+
+    yield set_faults
+    proxy.rate, proxy.reset_share, proxy.midbody_share, proxy.only = 0.0, 0.5, 0.0, None
+
+
+AUDIO_READS = r"^GET .*\.wav$"  # at 60% on every request, a job fails in its first listing
+
+
+@pytest.fixture(scope="module")
+def s3_checkpoint(bucket, checkpoint, s3_endpoint) -> str:
+    """The tiny checkpoint on S3: generate's and evaluate's pre-flight read it through the proxy."""
+    from pathlib import Path
+
+    fs = _s3fs(s3_endpoint)
+    for path in Path(checkpoint).iterdir():
+        fs.pipe_file(f"faults/ckpt/{Path(checkpoint).name}/{path.name}", path.read_bytes())
+    return f"{bucket}/ckpt/{Path(checkpoint).name}"
+
+
+@pytest.fixture(scope="module")
+def evalset(bucket, s3_endpoint, tmp_path_factory) -> str:
+    """s3://faults/evalset: 2 clips of 7 s in the musdb layout (<clip>/bass.wav, <clip>/drums.wav)."""
+    from pipelines.synth import write_dataset
+
+    local = tmp_path_factory.mktemp("evalset")
+    write_dataset(local, tracks=2, seconds=7.0, seed=3)
+    fs = _s3fs(s3_endpoint)
+    for path in local.rglob("*.wav"):
+        if path.stem in ("bass", "drums"):
+            fs.pipe_file(f"faults/evalset/{path.parent.name}/{path.name}", path.read_bytes())
+    return f"{bucket}/evalset"
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory) -> str:
+    from infer.inception import save_random_weights
+
+    return str(save_random_weights(str(tmp_path_factory.mktemp("inception") / "inception.pth"), seed=0))
+
+
+def _fails_naming_objects(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert not _own_traceback(result.stderr), result.stderr[-3000:]
+    assert "re-run retries" in result.stderr and "s3://faults/" in result.stderr, result.stderr[-3000:]
+
+
+def _cut(proxy) -> int:
+    return proxy.counts["midbody"]
+
+
+@pytest.mark.timeout(600)
+def test_prepare_with_midbody_resets(ray_local, proxy, midbody, bucket, s3_endpoint):
+    from cycledrums_cli import main
+
+    address = ray_local.get_runtime_context().gcs_address
+    fs = _s3fs(s3_endpoint)
+    # 60% of the audio reads: the tracks whose reads run out of retries are reported by name
+    # (a StorageError naming the object), the job exits 1 and says a re-run retries them.
+    midbody(0.6, 3, only=AUDIO_READS)  # seed 3: two tracks (one of them the test split's) fail
+    cut = _cut(proxy)
+    result = _run_driver(["prepare", f"{bucket}/stems", f"{bucket}/mb60", "--s3-endpoint-url", proxy.url],
+                         address, attempts=3)
+    midbody(0.0, 2)
+    assert _cut(proxy) > cut, proxy.counts
+    _fails_naming_objects(result)
+    assert "failed on storage" in result.stderr, result.stderr[-3000:]
+    assert "reading s3://faults/stems/" in result.stderr and ".wav failed after 3 attempts" in result.stderr
+    # The clean re-run completes what is left; its windows are the reference.
+    assert main(["prepare", f"{bucket}/stems", f"{bucket}/mb60", "--s3-endpoint-url", s3_endpoint]) == 0
+    fs.invalidate_cache()
+    reference = _tables(fs, "faults/mb60")
+    assert len(reference) == 3
+
+    midbody(0.2, 3)
+    cut = _cut(proxy)
+    assert main(["prepare", f"{bucket}/stems", f"{bucket}/mb20", "--s3-endpoint-url", proxy.url]) == 0
+    midbody(0.0, 3)
+    assert _cut(proxy) - cut >= 2, proxy.counts  # bodies really were cut short, and retried
+    fs.invalidate_cache()
+    summary = json.loads(fs.cat_file("faults/mb20/_summary.json"))
+    assert (summary["tracks_ok"], summary["tracks_failed"]) == (3, 0), summary
+    assert _tables(fs, "faults/mb20") == reference
+
+
+def _drums(fs, prefix: str) -> dict:
+    return {name: sf.read(io.BytesIO(fs.cat_file(f"{prefix}/{name}/drums.wav")))[0] for name in CLIP_NAMES}
+
+
+@pytest.mark.timeout(600)
+def test_generate_with_midbody_resets(ray_local, proxy, midbody, bucket, s3_checkpoint, s3_endpoint):
+    from cycledrums_cli import main
+
+    address = ray_local.get_runtime_context().gcs_address
+    fs = _s3fs(s3_endpoint)
+    args = [s3_checkpoint, f"{bucket}/bass"]
+    midbody(0.6, 2)
+    result = _run_driver(["generate", *args, f"{bucket}/gmb60", "--s3-endpoint-url", proxy.url,
+                          "--griffin-lim-iters", "4"], address, attempts=3)
+    midbody(0.0, 2)
+    _fails_naming_objects(result)
+    assert main(["generate", *args, f"{bucket}/gmb60", "--s3-endpoint-url", s3_endpoint,
+                 "--griffin-lim-iters", "4"]) == 0
+    fs.invalidate_cache()
+    reference = _drums(fs, "faults/gmb60")
+
+    midbody(0.2, 3)
+    cut = _cut(proxy)
+    assert main(["generate", *args, f"{bucket}/gmb20", "--s3-endpoint-url", proxy.url,
+                 "--griffin-lim-iters", "4"]) == 0
+    midbody(0.0, 3)
+    assert _cut(proxy) - cut >= 2, proxy.counts
+    fs.invalidate_cache()
+    manifest = pq.read_table(fs.open("faults/gmb20/manifest.parquet", "rb"))
+    assert sorted(manifest.column("clip_id").to_pylist()) == sorted(CLIP_NAMES)
+    assert pq.read_table(fs.open("faults/gmb20/errors.parquet", "rb")).num_rows == 0
+    for name, drums in _drums(fs, "faults/gmb20").items():
+        assert drums.shape == reference[name].shape and np.abs(drums - reference[name]).max() <= 2 / 32768
+
+
+def _clips_csv(fs, prefix: str):
+    import pandas as pd
+
+    return pd.read_csv(io.BytesIO(fs.cat_file(f"{prefix}/clips.csv")), keep_default_na=False) \
+        .sort_values(["set", "clip_id"]).reset_index(drop=True)
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_with_midbody_resets(ray_local, proxy, midbody, bucket, s3_checkpoint, evalset,
+                                      inception_weights, s3_endpoint):
+    from cycledrums_cli import main
+
+    address = ray_local.get_runtime_context().gcs_address
+    fs = _s3fs(s3_endpoint)
+    options = ["--inception-weights", inception_weights, "--griffin-lim-iters", "4", "--report-clips", "1"]
+    # 60% of the audio reads, which the Ray actors make: the job stops naming the object.
+    midbody(0.6, 7, only=AUDIO_READS)  # seed 7: a bass and a drums read fail
+    result = _run_driver(["evaluate", s3_checkpoint, evalset, f"{bucket}/emb60", "--s3-endpoint-url", proxy.url,
+                          *options], address, attempts=3)
+    midbody(0.0, 2)
+    _fails_naming_objects(result)
+    assert main(["evaluate", s3_checkpoint, evalset, f"{bucket}/emb60", "--s3-endpoint-url", s3_endpoint,
+                 *options]) == 0
+    fs.invalidate_cache()
+    reference = _clips_csv(fs, "faults/emb60")
+    assert len(reference[reference["set"] == "cyclegan"]) == 2
+
+    midbody(0.2, 3)
+    cut = _cut(proxy)
+    assert main(["evaluate", s3_checkpoint, evalset, f"{bucket}/emb20", "--s3-endpoint-url", proxy.url,
+                 *options]) == 0
+    midbody(0.0, 3)
+    assert _cut(proxy) - cut >= 2, proxy.counts
+    fs.invalidate_cache()
+    ours = _clips_csv(fs, "faults/emb20")
+    assert list(ours["set"]) == list(reference["set"]) and list(ours["clip_id"]) == list(reference["clip_id"])
+    figures = [c for c in reference.columns if c.startswith(("stoi_", "level_", "spectrum_", "rhythm_", "density_"))]
+    assert figures
+    np.testing.assert_allclose(ours[figures].to_numpy(float), reference[figures].to_numpy(float),
+                               rtol=1e-4, atol=1e-4)
