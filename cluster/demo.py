@@ -159,6 +159,8 @@ def run_demo(opts: DemoOptions) -> dict:
 
 def _prepare_out(opts: DemoOptions) -> Path:
     out = opts.out.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"OUT {out} is an existing file; give a folder")
     earlier = [name for name in OUTPUTS if (out / name).exists()]
     if earlier and not opts.force:
         raise DemoError(f"{out} already holds demo outputs ({', '.join(earlier)}); pass --force to "
@@ -169,7 +171,10 @@ def _prepare_out(opts: DemoOptions) -> Path:
             shutil.rmtree(target)
         else:
             target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DemoError(f"cannot create OUT {out}: {err.strerror or err}") from err
     return out
 
 

@@ -43,6 +43,8 @@ def _run_synth(args) -> int:
         plans = write_dataset(args.out, tracks=args.tracks, seconds=args.seconds, seed=args.seed)
     except ValueError as err:
         raise CliError(str(err)) from err
+    except OSError as err:  # e.g. a folder on the way to OUT is a file, or no permission
+        raise CliError(f"cannot write to {args.out}: {err.strerror or err} ({err.filename})") from err
     n_test = sum(p.split == "test" for p in plans)
     print(f"wrote {len(plans)} tracks ({len(plans) - n_test} train, {n_test} test) "
           f"of {args.seconds:g} s to {args.out}")
@@ -61,7 +63,8 @@ def _register_grooves(sub) -> None:
         "kept) and, by style, some snares or off-beats, on a seeded chord progression. Takes: long "
         "'beat' performances (no fills) of at least --min-seconds. The dataset's split is kept; its "
         "validation set is written as test. Also writes OUT/grooves.json (style, bpm, drummer, split "
-        "per track) and OUT/_errors.csv (unreadable or empty MIDI files; the job goes on). One Ray "
+        "per track; it lists every track folder OUT holds, so a re-run with another selection adds "
+        "its tracks to the earlier ones; remove a folder to drop a track) and OUT/_errors.csv (unreadable or empty MIDI files; the job goes on). One Ray "
         "task per performance. The same seed gives the same files.",
     )
     p.add_argument("groove_dir", metavar="GROOVE_DIR", help="Groove MIDI folder (with info.csv) or s3:// prefix")

@@ -8,7 +8,9 @@ task writes, in the musdb18-HQ layout that `cycledrums prepare` reads:
     OUT/<split>/<track>/drums.wav     the performance rendered with a General MIDI SoundFont
     OUT/<split>/<track>/bass.wav      a bass part composed on its kicks (pipelines/groove_bass.py)
     OUT/<split>/<track>/mixture.wav   bass + drums  (44.1 kHz stereo 16-bit, all three)
-    OUT/grooves.json                  style, bpm, drummer, split, key, ... per track
+    OUT/grooves.json                  style, bpm, drummer, split, key, ... per track: every
+                                      track folder in OUT (a re-run with another selection adds
+                                      to the earlier tracks; `selection` is the latest run's)
     OUT/_errors.csv                   track, path, stage, reason (unreadable / empty MIDI)
 
 Selection (deterministic): long "beat" takes (no fills) of at least `min_seconds`, the
@@ -360,37 +362,65 @@ META_KEYS = ("track", "split", "dataset_split", "style", "bpm", "midi_bpm", "dru
              "bars_per_chord", "bass_notes", "drum_notes")
 
 
-def _metadata(cfg: GroovesConfig, ok: list[dict], soundfont: str) -> bytes:
+def _metadata(cfg: GroovesConfig, tracks: list[dict], soundfont: str) -> bytes:
+    """grooves.json: `selection` is the latest run's; `tracks` every track in OUT (_tracks_present)."""
     meta = {"source": "Groove MIDI Dataset (Gillick, Roberts, Engel, Eck, Bamman; Magenta), CC BY 4.0",
             "sample_rate": SAMPLE_RATE, "soundfont": posixpath.basename(soundfont),
             "selection": {k: v for k, v in asdict(cfg).items()
                           if k not in ("groove_dir", "out", "s3_endpoint_url", "address", "soundfont")},
             "validation_split_written_as": OUTPUT_SPLIT["validation"],
-            "tracks": [{k: r[k] for k in META_KEYS} for r in ok]}
+            "tracks": tracks}
     return json.dumps(meta, indent=2).encode("utf-8")
+
+
+def _tracks_present(fs, root: str, ok: list[dict]) -> list[dict]:
+    """What OUT/grooves.json lists: this run's tracks, and every track an earlier run wrote
+    into OUT whose folder still holds its three stems (its entry from the earlier
+    grooves.json), so a re-run with another selection adds to the list instead of hiding
+    the folders it did not render.  Sorted by track name."""
+    tracks = {r["track"]: {k: r[k] for k in META_KEYS} for r in ok}
+    path = posixpath.join(root, META_FILE)
+    earlier = []
+    if fs.exists(path):
+        try:
+            earlier = json.loads(fs.cat_file(path)).get("tracks", [])
+        except (ValueError, AttributeError) as err:
+            log.warning("%s is unreadable (%s); it is rewritten with this run's tracks", path, err)
+    for entry in earlier:
+        name, split = entry.get("track"), entry.get("split")
+        if not name or name in tracks or split not in ("train", "test"):
+            continue
+        folder = posixpath.join(root, split, name)
+        if all(fs.exists(posixpath.join(folder, f"{stem}.wav")) for stem in ("bass", "drums", "mixture")):
+            tracks[name] = entry
+    return [tracks[name] for name in sorted(tracks)]
 
 
 def run_grooves(cfg: GroovesConfig, in_process: bool = False) -> dict:
     """Select, render (Ray Data, or in this process), write metadata; returns a summary."""
     from pipelines.paths import check_output_outside_inputs
-    from pipelines.soundbank import default_soundfont_path
+    from pipelines.soundbank import default_soundfont_path, soundfont_problem
 
     started = time.perf_counter()
     check_output_outside_inputs(cfg.out, {"GROOVE_DIR": cfg.groove_dir, "--soundfont": cfg.soundfont},
                                 what="OUT")
     soundfont = cfg.soundfont or default_soundfont_path()
-    try:
-        open(soundfont, "rb").close()
-    except OSError as err:
-        raise GroovesError(f"cannot read the SoundFont {soundfont}: {err}") from err
+    problem = soundfont_problem(soundfont)  # once here, not once per take in the tasks
+    if problem:
+        raise GroovesError(problem)
     # Tasks look the default up on their own machine (a worker's pretty_midi may live elsewhere).
     task_soundfont = cfg.soundfont
     jobs = select(read_info(cfg.groove_dir, cfg.s3_endpoint_url), cfg)
     if not jobs:
         raise GroovesError("no performance matches the selection (styles, splits, --min-seconds)")
     out_fs, out_root = fsspec_filesystem(cfg.out, cfg.s3_endpoint_url)
+    if out_fs.isfile(out_root):
+        raise GroovesError(f"OUT {cfg.out} is an existing file; give a folder")
     if is_local_filesystem(out_fs):
-        out_fs.makedirs(out_root, exist_ok=True)
+        try:
+            out_fs.makedirs(out_root, exist_ok=True)
+        except OSError as err:
+            raise GroovesError(f"cannot create OUT {cfg.out}: {err.strerror or err}") from err
     log.info("rendering %d performances from %s to %s", len(jobs), cfg.groove_dir, cfg.out)
     if in_process:
         stream = (render_track(j, cfg.groove_dir, cfg.out, task_soundfont, cfg.s3_endpoint_url) for j in jobs)
@@ -409,11 +439,12 @@ def run_grooves(cfg: GroovesConfig, in_process: bool = False) -> dict:
     results.sort(key=lambda r: r["track"])
     ok = [r for r in results if r["status"] == "ok"]
     write_bytes_atomic(out_fs, posixpath.join(out_root, ERRORS_FILE), _errors_csv(results))
-    if ok:
-        write_bytes_atomic(out_fs, posixpath.join(out_root, META_FILE), _metadata(cfg, ok, soundfont))
+    listed = _tracks_present(out_fs, out_root, ok)
+    if listed:
+        write_bytes_atomic(out_fs, posixpath.join(out_root, META_FILE), _metadata(cfg, listed, soundfont))
     wall = time.perf_counter() - started
     audio = sum(r["seconds"] for r in ok)
-    return {"tracks_ok": len(ok), "tracks_failed": len(results) - len(ok),
+    return {"tracks_ok": len(ok), "tracks_failed": len(results) - len(ok), "tracks_listed": len(listed),
             "train": sum(r["split"] == "train" for r in ok), "test": sum(r["split"] == "test" for r in ok),
             "audio_seconds": audio, "wall_seconds": wall,
             "task_cpu_seconds": sum(r["cpu_seconds"] for r in results),

@@ -77,6 +77,20 @@ def default_soundfont_path() -> str:
     return os.path.join(os.path.dirname(pretty_midi.__file__), "TimGM6mb.sf2")
 
 
+def soundfont_problem(path: str) -> str | None:
+    """Why `path` cannot be the SoundFont to render with (unreadable, or not a SoundFont 2
+    file: a RIFF file of form `sfbk`), or None.  Checked once before a job renders any take."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as err:
+        return f"cannot read the SoundFont {path}: {err.strerror or err}"
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+        return (f"{path} is not a SoundFont 2 (.sf2) file (it does not start with a RIFF "
+                "'sfbk' header); give a General MIDI .sf2 file")
+    return None
+
+
 def velocity_level(velocity: int) -> int:
     """The bank's level for a drum velocity (1..127 -> 4, 12, ..., 124)."""
     return min(127, (max(1, min(127, velocity)) // VELOCITY_STEP) * VELOCITY_STEP + VELOCITY_STEP // 2)

@@ -142,6 +142,8 @@ def write_dataset(out: str | Path, tracks: int = 8, seconds: float = 30.0, seed:
     if seconds < 1.0:
         raise ValueError(f"--seconds must be at least 1, got {seconds}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"OUT {out} is an existing file; give a folder")
     plans = plan_dataset(tracks, seed)
     for plan in plans:
         stems = render_song(plan, seconds)

@@ -331,3 +331,24 @@ def test_demo_takes_grooves_as_its_data():
     assert (chosen.data, chosen.groove_dir) == ("grooves", str(GROOVE))
     with pytest.raises(DemoError, match="--groove-dir"):
         options("--data", "grooves")
+
+
+@pytest.mark.timeout(300)
+def test_a_rerun_with_another_selection_lists_every_track_in_out(tmp_path):
+    """#31 item 11: grooves.json lists every track folder OUT holds, not only the last run's."""
+    out = tmp_path / "corpus"
+    common = ["--in-process", "--max-seconds", "2", "--min-seconds", "1"]
+    assert main(["grooves", str(GROOVE), str(out), "--styles", "rock", *common]) == 0
+    first = json.loads((out / "grooves.json").read_text())["tracks"]
+    assert [t["track"] for t in first] == ["drummer3-session1-10_rock_105_beat_4-4"]
+    assert main(["grooves", str(GROOVE), str(out), "--styles", "funk", *common]) == 0
+    meta = json.loads((out / "grooves.json").read_text())
+    assert [t["track"] for t in meta["tracks"]] == ["drummer3-session1-10_rock_105_beat_4-4",
+                                                    "drummer7-session2-77_funk_100_beat_4-4"]
+    assert meta["tracks"][0] == first[0]  # the earlier track keeps its own entry
+    assert meta["selection"]["styles"] == ["funk"]  # the latest run's selection
+    # A folder removed by hand drops out of the list at the next run.
+    shutil.rmtree(out / "train" / "drummer3-session1-10_rock_105_beat_4-4")
+    assert main(["grooves", str(GROOVE), str(out), "--styles", "funk", *common]) == 0
+    listed = [t["track"] for t in json.loads((out / "grooves.json").read_text())["tracks"]]
+    assert listed == ["drummer7-session2-77_funk_100_beat_4-4"]

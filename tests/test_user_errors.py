@@ -59,3 +59,35 @@ def test_roundtrip_refuses_to_replace_its_input_and_explains_bad_paths(tmp_path,
     assert "too short" in err and "Traceback" not in err
     assert not (tmp_path / "o.wav").exists()
     assert main(["roundtrip", str(song), str(tmp_path / "o.wav"), "--iterations", "2"]) == 0
+
+
+def test_jobs_refuse_an_out_that_is_a_file_in_one_line(tmp_path, capsys):
+    """#31 item 10: synth, grooves and demo with OUT an existing file: exit 2, one line, no traceback."""
+    from conftest import DATA
+
+    out = tmp_path / "taken"
+    out.write_text("keep me")
+    for argv in (["synth", str(out), "--tracks", "2", "--seconds", "1"],
+                 ["synth", str(out / "below"), "--tracks", "2", "--seconds", "1"],
+                 ["grooves", str(DATA / "groove"), str(out), "--in-process"],
+                 ["demo", str(out), "--quick"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and str(out) in err, (argv, err)
+        assert err.strip().count("\n") == 0, err
+    assert out.read_text() == "keep me"
+
+
+def test_grooves_checks_the_soundfont_once_before_rendering(tmp_path, capsys):
+    """#31 item 10: --soundfont naming a file that is not a SoundFont fails at once in one line,
+    before any take is tried (it used to fail every take, with a traceback each)."""
+    from conftest import DATA
+
+    fake = tmp_path / "drums.sf2"
+    fake.write_bytes(b"MThd" + bytes(200))
+    out = tmp_path / "corpus"
+    assert main(["grooves", str(DATA / "groove"), str(out), "--soundfont", str(fake), "--in-process"]) == 2
+    err = capsys.readouterr().err
+    assert "not a SoundFont" in err and "Traceback" not in err, err
+    assert err.strip().count("\n") == 0, err
+    assert not (out / "_errors.csv").exists()  # nothing was rendered
