@@ -6,7 +6,7 @@ VENV ?= .venv
 DEMO_OUT ?= demo-output
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench rehearsal clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_codec.py
+
+# The chain on a multi-node Ray over S3, all on 127.0.0.1 (benchmarks/rehearsal.py --help);
+# e.g. make rehearsal REHEARSAL_ARGS="--scales 1 --kill-node prepare,evaluate,train"
+rehearsal: install
+	$(BIN)/python benchmarks/rehearsal.py $(REHEARSAL_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

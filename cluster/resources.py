@@ -492,9 +492,13 @@ class PlacementBook:
 
 
 def new_placement_book():
+    """The book lives on the driver's node: the node a job cannot outlive anyway, so losing a
+    worker node never takes the book (and with it every actor's report) along."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(num_cpus=0)(PlacementBook).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0)(PlacementBook).options(scheduling_strategy=here).remote()
 
 
 def read_placements(book) -> list[dict]:

@@ -447,10 +447,11 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
         # on a 2-CPU Ray: 1 -> 2 CPUs gave 1.1x.  Without it: 2.1x (benchmarks/bench_prepare.py).
         ctx.op_resource_reservation_enabled = False
     from cluster.console import Progress
+    from cluster.node_watch import watching_nodes
 
     results = []
     progress = Progress("prepare", len(rows), unit="tracks")
-    with ending_placement_books(book), broken_gpu_node_as(PrepareError):
+    with watching_nodes("prepare") as watch, ending_placement_books(book), broken_gpu_node_as(PrepareError):
         try:
             for row in build_dataset(rows, cfg, layout, plan, book).iter_rows():
                 if row["status"] == "failed":
@@ -474,6 +475,7 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
     resources = {"device": "cpu", "cpus": plan["cpus"], "gpus": plan["gpus"]}
     if plan["actors"]:
         resources = placement_summary(plan["actors"], placements)
+    resources["nodes_lost"] = watch.summary()
     return results, resources
 
 
