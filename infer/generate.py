@@ -406,7 +406,7 @@ def render_clip(r: dict, inv: Inverted, params, sample_rate: int | None, drums_g
     drums, drums_trim_db = render.limit_peaks(drums, out_rate)  # only the peaks, not the kit's level
     mixed, mix_trim_db = render.peak_safe(render.mix(bass, drums))
     contents = {"drums": render.wav_bytes(drums, out_rate), "mix": render.wav_bytes(mixed, out_rate),
-                "mel": render.mel_png_bytes(inv.images[cid].numpy())}
+                "mel": render.mel_png_bytes(inv.images[cid].numpy(), params)}
     return contents, {"sample_rate": int(out_rate), "channels": int(bass.shape[0]), "samples": int(n_out),
                       "drums_gain_db": round(gain_db, 3), "drums_trim_db": round(drums_trim_db, 3),
                       "mix_trim_db": round(mix_trim_db, 3)}

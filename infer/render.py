@@ -206,10 +206,8 @@ def wav_bytes(signal: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def mel_png_bytes(image: np.ndarray) -> bytes:
-    """uint8 [n_mels, frames] -> grey PNG with low frequencies at the bottom."""
-    from PIL import Image
+def mel_png_bytes(image: np.ndarray, params) -> bytes:
+    """uint8 [n_mels, frames] -> the report's spectrogram figure: time (s), frequency (Hz), colour bar (dB)."""
+    from infer.html_report import spectrogram_png
 
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(np.flipud(image))).save(buf, format="PNG")
-    return buf.getvalue()
+    return spectrogram_png({"generated drums": np.asarray(image, np.uint8)}, params)
