@@ -126,7 +126,10 @@ def preflight(cfg: EvaluateConfig) -> EvaluateJob:
     cfg = replace(cfg, test_set=local_path_resolved(cfg.test_set), output=local_path_resolved(cfg.output))
     specs = _model_specs(cfg)
     check_output_outside_inputs(cfg.output, {"TEST_SET": cfg.test_set,
-                                             "CHECKPOINT": [checkpoint for _, checkpoint in specs]})
+                                             "CHECKPOINT": [checkpoint for _, checkpoint in specs],
+                                             "--annotations": cfg.annotations, "--grader": cfg.grader,
+                                             "--inception-weights": cfg.inception_weights,
+                                             "--grading-key": getattr(cfg, "grading_key", None)})
     check_output(cfg.output, cfg.s3_endpoint_url)
     weights = check_inception_weights(cfg.inception_weights, cfg.s3_endpoint_url)
     reference = _reference(cfg)

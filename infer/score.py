@@ -118,7 +118,9 @@ def prepare_inputs(cfg: ScoreConfig):
     if cfg.report_clips < 0:
         raise ScoreError(f"--report-clips must be >= 0, got {cfg.report_clips}")
     check_output_outside_inputs(cfg.output, {"GENERATED": [parse_generated(g)[1] for g in cfg.generated],
-                                             "REFERENCE": cfg.reference})
+                                             "REFERENCE": cfg.reference, "--annotations": cfg.annotations,
+                                             "--grader": cfg.grader, "--inception-weights": cfg.inception_weights,
+                                             "--grading-key": getattr(cfg, "grading_key", None)})
     for spec in cfg.generated:  # a set whose generate run was killed is not scored as if complete
         check_complete(parse_generated(spec)[1], "GENERATED", cfg.s3_endpoint_url)
     check_output(cfg.output, cfg.s3_endpoint_url)

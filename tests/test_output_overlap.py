@@ -100,3 +100,17 @@ def test_s3_output_on_an_s3_input_is_refused(s3_bucket, s3_endpoint, capsys, no_
     # siblings with a common prefix are not an overlap: the job goes on to its next check
     assert main(["train", f"{root}/windows", f"{root}/windows2", *endpoint]) == 2
     assert "own input" not in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_score_and_evaluate_option_files_count_as_inputs(tmp_path, capsys, no_ray):
+    gen, ref, run, out = (tmp_path / n for n in ("gen", "ref", "run", "out"))
+    for d in (gen, ref, run, out):
+        d.mkdir()
+    grader = out / "grader.json"  # a grader saved by an earlier run into the same OUTPUT
+    grader.write_text("{}")
+    _refused(["score", str(gen), str(ref), str(out), "--grader", str(grader)], capsys, "contains --grader")
+    _refused(["evaluate", str(run), str(ref), str(out), "--grader", str(grader)], capsys, "contains --grader")
+    _refused(["score", str(gen), str(ref), str(out / "s"), "--annotations", str(out / "s" / "a.csv")], capsys,
+             "contains --annotations")
+    assert grader.read_text() == "{}"
