@@ -97,3 +97,21 @@ def test_train_preflight_resumes_from_the_newest_readable_checkpoint(run_dir, tm
     (tmp_path / "file").write_text("x")
     with pytest.raises(TrainSetupError, match="existing file"):
         preflight("data", "file", {})
+
+
+def test_resume_of_a_run_at_or_past_its_length_says_so_without_ray(run_dir, tmp_path, monkeypatch, capsys):
+    """#31 item 11: train --resume with --max-steps at or below the run's step (2) answers in one
+    line before Ray starts (it used to start Ray, train nothing, print "trained to step 2/1")."""
+    import cluster.ray_runtime
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(cluster.ray_runtime, "init_ray", no_ray)
+    data = tmp_path / "data"
+    write_synth_windows(str(data), tracks=3, seconds=8.0, params=PARAMS)
+    assert main(["train", str(data), str(run_dir), "--resume", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "already at step 2" in err and "--max-steps" in err and "Traceback" not in err, err
+    assert main(["train", str(data), str(run_dir), "--resume", "--max-steps", "2"]) == 0
+    assert "already trained to step 2/2" in capsys.readouterr().out

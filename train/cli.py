@@ -68,6 +68,26 @@ def _add_option_flag(group, f) -> None:
     group.add_argument(flag_name(f.name), **kwargs)
 
 
+def _already_trained(plan, args) -> bool:
+    """--resume of a run whose checkpoint is at or past the run's length: nothing to train, said in
+    one line before Ray starts.  At the length: done (True, exit 0); past it: a user error."""
+    from cluster.errors import CliError
+    from pipelines.storage import storage_errors
+    from train.checkpoint import read_progress
+
+    with storage_errors("reading", plan.resume_checkpoint):
+        done = int(read_progress(plan.resume_checkpoint, args.s3_endpoint_url)["step"])
+    if done < plan.total_steps:
+        return False
+    if done > plan.total_steps:
+        raise CliError(f"--resume: the run in {args.run_dir} is already at step {done}, past the "
+                       f"{plan.total_steps} steps asked for; give --max-steps (or --epochs) beyond "
+                       f"{done} to train it further")
+    print(f"the run in {args.run_dir} is already trained to step {done}/{plan.total_steps}; nothing "
+          f"to do (give a larger --max-steps or --epochs with --resume to train it further)")
+    return True
+
+
 def run_train(args) -> int:
     from cluster.errors import CliError
 
@@ -101,6 +121,8 @@ def run_train(args) -> int:
     # are user errors (exit 2, no traceback).
     plan = preflight(args.data, args.run_dir, options, num_workers=args.num_workers,
                      resume=args.resume, s3_endpoint_url=args.s3_endpoint_url)
+    if plan.resume_checkpoint and _already_trained(plan, args):
+        return 0
     try:
         init_ray(args.address)
         device, placements = plan_workers(args.device, args.num_workers, args.cpus_per_worker)
