@@ -31,7 +31,8 @@ import posixpath
 import socket
 
 from cluster.errors import UserError
-from pipelines.storage import fsspec_filesystem, is_local_filesystem, storage_errors, write_bytes_atomic
+from pipelines.storage import (StorageError, fsspec_filesystem, is_local_filesystem, read_bytes, storage_errors,
+                               write_bytes_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class ResultSet:
         self.output = output
         self.names = list(dict.fromkeys(names))
         self.job = job
+        self.s3_endpoint_url = s3_endpoint_url
         self.fs, root = fsspec_filesystem(output, s3_endpoint_url)
         self.root = root.rstrip("/") or root
         self.local = is_local_filesystem(self.fs)
@@ -77,7 +79,8 @@ class ResultSet:
 
     def _marker(self) -> dict | None:
         try:
-            marker = json.loads(self.fs.cat_file(self._path(INCOMPLETE)))
+            # read_bytes retries a read cut in the middle of its body, as every job's reads are
+            marker = json.loads(read_bytes(self.fs.unstrip_protocol(self._path(INCOMPLETE)), self.s3_endpoint_url))
         except FileNotFoundError:
             return None
         except ValueError:
@@ -154,9 +157,12 @@ def generate_results(output: str, clip_ids, s3_endpoint_url: str | None = None) 
     previous: list[str] = []
     with storage_errors("reading the previous manifest in", output):
         try:
-            table = pq.read_table(io.BytesIO(fs.cat_file(posixpath.join(root.rstrip("/"), "manifest.parquet"))),
-                                  columns=["clip_id"])
+            data = read_bytes(fs.unstrip_protocol(posixpath.join(root.rstrip("/"), "manifest.parquet")),
+                              s3_endpoint_url)
+            table = pq.read_table(io.BytesIO(data), columns=["clip_id"])
             previous = table.column("clip_id").to_pylist()
+        except StorageError:
+            raise
         except (FileNotFoundError, ValueError, KeyError, OSError):
             previous = []  # no previous set, or not one of ours: its clip folders are left alone
     folders = [str(c).strip("/").split("/")[0] for c in list(clip_ids) + previous if str(c).strip("/")]
