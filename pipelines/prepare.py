@@ -378,6 +378,7 @@ def _cluster_plan(cfg: PrepareConfig, layout: str) -> tuple[dict, object]:
     plan = {"gpus": resources.get("GPU", 0), "cpus": float(cfg.num_cpus or resources.get("CPU", 0)),
             "actors": None}
     if layout != "mixes":
+        _note_no_model(cfg.resources)
         return plan, None
     try:
         # On CPU, Demucs is the slow stage: one actor (unless --actors / --separators) using
@@ -389,6 +390,17 @@ def _cluster_plan(cfg: PrepareConfig, layout: str) -> tuple[dict, object]:
         raise PrepareError(str(err)) from err
     plan["actors"] = actors
     return plan, book
+
+
+def _note_no_model(request: ResourceRequest) -> None:
+    """Stems need no separation model: --device cuda / --actors / --gpus-per-actor have nothing to
+    place.  Say so in one line rather than silently running on CPU."""
+    asked = [f"--device {request.device}"] if request.device == "cuda" else []
+    asked += ["--actors"] if request.actors else []
+    asked += ["--gpus-per-actor"] if request.gpus_per_actor != 1.0 else []
+    if asked:
+        log.warning("%s: ignored for the stems layout, which runs no model (only Demucs on 'mixes' "
+                    "uses them); its decode and window tasks run on CPU", ", ".join(asked))
 
 
 def build_dataset(rows: list[dict], cfg: PrepareConfig, layout: str, plan: dict, placements=None):

@@ -231,6 +231,21 @@ def test_demucs_actors_are_sized_to_the_cluster(ray_local):
         _cluster_plan(PrepareConfig(input="in", output="out", separators=0), "mixes")
 
 
+def test_stems_with_device_cuda_say_that_no_model_runs(ray_local, caplog):
+    """#31 item 11: --device cuda on stems (no model to place) says so in one line, not silently CPU."""
+    import logging
+
+    from cluster.resources import ResourceRequest
+    from pipelines.prepare import _cluster_plan
+
+    with caplog.at_level(logging.WARNING, logger="pipelines.prepare"):
+        _cluster_plan(PrepareConfig(input="in", output="out"), "stems")
+        assert not caplog.records
+        _cluster_plan(PrepareConfig(input="in", output="out", resources=ResourceRequest(device="cuda")), "stems")
+    [record] = caplog.records
+    assert "--device cuda: ignored for the stems layout, which runs no model" in record.getMessage()
+
+
 # ----------------------------------------------------------------- mixes: real songs, tiny Demucs
 
 
