@@ -120,6 +120,7 @@ class ResultSet:
         if self.local:
             os.makedirs(self.root, exist_ok=True)
         with storage_errors("preparing", self.output):
+            self.fs.invalidate_cache()  # listings cached earlier in this process may be stale
             marker = self._marker()
             if marker is None:  # OUTPUT holds a complete set, or none
                 previous = self._present(self.names)
@@ -142,6 +143,7 @@ class ResultSet:
 
     def commit(self) -> None:
         with storage_errors("committing", self.output):
+            self.fs.invalidate_cache()
             self.fs.rm_file(self._path(INCOMPLETE))
             self._remove(self._path(PREVIOUS))
 
