@@ -6,10 +6,18 @@ import logging
 import os
 
 from cluster.console import quiet_ray_logs
+from cluster.errors import UserError
 
 log = logging.getLogger(__name__)
 
 LOCAL_HOST = "127.0.0.1"
+# What Ray raises when its processes do not come up in time (ray/_private/node.py, services.py).
+START_TIMEOUTS = ("timed out during startup", "GCS has become overloaded", "Deadline Exceeded",
+                  "Timed out while waiting for", "Failed to connect to GCS")
+
+
+class RayStartError(UserError):
+    """Ray did not start (a local Ray) or could not be reached (a cluster) in time."""
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -39,16 +47,47 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        with start_timeouts_as_user_errors(address):
+            ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         quiet_ray_logs(verbose=log.isEnabledFor(logging.DEBUG))
         return
     cpus = local_cpus(num_cpus)
     log.info("starting a local Ray with %d logical CPUs on %s", cpus, LOCAL_HOST)
-    with keep_local():
+    with keep_local(), start_timeouts_as_user_errors(None):
         ray.init(num_cpus=cpus, resources={NODE_CORES: float(os.cpu_count() or 1)}, include_dashboard=False,
                  log_to_driver=True, runtime_env=runtime_env, _node_ip_address=LOCAL_HOST,
                  dashboard_host=LOCAL_HOST)
     quiet_ray_logs(verbose=log.isEnabledFor(logging.DEBUG))
+
+
+@contextlib.contextmanager
+def start_timeouts_as_user_errors(address: str | None):
+    """Ray's start-up timeouts (its processes did not answer within Ray's own limits, as on a
+    machine whose cores are all busy) become one line saying what to try; Ray's partly
+    started processes are shut down first.  Other errors pass unchanged."""
+    import ray
+
+    try:
+        yield
+    except Exception as err:
+        text = str(err)
+        if not any(marker in text for marker in START_TIMEOUTS):
+            raise
+        try:
+            ray.shutdown()
+        except Exception as cleanup:  # the start-up error is the one to report
+            log.debug("ray.shutdown after a failed start: %s", cleanup)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        busy = f" (load average {load:.0f} on {os.cpu_count()} cores)" if load is not None else ""
+        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        if address:
+            raise RayStartError(
+                f"the Ray cluster at {address} did not answer in time: {first}; check that it is "
+                "running and reachable, then run the job again") from err
+        raise RayStartError(
+            f"the local Ray did not start in time{busy}: {first}; run the job again when the "
+            "machine is less busy (other Ray sessions or heavy processes hold its cores), or "
+            "give --address of a running Ray cluster") from err
 
 
 @contextlib.contextmanager

@@ -91,3 +91,40 @@ def test_grooves_checks_the_soundfont_once_before_rendering(tmp_path, capsys):
     assert "not a SoundFont" in err and "Traceback" not in err, err
     assert err.strip().count("\n") == 0, err
     assert not (out / "_errors.csv").exists()  # nothing was rendered
+
+
+def test_ray_start_up_timeouts_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    """#31 item 10: Ray's "node timed out during startup" (a machine under load) is a one-line
+    error saying what to try, not Ray's traceback; other errors of ray.init pass unchanged."""
+    import pytest
+    import ray
+
+    from cluster.ray_runtime import RayStartError, init_ray
+
+    calls = []
+
+    def slow_start(*args, **kwargs):
+        calls.append(kwargs)
+        raise Exception("The current node timed out during startup. This could happen because some "
+                        "of the raylet failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", slow_start)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    with pytest.raises(RayStartError, match="the local Ray did not start in time.*less busy"):
+        init_ray()
+    assert calls[-1] == "shutdown"  # what had started is stopped
+    with pytest.raises(RayStartError, match="the Ray cluster at 127.0.0.1:1 did not answer in time"):
+        init_ray("127.0.0.1:1")
+    monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):
+        init_ray()
+    # Through a job: exit 2 and one line.
+    monkeypatch.setattr(ray, "init", slow_start)
+    from conftest import DATA
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["grooves", str(DATA / "groove"), str(tmp_path / "out"), "--max-tracks", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "the local Ray did not start in time" in err, err
+    assert err.strip().count("\n") == 0, err
