@@ -61,15 +61,50 @@ _records_filtered = False
 _handler_wrapped = False
 _stderr_filter: tuple | None = None  # (the original fd 2, the filter process)
 
+# Warnings Ray logs with a whole traceback (exc_info) for a timeout that is not fatal: the
+# traceback goes, and the warning becomes one line saying what happened and what to try.
+# Ray Train's controller asks its autoscaling coordinator for the workers' resources with a
+# 5 s timeout (autoscaling_coordinator_client.py); on a machine whose cores are all busy the
+# answer comes late (GetTimeoutError), the controller retries and training goes on.
+TRACEBACK_WARNINGS = tuple((re.compile(p), note) for p, note in (
+    (r"Failed to (send|cancel) resource request for",
+     "Ray Train's controller: its autoscaling coordinator did not answer within 5 s (the machine "
+     "is busy); it retries and training goes on; if the run stalls, run it when the machine is "
+     "less busy"),
+))
+
+
 def is_noise(line: str) -> bool:
     return any(p.search(line) for p in NOISY_LINES)
+
+
+def _shorten_traceback_warnings(lines: list[str]) -> list[str]:
+    """TRACEBACK_WARNINGS' lines with their tracebacks replaced by their one-line notes."""
+    out, state = [], None  # state: None, "expect" (the traceback may follow), "in" (inside it)
+    for line in lines:
+        if state == "expect" and not line.startswith("Traceback"):
+            state = None
+        if state is not None:
+            if state == "expect" or not line.strip() or line[:1].isspace() or \
+                    line.startswith(("Traceback", "During handling", "The above exception")):
+                state = "in"
+                continue
+            state = None  # the exception's own line ends the traceback
+            continue
+        note = next((n for p, n in TRACEBACK_WARNINGS if p.search(line)), None)
+        if note:
+            out.append(note)
+            state = "expect"
+            continue
+        out.append(line)
+    return out
 
 
 def filter_batch(batch: dict) -> dict | None:
     """A worker-log batch (Ray's dict: pid, actor_name, lines, ...) without Ray's noise, or None."""
     if (batch.get("actor_name") or "") in NOISY_ACTORS:
         return None
-    lines = [line for line in batch.get("lines", []) if not is_noise(line)]
+    lines = [line for line in _shorten_traceback_warnings(batch.get("lines", [])) if not is_noise(line)]
     if not lines:
         return None
     return dict(batch, lines=lines)

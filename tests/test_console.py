@@ -36,6 +36,34 @@ def test_ray_internal_lines_are_dropped_and_ours_kept():
     assert not is_noise("ValueError: checkpoint weights do not fit this architecture")
 
 
+def test_the_controllers_resource_request_timeout_is_one_line_not_a_traceback():
+    """#31 item 10: Ray Train's controller under load logs "Failed to send resource request" with
+    a GetTimeoutError traceback: the user sees one line saying what it means and what to try."""
+    warning = ("[2026-12-04 12:00:00,000 W 9 9] autoscaling_coordinator_client.py:71 -- Failed to send "
+               "resource request for train-abc. If this only happens transiently during network "
+               "partition or CPU being overloaded, it's safe to ignore this error.")
+    kept = filter_batch(batch([
+        "before",
+        warning,
+        "Traceback (most recent call last):",
+        '  File "/ray/autoscaling_coordinator_client.py", line 58, in send_resource_request',
+        "    ray.get(",
+        "",
+        "During handling of the above exception, another exception occurred:",
+        "Traceback (most recent call last):",
+        '  File "/ray/_private/worker.py", line 2900, in get',
+        "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
+        "after",
+        warning.replace("send", "cancel"),  # without a traceback: the next line stays
+        "last",
+    ], actor_name="TrainController"))
+    lines = kept["lines"]
+    assert lines[0] == "before" and lines[2] == "after" and lines[4] == "last", lines
+    assert "autoscaling coordinator did not answer within 5 s" in lines[1] and "less busy" in lines[1]
+    assert lines[3] == lines[1] and len(lines) == 5, lines
+    assert not any("Traceback" in line or "GetTimeoutError" in line for line in lines)
+
+
 def test_progress_line_has_done_total_rate_and_eta(caplog):
     progress = Progress("generate", total=4, every_s=0.0, unit="clips")
     with caplog.at_level(logging.INFO, logger="cluster.console"):
