@@ -75,13 +75,12 @@ def save_random_weights(path: str, seed: int = 0) -> str:
 
 
 def load_state_dict(path: str, s3_endpoint_url: str | None = None) -> dict:
-    from pipelines.storage import fsspec_filesystem
+    from pipelines.storage import fsspec_filesystem, read_bytes
 
     fs, inner = fsspec_filesystem(path, s3_endpoint_url)
     if not fs.exists(inner):
         raise WeightsNotFound(f"Inception weights not found: {path}")
-    with fs.open(inner, "rb") as f:
-        data = f.read()
+    data = read_bytes(path, s3_endpoint_url)  # retried as a whole when the body is cut short
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # pickle / zip errors: the file is not a state dict

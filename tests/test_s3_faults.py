@@ -341,3 +341,61 @@ def test_evaluate_with_midbody_resets(ray_local, proxy, midbody, bucket, s3_chec
     assert figures
     np.testing.assert_allclose(ours[figures].to_numpy(float), reference[figures].to_numpy(float),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_read_cut_in_its_body_is_retried_then_named(monkeypatch):
+    """retried_read: a body fault re-runs the whole read, up to AWS_MAX_ATTEMPTS reads; past
+    them a StorageError names the object; other errors are not retried."""
+    import aiohttp
+
+    from pipelines import storage
+
+    monkeypatch.setattr(storage, "backoff_seconds", lambda attempt: 0.0)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    calls = []
+
+    def flaky(fails: int, error=aiohttp.ClientPayloadError("Response payload is not completed")):
+        def read():
+            calls.append(1)
+            if len(calls) <= fails:
+                raise error
+            return b"data"
+        return read
+
+    assert storage.retried_read("reading", "s3://b/k.wav", flaky(2)) == b"data" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(storage.StorageError, match=r"reading s3://b/k\.wav failed after 3 attempts "
+                       r"\(ClientPayloadError: .*\); a re-run retries it") as caught:
+        storage.retried_read("reading", "s3://b/k.wav", flaky(3))
+    assert len(calls) == 3 and "\n" not in str(caught.value)
+    for error in (ConnectionResetError(104, "reset"), __import__("http.client").client.IncompleteRead(b"x")):
+        calls.clear()
+        assert storage.retried_read("reading", "s3://b/k.wav", flaky(1, error)) == b"data"
+    calls.clear()
+    with pytest.raises(FileNotFoundError):  # not a fault: once, unchanged
+        storage.retried_read("reading", "s3://b/k.wav", flaky(5, FileNotFoundError("k.wav")))
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(aiohttp.ClientPayloadError):  # a local path: read once, unchanged
+        storage.retried_read("reading", "/tmp/k.wav", flaky(5))
+    assert len(calls) == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_storage_error_in_a_ray_data_actor_reaches_the_driver_as_one_line(ray_local):
+    import ray.data
+
+    from pipelines.storage import StorageError, storage_faults_in_ray
+
+    message = "reading s3://b/k.wav failed after 3 attempts (ClientPayloadError: cut); a re-run retries it"
+
+    class Reader:
+        def __call__(self, batch):
+            raise StorageError(message)
+
+    ds = ray.data.from_items([{"a": 1}]).map_batches(Reader, concurrency=1)
+    with pytest.raises(StorageError) as caught, storage_faults_in_ray():
+        ds.take_all()
+    assert str(caught.value) == message
+    with pytest.raises(ValueError), storage_faults_in_ray():  # anything else passes unchanged
+        raise ValueError("not a storage fault")
