@@ -194,6 +194,54 @@ def test_the_local_ray_a_job_starts_listens_on_loopback_only():
         assert report["object_store"] > 4 * 2**30, report["object_store"]
 
 
+LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+
+
+@pytest.mark.timeout(600)
+def test_train_on_the_local_ray_listens_on_loopback_only(tmp_path):
+    """#31 item 9: during `train` (torch's rendezvous store on rank 0, gloo's sockets) no process
+    the job started listens on anything but 127.0.0.1."""
+    from pipelines.mel import MelParams
+    from train.synth_windows import write_synth_windows
+
+    data = tmp_path / "data"
+    write_synth_windows(str(data), tracks=3, seconds=8.0, params=MelParams(n_mels=64, window_frames=64,
+                                                                           overlap_frames=16))
+    script = textwrap.dedent("""
+        import json, sys, threading, time, psutil
+        from cycledrums_cli import main
+        found, done = set(), threading.Event()
+        def scan():
+            me = psutil.Process()
+            while not done.is_set():
+                for p in [me] + me.children(recursive=True):
+                    try:
+                        found.update((p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections("inet")
+                                     if c.status == psutil.CONN_LISTEN)
+                    except psutil.Error:
+                        pass
+                time.sleep(0.2)
+        threading.Thread(target=scan, daemon=True).start()
+        code = main(["train", sys.argv[1], sys.argv[2], "--ngf", "8", "--ndf", "8",
+                     "--n-blocks", "1", "--batch-size", "1", "--max-steps", "2"])
+        done.set()
+        print(json.dumps({"code": code, "sockets": sorted(found)}))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", script, str(data), str(tmp_path / "run")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=580)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0
+    sockets = report["sockets"]
+    assert any("RayTrainWorker" in name for name, _, _ in sockets), sockets  # the scan saw the workers
+    exposed = [s for s in sockets if s[1] not in LOOPBACK]
+    assert not exposed, exposed
+
+
 def test_plan_workers_reads_the_live_cluster(ray_local):
     assert plan_workers("auto", 2, 1.0)[0] == "cpu"
     with pytest.raises(ResourceError, match="the cluster has 4 CPUs and 0 GPUs on 1 node"):

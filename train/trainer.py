@@ -239,7 +239,8 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
     It is not part of the run's config and never reaches a checkpoint.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from cluster.loopback_torch import LoopbackTorchConfig
+    from train.interrupt import InterruptibleTorchTrainer  # Ctrl-C: exit 130, "interrupted"
 
     from cluster.resources import read_placements, train_backend
     from train.loop import train_loop_per_worker
@@ -257,7 +258,7 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
         use_gpu = device == "cuda"
         resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
         backend = train_backend(device)
-        trainer = TorchTrainer(
+        trainer = InterruptibleTorchTrainer(
             train_loop_per_worker,
             train_loop_config={
                 "config": cfg.to_dict(), "mel_params": params.to_dict(),
@@ -267,7 +268,7 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
                 "damaged_checkpoints": plan.damaged_checkpoints, "on_step": on_step,
                 "placements": placements,
             },
-            torch_config=TorchConfig(backend=backend) if backend else None,
+            torch_config=LoopbackTorchConfig(backend=backend),  # 127.0.0.1 on a local Ray
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker=resources),
             run_config=RunConfig(
