@@ -178,3 +178,27 @@ def test_score_refuses_a_generated_set_marked_incomplete(tmp_path, capsys, monke
     assert main(["score", str(generated), str(tmp_path / "ref"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "marked incomplete" in err and "Traceback" not in err
+
+
+@pytest.mark.timeout(600)
+def test_generate_into_the_same_output_replaces_the_whole_previous_set(ray_local, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from cycledrums_cli import main
+    from tests.test_generate import write_tiny_checkpoint
+
+    model = str(write_tiny_checkpoint(tmp_path / "ckpt"))
+    rate = 22050
+    t = np.arange(int(rate * 7.0)) / rate
+    for name, freq in (("first", 55.0), ("second", 82.4)):
+        (tmp_path / name).mkdir()
+        sf.write(tmp_path / name / f"{name}.wav", (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
+    out = tmp_path / "gen"
+    args = ["--griffin-lim-iters", "2", "--batch-size", "4"]
+    assert main(["generate", model, str(tmp_path / "first"), str(out), *args]) == 0
+    assert (out / "first" / "drums.wav").exists() and not (out / INCOMPLETE).exists()
+    assert main(["generate", model, str(tmp_path / "second"), str(out), *args]) == 0
+    # the first run's clip folder went aside with its manifest, then away at the commit
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["second", "manifest.parquet", "manifest.csv", "errors.parquet", "errors.csv", "summary.json"])
