@@ -145,6 +145,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         from train.runlog import RunLog
 
         log = RunLog(loop_config["run_dir"], loop_config.get("s3_endpoint_url"))
+        log.truncate_after(step)  # steps an earlier attempt logged past this checkpoint come again
         log.write([{"event": "start", "step": step, "world_size": world,
                     "device": str(device), "bf16": use_bf16, "resumed": bool(restored),
                     "time": time.time()}])

@@ -40,6 +40,23 @@ class RunLog:
         else:
             self.file = open(remote_metrics, "a")
 
+    def truncate_after(self, step: int) -> int:
+        """Drop the records of steps past `step` (the step training restarts from), so that a
+        run resumed from a checkpoint logs each step once: steps an earlier attempt logged
+        after its last checkpoint are trained again.  Returns how many lines were dropped."""
+        self.file.close()
+        path = self.local_metrics if self.remote else posixpath.join(self.root, METRICS)
+        with open(path) as f:
+            lines = f.readlines()
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines if not _past(line, step)]
+        if kept != lines:
+            partial = f"{path}.truncating"
+            with open(partial, "w") as f:
+                f.writelines(kept)
+            os.replace(partial, path)
+        self.file = open(path, "a")
+        return len(lines) - len(kept)
+
     def write(self, records: list[dict]) -> None:
         for record in records:
             self.file.write(json.dumps(record) + "\n")
@@ -80,6 +97,17 @@ class RunLog:
     def close(self) -> None:
         self.sync()
         self.file.close()
+
+
+def _past(line: str, step: int) -> bool:
+    """Is this log line a record of a step after `step`?  (A line cut off by a kill is dropped.)"""
+    if not line.strip():
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return True
+    return isinstance(record, dict) and int(record.get("step") or 0) > step
 
 
 def read_metrics(run_dir: str, s3_endpoint_url: str | None = None) -> list[dict]:
