@@ -5,6 +5,8 @@ every track and clip under the default retry policy.  At 70%, with the retry cou
 (AWS_MAX_ATTEMPTS, the AWS SDKs' setting) so that retries run out in a test-sized job, they
 report what failed (naming the object, saying a re-run retries), exit non-zero without a
 traceback and write nothing corrupt; a re-run without faults then completes exactly.
+The `*_with_midbody_resets` tests do the same for prepare, generate and evaluate with the
+common real failure, a reset in the middle of a response body, beside 503s (see below).
 """
 from __future__ import annotations
 
