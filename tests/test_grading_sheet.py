@@ -1,10 +1,10 @@
-"""grade.html's sample and id key, the CLI's refusal of a pickled grader, drums_mel.png's axes (no Ray, no browser)."""
+"""grade.html's sample and id key, the CLI's refusal of a pickled grader, drums_mel.png's axes, the grader in Ray tasks, evaluate --grading-sheet."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -104,3 +104,56 @@ def test_drums_mel_png_has_the_reports_axes_and_colour_bar():
     pixels = np.asarray(png).astype(int)
     assert png.width > 300 + 100 and png.height < 256            # a figure with axes, not the bare image
     assert (np.abs(pixels[..., 0] - pixels[..., 2]) > 40).mean() > 0.1   # colour map, not greyscale
+
+
+@pytest.mark.timeout(600)
+def test_the_grader_on_many_clips_runs_in_ray_tasks_with_the_same_predictions(ray_local, monkeypatch):
+    import ray.data
+
+    from infer import score_summary
+    from infer.grader import train_grader
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 10)
+    grader = train_grader(rng.standard_normal((40, 3)) + y[:, None], y, ["a", "b", "c"])
+    x = rng.standard_normal((5000, 3)) * 2
+    blocks = []
+    from_arrow = ray.data.from_arrow
+    monkeypatch.setattr(ray.data, "from_arrow", lambda tables: blocks.append(len(tables)) or from_arrow(tables))
+    monkeypatch.setattr(score_summary, "PREDICT_BLOCK", 1000)
+    buckets, probs = score_summary.predict_clips(grader, x)   # 5,000 clips: the Ray path
+    assert blocks == [5]
+    expected_buckets, expected_probs = grader.predict(x)
+    np.testing.assert_array_equal(buckets, expected_buckets)   # every clip, back in the table's order
+    np.testing.assert_array_equal(probs, expected_probs)
+    score_summary.predict_clips(grader, x[:4999])             # below the threshold: in process
+    assert blocks == [5]
+
+
+@pytest.mark.timeout(900)
+def test_evaluate_writes_a_grading_sheet_with_audio_for_every_sampled_clip(ray_local, tmp_path):
+    from cycledrums_cli import main
+    from infer.inception import save_random_weights
+    from pipelines.synth import write_dataset
+    from tests.test_generate import write_tiny_checkpoint
+
+    write_dataset(tmp_path / "synth", tracks=8, seconds=7.0, seed=3)
+    checkpoint = str(write_tiny_checkpoint(tmp_path / "ckpt"))
+    weights = save_random_weights(str(tmp_path / "inception.pth"), seed=0)
+    out = tmp_path / "out"
+    assert main(["evaluate", checkpoint, str(tmp_path / "synth" / "test"), str(out), "--inception-weights",
+                 weights, "--griffin-lim-iters", "4", "--report-clips", "1", "--grading-sheet", "8"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    sheet = summary["grading_sheet"]
+    key = pd.read_csv(out / "grading_key.csv", dtype=str)
+    assert sheet["clips"] == len(key) == 8 and sheet["left_out"] == 0
+    assert key["set"].value_counts().get("cyclegan", 0) >= 1 and key["set"].nunique() == 6
+    page = (out / "grade.html").read_text()
+    for token in key["id"]:
+        for name in ("bass", "drums", "mix"):
+            path = out / "grading" / token / f"{name}.ogg"
+            assert f'src="grading/{token}/{name}.ogg"' in page and sf.info(str(path)).duration > 6.5
+    # the sampled model clips got their audio generated, beside the report's clips
+    sampled = set(key.loc[key["set"] == "cyclegan", "clip_id"])
+    written = {p.parent.name for p in (out / "audio" / "cyclegan").glob("*/drums.wav")}
+    assert sampled <= written
