@@ -309,7 +309,7 @@ def sheet_html(sheet_id: str, clips: list[tuple[str, dict]]) -> str:
     blocks = []
     for k, (token, files) in enumerate(clips, 1):
         players = "".join(
-            f"<div><label>{name}</label><audio controls preload=none src=\"{html.escape(files[name])}\"></audio>"
+            f"<div><label>{name}</label><audio controls preload=metadata src=\"{html.escape(files[name])}\"></audio>"
             f"</div>" for name in ("bass", "drums", "mix") if files.get(name))
         inputs = "".join(
             f"<label>{d} <input type=number min=0 max=9 step=1 inputmode=numeric data-id=\"{token}\" "

@@ -242,6 +242,7 @@ th.sortable{cursor:pointer}th.sortable:after{content:" \\2195";color:#999}.pass{
 table.clips{width:100%}table.clips th{font-size:12px;overflow-wrap:anywhere}table.clips td{font-size:12px}
 table.clips td.spec{width:34%}img.spec{width:100%;max-width:420px;min-width:260px;height:auto}
 .tag{font-size:11px;padding:1px 4px;border-radius:3px;background:#ddd}.matrices{display:flex;gap:1.5em;flex-wrap:wrap}
+table.matrix caption,table#predicted caption{white-space:nowrap;text-align:left;font-size:12px;padding-bottom:2px}
 """
 
 _SCRIPT = """
