@@ -206,3 +206,21 @@ def test_a_pool_that_cannot_be_planned_ends_the_books_of_those_already_planned(r
     assert len(books) == 1
     with pytest.raises(ray_local.exceptions.RayActorError):
         ray_local.get(books[0].read.remote(), timeout=60)
+
+
+@pytest.mark.timeout(300)
+def test_device_cuda_without_gpus_is_one_line(ray_local, models, test_set, inception, tmp_path, capsys):
+    """#31 item 10: evaluate --device cuda on a cluster without GPUs: exit 2 and one line, as
+    train and generate say it (it was a traceback)."""
+    import torch
+
+    from cycledrums_cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    address = ray_local.get_runtime_context().gcs_address
+    assert main(["evaluate", models["cyclegan"], str(test_set), str(tmp_path / "out"), "--device", "cuda",
+                 "--inception-weights", inception, "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--device cuda: no GPU" in err, err
+    assert err.strip().count("\n") == 0, err
