@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from cluster.errors import UserError
 
-from pipelines.storage import fsspec_filesystem, is_remote
+from pipelines.storage import fsspec_filesystem, is_remote, read_bytes
 
 LAYOUTS = ("stems", "mixes")
 STEM_EXTENSIONS = (".wav", ".flac")
@@ -219,8 +219,8 @@ def _load_fma(tracks_csv: str, s3_endpoint_url: str | None) -> dict[int, FmaTrac
     fs, path = fsspec_filesystem(tracks_csv, s3_endpoint_url)
     if not fs.exists(path):
         raise CatalogError(f"tracks.csv not found: {tracks_csv}")
-    with fs.open(path, "rb") as raw:
-        return read_fma_tracks(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+    data = read_bytes(tracks_csv, s3_endpoint_url)  # retried as a whole when the body is cut short
+    return read_fma_tracks(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline=""))
 
 
 def _fma_key(rel: str) -> int | None:
