@@ -27,7 +27,7 @@ import torch
 from cluster.errors import UserError
 
 from pipelines.mel import MelParams
-from pipelines.storage import fsspec_filesystem, read_bytes
+from pipelines.storage import fsspec_filesystem, read_bytes, retried_read
 
 WEIGHTS = "weights.pt"
 STATE = "state.pt"
@@ -74,9 +74,9 @@ def _is_checkpoint(fs, fs_path: str) -> bool:
 
 
 def _step_of(fs, checkpoint_path: str) -> int:
-    try:
-        with fs.open(posixpath.join(checkpoint_path, PROGRESS), "r") as f:
-            return int(json.load(f)["step"])
+    path = posixpath.join(checkpoint_path, PROGRESS)
+    try:  # retried as a whole when the body is cut short
+        return int(json.loads(retried_read("reading", fs.unstrip_protocol(path), lambda: fs.cat_file(path)))["step"])
     except (FileNotFoundError, KeyError, ValueError):
         return -1
 
