@@ -188,6 +188,8 @@ def check_output(uri: str, s3_endpoint_url: str | None) -> None:
 
 def check_inception_weights(path: str | None, s3_endpoint_url: str | None) -> str:
     """Resolve and load the Inception weights on the driver: bad weights fail here, not in an actor."""
+    from pipelines.storage import StorageError
+
     from infer.inception import InceptionFeatures, WeightsNotFound, load_state_dict, resolve_weights
 
     try:
@@ -195,6 +197,8 @@ def check_inception_weights(path: str | None, s3_endpoint_url: str | None) -> st
         InceptionFeatures(load_state_dict(weights, s3_endpoint_url))
     except WeightsNotFound as err:
         raise ScoreError(str(err)) from err
+    except StorageError:
+        raise  # a storage fault after the retries, not bad weights: exit 1, a re-run retries it
     except (ValueError, OSError) as err:
         raise ScoreError(f"--inception-weights: {err}".splitlines()[0]) from err
     return weights
