@@ -176,16 +176,18 @@ def run_stage(cluster, s3: CountingS3, stage: str, scale: int, items: int, args:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     sampler = Sampler(proc.pid, cluster)
     lines, lost = [], {}
-    for line in proc.stdout:
-        lines.append(line)
-        if kill_when and not lost and kill_when(line):
-            lost = kill_and_replace(cluster)
+    log_path = (log_dir or Path(tempfile.gettempdir())) / f"{stage}-{scale}x{'-lost' if kill_when else ''}.log"
+    with open(log_path, "w") as log:  # written as the job goes, to follow a long stage
+        for line in proc.stdout:
+            lines.append(line)
+            log.write(line)
+            log.flush()
+            if kill_when and not lost and kill_when(line):
+                lost = kill_and_replace(cluster)
     proc.wait()
     wall = time.perf_counter() - start
     sampler.stop()
     output = "".join(lines)
-    if log_dir:
-        (log_dir / f"{stage}-{scale}x{'-lost' if kill_when else ''}.log").write_text(output)
     if proc.returncode != 0:
         raise SystemExit(f"rehearsal: {stage} at {scale}x failed (exit {proc.returncode}):\n{output[-4000:]}")
     requests1, bytes1 = s3.counters()

@@ -33,6 +33,8 @@ class NodeWatch:
     def _alive() -> dict[str, str]:
         import ray
 
+        if not ray.is_initialized():  # nothing to watch (a job that runs without Ray, or has not started it)
+            return {}
         return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
 
     def check(self) -> None:

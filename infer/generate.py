@@ -801,6 +801,7 @@ def _split_results(batch: dict, manifest: list[dict], errors: list[dict]) -> tup
 
 def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
     """(manifest rows, error rows) as the job's batches come back."""
+    from cluster.node_watch import watching_nodes
     from cluster.resources import broken_gpu_node_as
     from pipelines.storage import storage_faults_in_ray
 
@@ -808,7 +809,7 @@ def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
 
     progress = Progress("generate", n_clips)
     manifest, errors = [], []
-    with storage_faults_in_ray(), broken_gpu_node_as(GenerateError):
+    with storage_faults_in_ray(), broken_gpu_node_as(GenerateError), watching_nodes("generate"):
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes: progress stays current
             progress.update(*_split_results(batch, manifest, errors))
     return manifest, errors

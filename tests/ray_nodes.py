@@ -65,13 +65,18 @@ class LocalCluster:
     temp_dir: Path
     env: dict
     nodes: list[Node] = field(default_factory=list)  # the head first
+    node_dirs: list[Path] = field(default_factory=list)  # the worker nodes' temp dirs
 
     def client_env(self) -> dict:
         """Environment for a `cycledrums` subprocess that joins this cluster."""
         return dict(self.env, RAY_ADDRESS=self.address)
 
     def add_worker(self, cpus: float, name: str | None = None, resources: str | None = None) -> Node:
-        args = [_ray_bin(), "start", "--address", self.address, "--node-ip-address", "127.0.0.1",
+        # Its own temp dir, as on a machine of its own: with one shared logs folder, every node's
+        # log monitor would stream every worker's output to the driver (each line N times).
+        own = Path(tempfile.mkdtemp(prefix="cdw-", dir="/tmp"))
+        self.node_dirs.append(own)
+        args = [sys.executable, "-c", _WORKER_START, "start", "--address", self.address, "--temp-dir", str(own), "--node-ip-address", "127.0.0.1",
                 "--num-cpus", str(cpus), "--num-gpus", "0", "--object-store-memory", str(200 << 20),
                 "--block"]
         if resources:
@@ -126,7 +131,20 @@ class LocalCluster:
                 node.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for folder in [self.temp_dir, *self.node_dirs]:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+_WORKER_START = """
+import sys
+import ray._private.ray_constants as constants
+import ray._private.services as services
+constants.ENABLE_RAY_CLUSTER = True
+services.resolve_ip_for_localhost = lambda host: host
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())
+"""
 
 
 def _ray_bin() -> str:
@@ -149,7 +167,11 @@ def start(head_cpus: float, worker_cpus: list[float], extra_env: dict | None = N
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **FAST_HEALTH_CHECKS,
                **(extra_env or {}))
     env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    # Loopback only: Ray turns 127.0.0.1 into the machine's network address unless multi-node
+    # clusters are switched off, as on macOS (cluster/ray_runtime.keep_local).  Every process
+    # runs with the switch off; a worker node's `ray start` turns it back on for its own check
+    # that refuses to join a cluster, and keeps 127.0.0.1 as given (_WORKER_START).
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     cluster = LocalCluster(f"127.0.0.1:{port}", temp_dir, env)
     head = [_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
             "--temp-dir", str(temp_dir), "--num-cpus", str(head_cpus), "--num-gpus", "0",

@@ -150,3 +150,20 @@ def test_evaluate_survives_a_lost_node_with_every_clip_exactly_once(cluster, cat
     np.testing.assert_allclose(ours[figures].to_numpy(float), theirs[figures].to_numpy(float), rtol=1e-4, atol=1e-4)
     assert sorted(_objects(fs, f"{s3_bucket}/lost")) == sorted(_objects(fs, f"{s3_bucket}/clean"))
     assert "node" in out and "lost" in out, out[-3000:]
+
+
+def test_the_multi_node_cluster_listens_on_loopback_only(cluster):
+    """Every socket the head's and the worker nodes' processes listen on is on 127.0.0.1."""
+    import psutil
+
+    loopback = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+    listening = set()
+    for node in cluster.nodes:
+        for pid in node.pids():
+            try:
+                listening |= {(node.name, c.laddr.ip) for c in psutil.Process(pid).net_connections(kind="inet")
+                              if c.status == psutil.CONN_LISTEN}
+            except psutil.Error:
+                continue
+    assert {name for name, _ in listening} >= {"head"} and len({n for n, _ in listening}) >= 2, listening
+    assert all(ip in loopback for _, ip in listening), listening

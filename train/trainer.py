@@ -239,10 +239,11 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
     It is not part of the run's config and never reaches a checkpoint.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from cluster.loopback_torch import LoopbackTorchConfig
-    from train.interrupt import InterruptibleTorchTrainer  # Ctrl-C: exit 130, "interrupted"
 
+    from cluster.loopback_torch import LoopbackTorchConfig
+    from cluster.node_watch import watching_nodes
     from cluster.resources import read_placements, train_backend
+    from train.interrupt import InterruptibleTorchTrainer  # Ctrl-C: exit 130, "interrupted"
     from train.loop import train_loop_per_worker
     from train.run_lock import run_lock
 
@@ -282,13 +283,15 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
         )
         log.info("training %s: %d train windows, %d workers, %d steps/epoch, %d steps",
                  cfg.model, data_summary.train_windows, num_workers, steps_per_epoch, total_steps)
-        result = trainer.fit()
+        with watching_nodes("train") as watch:  # Ray Train restarts the group itself; the console says why
+            result = trainer.fit()
         if result.error:
             raise result.error
         entries = read_placements(placements)
         checkpoint = resolve_checkpoint(run_dir, s3_endpoint_url)
         step = int(read_progress(checkpoint, s3_endpoint_url)["step"])
-        resources = _resources_summary(device, num_workers, cpus_per_worker, entries)
+        resources = dict(_resources_summary(device, num_workers, cpus_per_worker, entries),
+                         nodes_lost=watch.summary())
         _write_resources(run_dir, resources, s3_endpoint_url)
         return TrainSummary(run_dir=run_dir, checkpoint=checkpoint, step=step,
                             total_steps=total_steps, metrics=dict(result.metrics or {}),
