@@ -80,6 +80,8 @@ class EvaluateConfig:
     annotations: str | None = None
     grader: str | None = None
     grader_c: float = 1.0
+    grading_sheet: int = 0
+    grading_key: str | None = None
     s3_endpoint_url: str | None = None
     address: str | None = None
     resources: ResourceRequest = field(default_factory=ResourceRequest)
@@ -138,11 +140,11 @@ def preflight(cfg: EvaluateConfig) -> EvaluateJob:
         generated=[], reference=cfg.test_set, output=cfg.output, annotations=cfg.annotations, grader=cfg.grader,
         inception_weights=weights, batch_size=cfg.batch_size, grader_c=cfg.grader_c, seed=cfg.seed,
         baselines=len(reference.clip_ids) >= 2 if cfg.baselines is None else cfg.baselines,
-        report_clips=cfg.report_clips, s3_endpoint_url=cfg.s3_endpoint_url, address=cfg.address,
-        resources=cfg.resources)
+        report_clips=cfg.report_clips, grading_sheet=cfg.grading_sheet, grading_key=cfg.grading_key,
+        s3_endpoint_url=cfg.s3_endpoint_url, address=cfg.address, resources=cfg.resources)
     models = [_model(cfg, label, checkpoint, i, len(inputs)) for i, (label, checkpoint) in enumerate(specs)]
     sets = _generated_sets(models, inputs)
-    grader, annotations = prepare_annotations_and_grader(score_cfg, sets)
+    grader, annotations = prepare_annotations_and_grader(score_cfg, sets, reference)
     return EvaluateJob(cfg, score_cfg, reference, models, sets, inputs, weights, grader, annotations)
 
 
@@ -550,6 +552,12 @@ class ReportAudio:
         job = self.job
         n = job.score_cfg.report_clips
         shown = report_clips(table, ladder, [m.label for m in job.models], n, job.cfg.seed) if n else {}
+        if job.score_cfg.grading_sheet:  # grade.html's clips need their audio too (score_summary.finish)
+            from infer.grading_sheet import grading_sample
+
+            labels = [m.label for m in job.models] + sorted(set(table.loc[table["baseline"], "set"]))
+            for label, cid in grading_sample(table, labels, job.score_cfg.grading_sheet, job.cfg.seed):
+                shown.setdefault(label, []).append((cid, "graded"))
         for m in job.models:
             start = time.perf_counter()
             rows = table["set"] == m.label

@@ -39,9 +39,18 @@ ladder (infer.ladder) checks, per metric, that it ranks them true > other clip >
 noise / silence / bass; the grader's default features are the metrics that pass.
 
 Grader: with --annotations, a logistic-regression grader (infer.grader) is trained
-and cross-validated, saved as OUTPUT/grader.joblib and applied to every clip; with
---grader PATH a saved one is applied (and, with annotations too, evaluated on them,
-not retrained).  Without either, only the objective features are reported.
+and cross-validated, saved as plain data (OUTPUT/grader.json + grader.npz, never a
+pickle) and applied to every clip; with --grader PATH a saved one is applied (and,
+with annotations too, evaluated on them, not retrained).  Without either, only the
+objective features are reported.
+
+The grading loop (infer.grading_sheet): --grading-sheet N writes OUTPUT/grade.html, a
+blind listening test of N clips sampled across the sets and the baselines under
+opaque ids; each rater's downloaded CSV is an --annotations file (repeat the flag),
+its ids mapped back through OUTPUT/grading_key.csv (or --grading-key).  With
+annotations the summary's `human_grades` part has the raters' Pearson agreement
+matrices per dimension and overall, each set's grade distribution and whether the
+anchors sit where they should (true drums on top, noise and silence at the bottom).
 
 OUTPUT: clips.parquet + clips.csv (one row per generated clip: features, annotated
 grade and bucket, predicted bucket and its probabilities, seconds per stage),
@@ -134,21 +143,44 @@ def prepare_inputs(cfg: ScoreConfig):
     attach_matches(sets, reference)
     if cfg.baselines is None:
         cfg.baselines = len(reference.clip_ids) >= 2
-    grader, annotations = prepare_annotations_and_grader(cfg, sets)
+    if cfg.grading_sheet < 0:
+        raise ScoreError(f"--grading-sheet must be >= 0, got {cfg.grading_sheet}")
+    grader, annotations = prepare_annotations_and_grader(cfg, sets, reference)
     return sets, reference, weights, grader, annotations
 
 
-def prepare_annotations_and_grader(cfg: ScoreConfig, sets: list[GeneratedSet]):
-    """(the saved grader or None, the annotations or None), checked against the sets' clips."""
+def prepare_annotations_and_grader(cfg: ScoreConfig, sets: list[GeneratedSet], reference: ReferenceSet | None = None):
+    """(the saved grader or None, the annotations or None), checked against the sets' clips (and,
+    given the reference, the grader's features against the ones this job computes)."""
     annotations = _read_annotations_if_any(cfg)
     if annotations is not None:
-        _check_annotated_ids(annotations, sets, cfg.annotations)
-    return _load_grader_if_any(cfg), annotations
+        _check_annotated_ids(annotations, sets, annotation_paths(cfg)[0], reference, bool(cfg.baselines))
+    grader = _load_grader_if_any(cfg)
+    if grader is not None and reference is not None:
+        from infer.grader import GraderError
+
+        try:
+            grader.check_features(mel_feature_names(reference.params.n_mels) + list(DENSITY_FEATURES),
+                                  f"computed here ({reference.params.n_mels} mel bins)")
+        except GraderError as err:
+            raise ScoreError(f"--grader {cfg.grader}: {err}") from err
+    return grader, annotations
 
 
-def _check_annotated_ids(annotations, sets: list[GeneratedSet], path: str) -> None:
+def annotation_paths(cfg: ScoreConfig) -> list[str]:
+    if not cfg.annotations:
+        return []
+    return [cfg.annotations] if isinstance(cfg.annotations, str) else list(cfg.annotations)
+
+
+def _check_annotated_ids(annotations, sets: list[GeneratedSet], path: str, reference: ReferenceSet | None = None,
+                         baselines: bool = False) -> None:
     """Annotations must name clips this job scores: else the whole job would run for nothing."""
     scored = {(s.label, c.clip_id) for s in sets for c in s.clips if c.clip_id in s.matches}
+    if baselines and reference is not None:  # grade.html also samples the baselines of every reference clip
+        from infer.baselines import BASELINES
+
+        scored |= {(b, cid) for b in BASELINES for cid in reference.clip_ids}
     by_set = "set" in annotations.columns
     keys = zip(annotations["set"], annotations["clip_id"]) if by_set else annotations["clip_id"]
     known = {(label, cid) for label, cid in scored} if by_set else {cid for _, cid in scored}
@@ -173,18 +205,35 @@ def _load_grader_if_any(cfg: ScoreConfig):
         return None
     from infer.grader import load_grader
 
-    try:
-        return load_grader(cfg.grader, cfg.s3_endpoint_url)
-    except (FileNotFoundError, ValueError) as err:
-        raise ScoreError(str(err)) from err
+    return load_grader(cfg.grader, cfg.s3_endpoint_url)  # GraderError: a UserError, one line
 
 
 def _read_annotations_if_any(cfg: ScoreConfig):
-    if not cfg.annotations:
+    """Every --annotations CSV, concatenated; grade.html's files mapped to (set, clip id) by its key."""
+    paths = annotation_paths(cfg)
+    if not paths:
         return None
-    from infer.grader import read_annotations
+    import pandas as pd
 
-    return read_annotations(cfg.annotations, cfg.s3_endpoint_url)
+    from infer.grader import AnnotationError, read_annotations
+    from infer.grading_sheet import KEY, is_sheet_annotations, map_sheet_ids
+    from infer.runtime import join_uri
+
+    frames = [read_annotations(p, cfg.s3_endpoint_url) for p in paths]
+    from_sheet = [is_sheet_annotations(f) for f in frames]
+    if any(from_sheet) and not all(from_sheet):
+        raise AnnotationError("--annotations: mix of grade.html files (with a 'sheet' column) and other CSVs; "
+                              "give one kind at a time")
+    annotations = pd.concat(frames, ignore_index=True)
+    if all(from_sheet):
+        key = cfg.grading_key or join_uri(cfg.output, KEY)
+        annotations = map_sheet_ids(annotations, key, cfg.s3_endpoint_url)
+    dup = annotations.duplicated(subset=[c for c in ("set", "clip_id", "rater") if c in annotations.columns])
+    if dup.any():
+        row = annotations[dup].iloc[0]
+        raise AnnotationError(f"--annotations: rater {row['rater']!r} graded clip {row['clip_id']!r} more than "
+                              f"once ({int(dup.sum())} repeated row(s)); two raters with one name?")
+    return annotations
 
 
 def generated_lookup(sets: list[GeneratedSet]) -> dict[str, list]:
