@@ -58,12 +58,13 @@ def test_non_json_config_and_garbage_weights_are_named_without_a_traceback(run_d
     checkpoint = run_dir / "train" / "checkpoint_000000002"
     (checkpoint / "config.json").write_text("{not json")
     out = tmp_path / "gen"
-    assert main(["generate", str(checkpoint), str(tmp_path), str(out)]) == 2
+    bass = tmp_path / "bass"  # beside OUTPUT: an OUTPUT inside an INPUT is refused first
+    assert main(["generate", str(checkpoint), str(bass), str(out)]) == 2
     err = capsys.readouterr().err
     assert "config.json" in err and "not valid JSON" in err and "Traceback" not in err
     (checkpoint / "config.json").write_text(json.dumps({"mel_params": PARAMS.to_dict()}))
     (checkpoint / "weights.pt").write_bytes(b"\x00" * 64)
-    assert main(["generate", str(checkpoint), str(tmp_path), str(out)]) == 2
+    assert main(["generate", str(checkpoint), str(bass), str(out)]) == 2
     err = capsys.readouterr().err
     assert "weights.pt" in err and "Traceback" not in err
     assert not out.exists()
@@ -72,7 +73,7 @@ def test_non_json_config_and_garbage_weights_are_named_without_a_traceback(run_d
 def test_generate_output_that_is_a_file_is_refused_before_ray(run_dir, tmp_path, capsys):
     out = tmp_path / "out.txt"
     out.write_text("keep me")
-    assert main(["generate", str(run_dir), str(tmp_path), str(out)]) == 2
+    assert main(["generate", str(run_dir), str(tmp_path / "bass"), str(out)]) == 2
     assert "existing file" in capsys.readouterr().err and out.read_text() == "keep me"
 
 
