@@ -492,20 +492,31 @@ class PlacementBook:
 
 
 def new_placement_book():
-    """The book lives on the driver's node: the node a job cannot outlive anyway, so losing a
-    worker node never takes the book (and with it every actor's report) along."""
+    """The book lives on the head node (soft: anywhere if it cannot), the node a cluster does not
+    lose without losing the job, so a lost worker node does not take the book along."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(num_cpus=0)(PlacementBook).options(scheduling_strategy=here).remote()
+    book = ray.remote(num_cpus=0)(PlacementBook)
+    head = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+    if head:
+        book = book.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head[0], soft=True))
+    return book.remote()
 
 
 def read_placements(book) -> list[dict]:
-    """The placements a job's actors recorded in its book (none without a book)."""
+    """The placements a job's actors recorded in its book (none without a book, or when the
+    book is gone with its node: the record is for the summary, never a reason to fail the job)."""
     import ray
 
-    return [] if book is None else ray.get(book.read.remote(), timeout=30)
+    if book is None:
+        return []
+    try:
+        return ray.get(book.read.remote(), timeout=30)
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as err:
+        log.warning("the record of where the actors ran was lost (%s); the summary lists no placements",
+                    type(err).__name__)
+        return []
 
 
 @contextmanager
@@ -567,7 +578,11 @@ def claim_device(planned: str, what: str, book=None, torch_threads: int = 1) -> 
              "device": device, "cpu_standin": standin, "torch_threads": torch.get_num_threads(),
              "pid": os.getpid()}
     if book is not None:
-        ray.get(book.record.remote(entry), timeout=60)
+        try:
+            ray.get(book.record.remote(entry), timeout=60)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            # The book went with a lost node: the actor still works; the summary misses its entry.
+            log.warning("%s actor: placement not recorded (%s)", what, type(err).__name__)
     return device
 
 
