@@ -13,8 +13,8 @@ scale's throughput over 1x's), the driver's and each node's peak RSS, object-sto
 S3 requests and bytes per item.
 
 --kill-node prepare,evaluate,train kills one worker node (SIGKILL of its `ray start`, raylet and
-workers, nothing else) half-way through those stages at the first scale, after a clean run of the
-same stage, and checks: prepare and evaluate complete with the clean run's outputs (every track /
+workers, nothing else) half-way through those stages (at half the clean run's time) at the first
+scale, after a clean run of the same stage, and checks: prepare and evaluate complete with the clean run's outputs (every track /
 clip exactly once); train ends at the requested step, restarted from its newest checkpoint.
 A fresh worker node joins 10 s after the kill, as an autoscaler would replace the lost one.
 
@@ -165,9 +165,9 @@ def spilled_mb(cluster) -> float:
 
 
 def run_stage(cluster, s3: CountingS3, stage: str, scale: int, items: int, args: list[str],
-              kill_when=None, log_dir: Path | None = None) -> StageRun:
-    """Run `cycledrums ARGS` as a driver joining the cluster; with `kill_when(line)` (a test of
-    each output line), kill a worker node the first time it holds and replace it 10 s later."""
+              kill_at_s: float | None = None, log_dir: Path | None = None) -> StageRun:
+    """Run `cycledrums ARGS` as a driver joining the cluster; with `kill_at_s`, kill a worker
+    node that many seconds after the start (if the job still runs) and replace it 10 s later."""
     requests0, bytes0 = s3.counters()
     spill0 = spilled_mb(cluster)
     cores = sum(float(n.cpus) for n in cluster.nodes if not n.killed)
@@ -176,23 +176,28 @@ def run_stage(cluster, s3: CountingS3, stage: str, scale: int, items: int, args:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     sampler = Sampler(proc.pid, cluster)
     lines, lost = [], {}
-    log_path = (log_dir or Path(tempfile.gettempdir())) / f"{stage}-{scale}x{'-lost' if kill_when else ''}.log"
+    if kill_at_s is not None:
+        timer = threading.Timer(kill_at_s, lambda: proc.poll() is None and lost.update(kill_and_replace(cluster)))
+        timer.start()
+    log_path = (log_dir or Path(tempfile.gettempdir())) / f"{stage}-{scale}x{'-lost' if kill_at_s else ''}.log"
     with open(log_path, "w") as log:  # written as the job goes, to follow a long stage
         for line in proc.stdout:
             lines.append(line)
             log.write(line)
             log.flush()
-            if kill_when and not lost and kill_when(line):
-                lost = kill_and_replace(cluster)
     proc.wait()
+    if kill_at_s is not None:
+        timer.cancel()
     wall = time.perf_counter() - start
     sampler.stop()
     output = "".join(lines)
     if proc.returncode != 0:
         raise SystemExit(f"rehearsal: {stage} at {scale}x failed (exit {proc.returncode}):\n{output[-4000:]}")
     requests1, bytes1 = s3.counters()
-    if lost:
-        lost["recovered_s"] = round(time.perf_counter() - start - lost.pop("at_s"), 1)
+    if lost:  # from the kill to the job's end: the recovery and the rest of the work
+        lost["kill_to_end_s"] = round(time.perf_counter() - lost.pop("at_s"), 1)
+    elif kill_at_s is not None:
+        lost["note"] = "the job ended before the node was killed"
     return StageRun(stage, scale, items, wall, cores, sampler.driver_mb, dict(sampler.nodes_mb),
                     spilled_mb(cluster) - spill0, requests1 - requests0, bytes1 - bytes0, output, lost)
 
@@ -230,29 +235,17 @@ def upload_catalog(s3: CountingS3, tracks: int, seconds: float, prefix: str) -> 
     return tracks, test
 
 
-def half_way(line: str) -> bool:
-    """A progress line (cluster.console.Progress) at or past half of its total."""
-    found = re.search(r": (\d+)/(\d+)\b.* done", line)
-    return bool(found) and int(found.group(1)) * 2 >= int(found.group(2)) > 1
-
-
-def train_half_way(steps: int):
-    def check(line: str) -> bool:
-        found = re.search(r"\bstep (\d+)", line)
-        return bool(found) and int(found.group(1)) * 2 >= steps
-    return check
-
-
 def chain(cluster, s3, scale: int, opts, log_dir: Path, kill: set[str]) -> list[StageRun]:
     base = f"s3://{BUCKET}/x{scale}"
     tracks, test_clips = upload_catalog(s3, opts.tracks * scale, opts.seconds, f"x{scale}/songs")
     runs = []
 
-    def stage(name, items, args, check=None):
-        if name in kill:  # the clean run first, then the same stage losing a node
+    def stage(name, items, args):
+        if name in kill:  # the clean run first, then the same stage losing a node half-way (in time)
             clean = run_stage(cluster, s3, name, scale, items, args(f"{base}/{name}-clean"), log_dir=log_dir)
             runs.append(clean)
-            lossy = run_stage(cluster, s3, name, scale, items, args(f"{base}/{name}-lost"), check, log_dir)
+            lossy = run_stage(cluster, s3, name, scale, items, args(f"{base}/{name}-lost"), clean.wall_s / 2,
+                              log_dir)
             lossy.stage = f"{name} (node lost)"
             compare(name, s3, f"{base}/{name}-clean", f"{base}/{name}-lost", lossy)
             runs.append(lossy)
@@ -260,16 +253,16 @@ def chain(cluster, s3, scale: int, opts, log_dir: Path, kill: set[str]) -> list[
         runs.append(run_stage(cluster, s3, name, scale, items, args(f"{base}/{name}"), log_dir=log_dir))
         return f"{base}/{name}"
 
-    windows = stage("prepare", tracks, lambda out: ["prepare", f"{base}/songs", out], half_way)
+    windows = stage("prepare", tracks, lambda out: ["prepare", f"{base}/songs", out])
     steps = opts.train_steps
     model = stage("train", steps, lambda out: [
         "train", windows, out, "--num-workers", str(opts.workers), "--cpus-per-worker",
         str(opts.worker_cpus - 1), "--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--max-steps", str(steps),
-        "--checkpoint-every", str(max(steps // 4, 1)), "--log-every", "1"], train_half_way(steps))
+        "--checkpoint-every", str(max(steps // 4, 1)), "--log-every", "1"])
     n_sets = 1 + 5  # the model + the baselines (true drums, other clip, bass copy, noise, silence)
     stage("evaluate", test_clips * n_sets, lambda out: [
         "evaluate", model, f"{base}/songs/test", out, "--griffin-lim-iters", "8", "--report-clips", "2",
-        "--inception-weights", opts.inception_weights], half_way)
+        "--inception-weights", opts.inception_weights])
     return runs
 
 
