@@ -80,22 +80,29 @@ class FakeCluster:
     def stop(self) -> None:
         """End every process this cluster started: they all share the `ray start` process group,
         and the launched fake nodes are found by their --temp-dir."""
-        pids = _pids_using(self.temp_dir)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 15
-        while time.time() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.3)
-        for pid in pids:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        end_processes(_pids_using(self.temp_dir))
         logs = self.temp_dir / "session_latest" / "logs"
         for log in logs.glob("monitor*"):
             shutil.copy(log, self.base / log.name)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def end_processes(pids: list[int], grace_s: float = 15) -> None:
+    """SIGTERM each process, then SIGKILL those still alive after `grace_s`."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.3)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _alive(pid: int) -> bool:

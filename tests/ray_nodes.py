@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fake_cluster import _alive, free_port
+from fake_cluster import end_processes, free_port
 
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
                       "RAY_health_check_failure_threshold": "4"}
@@ -114,18 +114,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """End every process of every node (SIGTERM, then SIGKILL after 15 s), by process id."""
-        pids = [pid for node in self.nodes for pid in node.pids()]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 15
-        while time.time() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.3)
-        for pid in pids:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        end_processes([pid for node in self.nodes for pid in node.pids()])
         for node in self.nodes:
             try:
                 node.process.wait(timeout=5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-TESTS = Path(__file__).parent
-RATE = 22050
+from tests.browser import headless_chromium, lithium_clips
+
 CLIPS = 4
 SECONDS = 3.0
 MODEL = "cyclegan"
@@ -30,42 +29,8 @@ RANGES = {"true-drums": (8, 9), "other-clip": (6, 7), MODEL: (4, 6), "shaped-noi
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    setup = subprocess.run(["sh", str(TESTS / "setup_browser.sh")], capture_output=True, text=True, timeout=900)
-    if setup.returncode != 0:
-        pytest.skip(f"no headless Chromium: {setup.stderr.strip() or 'tests/setup_browser.sh failed'}")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the selenium package is not installed")
-    from selenium.webdriver.chrome.service import Service
-
-    downloads = tmp_path_factory.mktemp("downloads")
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                "--window-size=1400,1000"):
-        options.add_argument(arg)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)  # never downloads
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    driver.set_script_timeout(60)
-    driver.downloads = downloads
-    yield driver
-    driver.quit()
-
-
-def _clips(root: Path) -> Path:
-    from pipelines.audio import load_audio
-
-    drums = load_audio(str(TESTS / "data" / "lithium_drums_31s.ogg"), RATE).numpy()
-    bass = load_audio(str(TESTS / "data" / "lithium_bass_31s.ogg"), RATE).numpy()
-    size = int(SECONDS * RATE)
-    for k in range(CLIPS):
-        start = (k + 1) * size
-        folder = root / "lithium" / f"c{k}"
-        folder.mkdir(parents=True)
-        sf.write(folder / "drums.wav", drums[start:start + size], RATE)
-        sf.write(folder / "bass.wav", bass[start:start + size], RATE)
-    return root
+    with headless_chromium(tmp_path_factory.mktemp("downloads")) as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +40,7 @@ def scored(tmp_path_factory, ray_local):
     from infer.inception import save_random_weights
 
     tmp = tmp_path_factory.mktemp("grading")
-    ref = _clips(tmp / "ref")
+    ref = lithium_clips(tmp / "ref", CLIPS, SECONDS)
     gen = tmp / "gen"
     for drums in ref.glob("*/*/drums.wav"):   # the "model": the true drums a quarter beat late, quieter
         audio, rate = sf.read(drums)

@@ -8,50 +8,18 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-TESTS = Path(__file__).parent
-RATE = 22050
+from tests.browser import headless_chromium, lithium_clips
 
 
 @pytest.fixture(scope="module")
 def browser():
-    setup = subprocess.run(["sh", str(TESTS / "setup_browser.sh")], capture_output=True, text=True, timeout=900)
-    if setup.returncode != 0:
-        pytest.skip(f"no headless Chromium: {setup.stderr.strip() or 'tests/setup_browser.sh failed'}")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the selenium package is not installed")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                "--autoplay-policy=no-user-gesture-required", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)  # never downloads
-    driver.set_script_timeout(60)
-    yield driver
-    driver.quit()
-
-
-def _lithium_clips(root: Path, n: int, seconds: float) -> Path:
-    from pipelines.audio import load_audio
-
-    drums = load_audio(str(TESTS / "data" / "lithium_drums_31s.ogg"), RATE).numpy()
-    bass = load_audio(str(TESTS / "data" / "lithium_bass_31s.ogg"), RATE).numpy()
-    size = int(seconds * RATE)
-    for k in range(n):
-        start = (k + 1) * size  # skip the first clip, where the bass rests
-        folder = root / "lithium" / f"c{k}"
-        folder.mkdir(parents=True)
-        sf.write(folder / "drums.wav", drums[start:start + size], RATE)
-        sf.write(folder / "bass.wav", bass[start:start + size], RATE)
-    return root
+    with headless_chromium(None, "--autoplay-policy=no-user-gesture-required") as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +29,7 @@ def report(tmp_path_factory, ray_local):
     from infer.inception import save_random_weights
 
     tmp = tmp_path_factory.mktemp("report")
-    ref = _lithium_clips(tmp / "ref", n=3, seconds=3.9)
+    ref = lithium_clips(tmp / "ref", n=3, seconds=3.9)
     gen = tmp / "gen"
     for drums in ref.glob("*/*/drums.wav"):
         audio, rate = sf.read(drums)
