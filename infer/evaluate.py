@@ -223,6 +223,7 @@ def _generated_sets(models: list[Model], inputs: dict) -> list:
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Run the whole job; returns score's summary (also OUTPUT/summary.json) with an `evaluate` part."""
     from cluster.ray_runtime import init_ray
+    from cluster.node_watch import watching_nodes
     from cluster.resources import broken_gpu_node_as, ending_placement_books
     from pipelines.storage import storage_faults_in_ray
 
@@ -244,10 +245,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
              "on" if job.score_cfg.baselines else "off")
     with ending_placement_books(*(book for _, book in pools.values())):
         ds = build_dataset(job, pools)
-        with storage_faults_in_ray(), broken_gpu_node_as(EvaluateError):
+        with storage_faults_in_ray(), broken_gpu_node_as(EvaluateError), watching_nodes("evaluate") as watch:
             collected = collect(ds, len(job.reference.clip_ids))
         resources = _pool_summaries(pools)
-    info = {"test_set": job.reference.uri, "models": {}, "generator_resources": resources["generator"]}
+    info = {"test_set": job.reference.uri, "models": {}, "generator_resources": resources["generator"],
+            "nodes_lost": watch.summary()}
     writer = ReportAudio(job, pools, info)
     if not any(m.write_all for m in job.models):
         results.begin()

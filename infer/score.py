@@ -87,8 +87,8 @@ IO_CPUS = 0.5
 
 def run_score(cfg: ScoreConfig) -> dict:
     """Run the whole scoring job; returns the summary (also written to OUTPUT/summary.json)."""
+    from cluster.node_watch import watching_nodes
     from cluster.ray_runtime import init_ray
-
     from cluster.resources import (broken_gpu_node_as, ending_placement_books, placement_summary,
                                    read_placements)
 
@@ -103,7 +103,7 @@ def run_score(cfg: ScoreConfig) -> dict:
              "Inception on %s x%d", n_generated, len(sets), len(reference.clip_ids), reference.kind,
              "on" if cfg.baselines else "off", plan.device, plan.size)
     with ending_placement_books(book):
-        with broken_gpu_node_as(ScoreError):
+        with broken_gpu_node_as(ScoreError), watching_nodes("score"):
             collected = collect(ds, len(reference.clip_ids))
         resources = placement_summary(plan, read_placements(book))
     # The previous run's set goes aside; OUTPUT is marked incomplete until the commit (infer/results.py).
