@@ -290,10 +290,12 @@ def compare(stage: str, s3, clean: str, lost: str, run: StageRun) -> None:
         run.node_lost["clips_exactly_once"] = not y.duplicated(key).any() and list(x[key].itertuples()) == list(y[key].itertuples())
         run.node_lost["max_figure_difference"] = float((x[figures] - y[figures]).abs().max().max())
     else:
-        steps = [json.loads(line)["step"] for line in fs.cat(strip(lost) + "/logs/metrics.jsonl").decode().splitlines()
-                 if '"step"' in line]
+        records = [json.loads(line) for line in fs.cat(strip(lost) + "/logs/metrics.jsonl").decode().splitlines()
+                   if line.strip()]
+        steps = [r["step"] for r in records if "event" not in r and "step" in r]  # not start/checkpoint/end
         run.node_lost["last_step"] = max(steps)
         run.node_lost["steps_logged_twice"] = len(steps) - len(set(steps))
+        run.node_lost["restarted_from_step"] = [r["step"] for r in records if r.get("event") == "start"][1:]
     restarts = len(re.findall(r"lost mid-job|restart", run.output))
     run.node_lost["console_lines_about_it"] = restarts
 
