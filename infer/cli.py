@@ -181,10 +181,7 @@ accuracy and confusion matrix, and the grader's buckets for every clip.""",
 
 
 def _run_score(args) -> int:
-    from cluster.errors import CliError
-
-    from infer.grader import AnnotationError
-    from infer.score import ScoreConfig, ScoreError, run_score
+    from infer.score import ScoreConfig, run_score
 
     from cluster.resources import ResourceRequest
 
@@ -195,10 +192,7 @@ def _run_score(args) -> int:
         report_clips=args.report_clips, grading_sheet=args.grading_sheet, grading_key=args.grading_key,
         s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args))
-    try:
-        summary = run_score(cfg)
-    except (ScoreError, AnnotationError) as err:
-        raise CliError(str(err)) from err
+    summary = run_score(cfg)
     _print_grading(summary)
     if args.json:
         print(json.dumps(summary))

@@ -97,7 +97,7 @@ def _split_list(text: str | None) -> list[str] | None:
 
 def _run_grooves(args) -> int:
     from cluster.errors import CliError
-    from pipelines.grooves import GroovesConfig, GroovesError, format_summary, run_grooves
+    from pipelines.grooves import GroovesConfig, format_summary, run_grooves
 
     cfg = GroovesConfig(
         groove_dir=args.groove_dir, out=args.out, max_tracks=args.max_tracks,
@@ -106,10 +106,7 @@ def _run_grooves(args) -> int:
         include_fills=args.include_fills,
         soundfont=args.soundfont, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
     )
-    try:
-        summary = run_grooves(cfg, in_process=args.in_process)
-    except GroovesError as err:
-        raise CliError(str(err)) from err
+    summary = run_grooves(cfg, in_process=args.in_process)
     print(json.dumps(summary) if args.json else format_summary(summary))
     if summary["tracks_ok"] == 0:
         raise CliError("no track was written (every selected performance failed; see _errors.csv)")
@@ -205,11 +202,8 @@ def _register_prepare(sub) -> None:
 
 
 def _run_prepare(args) -> int:
-    from cluster.resources import ResourceError, ResourceRequest
-    from cluster.errors import CliError
-    from pipelines.catalog import CatalogError
-    from pipelines.prepare import PrepareConfig, PrepareError, exit_problem, format_summary, run_prepare
-    from pipelines.separation import ModelSpecError
+    from cluster.resources import ResourceRequest
+    from pipelines.prepare import PrepareConfig, exit_problem, format_summary, run_prepare
 
     genres = [g.strip() for g in args.genres.split(",") if g.strip()] if args.genres else None
     cfg = PrepareConfig(
@@ -220,10 +214,7 @@ def _run_prepare(args) -> int:
         limit=args.limit, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args),
     )
-    try:
-        summary = run_prepare(cfg)
-    except (CatalogError, PrepareError, ModelSpecError, ResourceError) as err:
-        raise CliError(str(err)) from err
+    summary = run_prepare(cfg)
     print(json.dumps(summary) if args.json else format_summary(summary))
     problem = exit_problem(summary)
     if problem:

@@ -109,25 +109,19 @@ def run_train(args) -> int:
     from ray.train import TrainingFailedError
 
     from cluster.ray_runtime import local_cluster_view
-    from cluster.resources import ResourceError, ending_placement_books, plan_workers
+    from cluster.resources import ending_placement_books, plan_workers
 
-    try:
-        local = local_cluster_view(args.address)
-        if local:  # an impossible request fails before a local Ray starts
-            plan_workers(args.device, args.num_workers, args.cpus_per_worker, view=local)
-    except ResourceError as err:
-        raise CliError(str(err)) from err
+    local = local_cluster_view(args.address)
+    if local:  # an impossible request fails before a local Ray starts (ResourceError: a UserError)
+        plan_workers(args.device, args.num_workers, args.cpus_per_worker, view=local)
     # Data, RUN_DIR, options and checkpoints are checked before Ray starts; their errors
     # are user errors (exit 2, no traceback).
     plan = preflight(args.data, args.run_dir, options, num_workers=args.num_workers,
                      resume=args.resume, s3_endpoint_url=args.s3_endpoint_url)
     if plan.resume_checkpoint and _already_trained(plan, args):
         return 0
-    try:
-        init_ray(args.address)
-        device, placements = plan_workers(args.device, args.num_workers, args.cpus_per_worker)
-    except ResourceError as err:
-        raise CliError(str(err)) from err
+    init_ray(args.address)
+    device, placements = plan_workers(args.device, args.num_workers, args.cpus_per_worker)
     try:
         with ending_placement_books(placements):  # the book made here ends here, the run finished or failed
             summary = train(plan.data, plan.run_dir, options, num_workers=args.num_workers,
