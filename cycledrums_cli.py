@@ -12,19 +12,10 @@ import logging
 import sys
 import traceback
 
-from cluster.errors import CliError, JobFailure, UserError  # noqa: F401  (re-exported for callers)
+from cluster.errors import JobFailure, UserError
 
 # (module, in the order the pipeline runs)
 SUBCOMMAND_MODULES = ("pipelines.cli", "train.cli", "infer.cli", "cluster.cli")
-
-
-def add_job_options(parser) -> None:
-    """The options every Ray job (prepare, train, generate, score) shares."""
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on this machine)")
-    parser.add_argument("--s3-endpoint-url", default=None,
-                        help="S3-compatible endpoint for s3:// paths, e.g. MinIO or Ceph "
-                        "(default: $AWS_ENDPOINT_URL, else AWS)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from cluster.resources import add_resource_options
-from cycledrums_cli import add_job_options
+from cluster.job_options import add_job_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,6 +1,8 @@
 """Bad input from a user: a message and exit status 2, never a traceback (unless -v); nothing lost."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import soundfile as sf
 
@@ -128,3 +130,28 @@ def test_ray_start_up_timeouts_are_one_line_errors(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "Traceback" not in err and "the local Ray did not start in time" in err, err
     assert err.strip().count("\n") == 0, err
+
+
+# The two modules that drive the command line itself: the demo runs every job through it, and
+# submit checks a job's arguments with its parser before sending them to a cluster.
+COMMAND_DRIVERS = {"cluster/demo.py", "cluster/submit.py"}
+
+
+def test_no_library_module_imports_the_entry_point():
+    """Errors come from cluster/errors.py and the shared job options from cluster/job_options.py: the
+    library never imports cycledrums_cli (which imports every cli.py), so the house has no cycle."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for package in ("pipelines", "train", "infer", "cluster"):
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in COMMAND_DRIVERS:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) else [])
+                if "cycledrums_cli" in names:
+                    offenders.append(f"{rel}:{node.lineno}")
+    assert not offenders, offenders

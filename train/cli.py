@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from cluster.resources import add_device_option
-from cycledrums_cli import add_job_options
+from cluster.job_options import add_job_options
 
 from train.config import TrainConfig, option_fields
 
