@@ -259,14 +259,22 @@ def _node_types_from_monitor_config() -> list[NodeType]:
     if not status:
         return []
     monitor_pid = json.loads(status).get("monitor_pid")
-    head = [n["NodeID"] for n in ray.nodes()
-            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+    head = head_node_id()
     if not monitor_pid or not head:
         return []
     read = ray.remote(num_cpus=0, max_retries=0)(_read_monitor_node_types).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head[0], soft=False))
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
     raw = ray.get(read.remote(int(monitor_pid)), timeout=30)
     return [NodeType(name, dict(res), int(n)) for name, res, n in raw]
+
+
+def head_node_id() -> str | None:
+    """The id of the cluster's live head node (None if Ray lists none)."""
+    import ray
+
+    head = [n["NodeID"] for n in ray.nodes()
+            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+    return head[0] if head else None
 
 
 def _read_monitor_node_types(monitor_pid: int) -> list[tuple]:
@@ -498,9 +506,9 @@ def new_placement_book():
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     book = ray.remote(num_cpus=0)(PlacementBook)
-    head = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+    head = head_node_id()
     if head:
-        book = book.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head[0], soft=True))
+        book = book.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=True))
     return book.remote()
 
 
@@ -513,7 +521,7 @@ def read_placements(book) -> list[dict]:
         return []
     try:
         return ray.get(book.read.remote(), timeout=30)
-    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as err:
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:  # ActorUnavailableError too
         log.warning("the record of where the actors ran was lost (%s); the summary lists no placements",
                     type(err).__name__)
         return []
@@ -580,7 +588,7 @@ def claim_device(planned: str, what: str, book=None, torch_threads: int = 1) -> 
     if book is not None:
         try:
             ray.get(book.record.remote(entry), timeout=60)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+        except ray.exceptions.RayActorError as err:  # ActorUnavailableError is one
             # The book went with a lost node: the actor still works; the summary misses its entry.
             log.warning("%s actor: placement not recorded (%s)", what, type(err).__name__)
     return device
