@@ -1,8 +1,8 @@
 """`cycledrums`: one command, one subcommand per job.
 
-Each package registers its own subcommands (pipelines/cli.py, train/cli.py,
-infer/cli.py, cluster/cli.py).  Argument parsing imports nothing heavy, so
-`--help` is instant; a subcommand imports torch / Ray only when it runs.
+Each package registers its own subcommands (pipelines/cli.py, train/cli.py, infer/cli.py,
+cluster/cli.py; the demo, which drives them all, in cycledrums_demo.py).  Argument parsing
+imports nothing heavy, so `--help` is instant; a subcommand imports torch / Ray only when it runs.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import traceback
 from cluster.errors import JobFailure, UserError
 
 # (module, in the order the pipeline runs)
-SUBCOMMAND_MODULES = ("pipelines.cli", "train.cli", "infer.cli", "cluster.cli")
+SUBCOMMAND_MODULES = ("pipelines.cli", "train.cli", "infer.cli", "cluster.cli", "cycledrums_demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

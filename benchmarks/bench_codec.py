@@ -18,6 +18,7 @@ import torch
 import torchaudio.transforms as T
 
 from pipelines.audio import load_audio
+from pipelines.codec_options import GRIFFIN_LIM_ITERS
 from pipelines.mel import (MelParams, audio_to_image, cut_windows, db_to_power, dequantize,
                            image_to_audio, mel_mae_db, mel_to_linear_power)
 
@@ -51,7 +52,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=8, help="windows per batch (default 8)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats, median reported (default 5)")
-    ap.add_argument("--iterations", type=int, default=32, help="Griffin-Lim iterations (default 32)")
+    ap.add_argument("--griffin-lim-iters", dest="iterations", type=int, default=GRIFFIN_LIM_ITERS,
+                    help=f"Griffin-Lim iterations (default {GRIFFIN_LIM_ITERS})")
     ap.add_argument("--input", type=Path, default=DRUMS,
                     help="drum audio to round-trip (default: the repository's 8 s Lithium drums)")
     args = ap.parse_args()

@@ -93,7 +93,7 @@ def two_jobs(checkpoint: str, test_set: Path, out: Path, weights: str, args) -> 
     run_generate(GenerateConfig(checkpoint=checkpoint, inputs=[str(test_set)], output=str(out / "generated"),
                                 griffin_lim_iters=args.iters))
     run_score(ScoreConfig(generated=[str(out / "generated")], reference=str(test_set), output=str(out / "scores"),
-                          inception_weights=weights, report_clips=args.report_clips))
+                          inception_weights=weights, report_clips=args.report_clips, griffin_lim_iters=args.iters))
     return time.perf_counter() - start, bytes_under(out)
 
 

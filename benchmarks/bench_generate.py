@@ -97,7 +97,7 @@ def ray_job(checkpoint: str, clips_dir: Path, out: Path, batch_size: int, iters:
 
     with PeakMemory() as peak:
         summary = run_generate(GenerateConfig(checkpoint=checkpoint, inputs=[str(clips_dir)], output=str(out),
-                                              batch_size=batch_size, griffin_lim_iters=iters))
+                                              generator_batch=batch_size, griffin_lim_iters=iters))
     return {"seconds": summary["seconds"]["job"], "rows": pd.read_parquet(out / "manifest.parquet"),
             "summary": summary, "peak": peak}
 
@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=MelParams().window_samples / MelParams().sample_rate,
                     help="clip length in seconds (default 5.92: one window)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each, median reported (default 3)")
-    ap.add_argument("--batch-size", type=int, default=4, help="generate --batch-size (default 4)")
+    ap.add_argument("--generator-batch", dest="batch_size", type=int, default=4, help="generate --generator-batch (default 4)")
     ap.add_argument("--griffin-lim-iters", type=int, default=32, help="Griffin-Lim iterations (default 32)")
     ap.add_argument("--model", default="cyclegan", choices=("cyclegan", "pix2pix"), help="(default cyclegan)")
     ap.add_argument("--node-cpus", type=int, default=16, help="CPU cores of the GPU node for the estimate (default 16)")

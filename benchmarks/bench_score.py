@@ -92,7 +92,7 @@ def ray_job(gen: Path, ref: Path, out: Path, weights: str, batch_size: int) -> d
     start = time.perf_counter()
     with PeakMemory() as peak:
         summary = run_score(ScoreConfig(generated=[str(gen)], reference=str(ref), output=str(out),
-                                        inception_weights=weights, batch_size=batch_size, baselines=False))
+                                        inception_weights=weights, inception_batch=batch_size, baselines=False))
     clips = pd.read_parquet(out / "clips.parquet")
     return {"seconds": summary["seconds"]["job"], "wall": time.perf_counter() - start, "clips": clips,
             "summary": summary, "peak": peak}
@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=MelParams().window_samples / MelParams().sample_rate,
                     help="clip length in seconds (default 5.92: one window)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs, median reported (default 3)")
-    ap.add_argument("--batch-size", type=int, default=16, help="score --batch-size (default 16)")
+    ap.add_argument("--inception-batch", dest="batch_size", type=int, default=16, help="score --inception-batch (default 16)")
     ap.add_argument("--node-cpus", type=int, default=16, help="CPU cores of the GPU node for the estimate (default 16)")
     ap.add_argument("--gpu-tflops", type=float, default=20.0,
                     help="effective Inception throughput of the node's GPU, TFLOP/s (default 20)")

@@ -70,7 +70,7 @@ def ladder(reference: Path, out: Path, weights: str) -> dict:
         (truth / clip.parent).mkdir(parents=True, exist_ok=True)
         (truth / f"{clip}.wav").write_bytes(drums.read_bytes())
     rc = main(["score", f"truth={truth}", str(reference), str(out), "--inception-weights", weights,
-               "--baselines", "--batch-size", "16"])
+               "--baselines", "--inception-batch", "16"])
     if rc != 0:
         raise SystemExit(f"score exited {rc}")
     return json.loads((out / "summary.json").read_text())

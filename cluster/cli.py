@@ -1,4 +1,4 @@
-"""Subcommands of the cluster side: submit (any job to a Ray cluster) and demo (the whole pipeline).
+"""The cluster side's subcommand: submit (any job to a Ray cluster through the Jobs API).
 
 Only argparse here: Ray and torch are imported when a subcommand runs, so `--help` is instant.
 """
@@ -39,13 +39,12 @@ runtime environment: S3 credentials on the cluster come from its instance roles 
 service accounts.
 
 The same jobs also run with Ray's own CLI on a cluster that has cycledrums installed:
-  ray job submit --address http://HOST:8265 --working-dir . -- cycledrums prepare IN OUT
-and locally without any cluster: `cycledrums prepare IN OUT` starts a local Ray."""
+  ray job submit --address http://HOST:8265 --working-dir . -- cycledrums prepare INPUT OUTPUT
+and locally without any cluster: `cycledrums prepare INPUT OUTPUT` starts a local Ray."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_submit(sub)
-    _register_demo(sub)
 
 
 # ---------------------------------------------------------------- submit
@@ -144,72 +143,3 @@ def _run_submit(args) -> int:
         return run_submit(req)
     except SubmitError as err:
         raise CliError(str(err)) from err
-
-
-# ---------------------------------------------------------------- demo
-
-
-DEMO_DESCRIPTION = """\
-The whole pipeline on built-in data, on one local Ray started once:
-  synth (procedural songs, musdb18-HQ layout) -> prepare (Parquet windows)
-  -> train (a small CycleGAN for a few minutes) -> generate (drums for the test bass
-  lines) -> score (STOI-like, Inception-density and rhythm features)
-then a summary with the paths of the audio, the plots and the tables.  Each step is
-the real subcommand, called with its command-line arguments; the first one that
-fails stops the demo with its name.  Outputs, under OUT:
-  data/ windows/ run/ generated/ scores/ demo_summary.json
-The Inception density features use torchvision's cached ImageNet weights when this
-machine has them, else a deterministic random network (stated in the summary).
-With --address (or $RAY_ADDRESS) the steps run on that Ray cluster instead; OUT must
-then be a path every node can reach (or run the demo itself through `submit`)."""
-
-
-def _register_demo(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="the whole pipeline on built-in data: synth -> prepare -> train -> generate -> score",
-        description=DEMO_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("out", metavar="OUT", nargs="?", default="demo-output",
-                   help="output folder (default: demo-output)")
-    p.add_argument("--tracks", type=int, default=None,
-                   help="songs to synthesise; a third go to the test split (default: 12; --quick: 6)")
-    p.add_argument("--seconds", type=float, default=None,
-                   help="length of each song in seconds (default: 30; --quick: 10)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--train-minutes", type=float, default=None,
-                        help="training time budget; the step count is fitted to it after a short "
-                             "timed first chunk (default: 5)")
-    length.add_argument("--max-steps", type=int, default=None,
-                        help="train exactly this many steps instead of a time budget (default: unset; "
-                             "--quick: 4)")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="Ray Train workers, data parallel (default: 2; --quick: 1)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny data, model and run, for tests: the code paths run, nothing is learnt "
-                        "(default: off)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic songs (default: 0)")
-    p.add_argument("--data", choices=("synth", "grooves"), default="synth",
-                   help="training data: 'synth' (built-in songs) or 'grooves' (human-played Groove MIDI "
-                        "takes, their first --seconds; needs --groove-dir) (default: synth)")
-    p.add_argument("--groove-dir", default=None,
-                   help="with --data grooves: the Groove MIDI Dataset folder (with info.csv)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started "
-                        "for the demo)")
-    p.add_argument("--force", action="store_true",
-                   help="clear OUT first when it holds an earlier demo (default: refuse)")
-    p.set_defaults(func=_run_demo)
-
-
-def _run_demo(args) -> int:
-    from cluster.errors import CliError
-
-    from cluster.demo import DemoError, DemoOptions, run_demo
-
-    try:
-        run_demo(DemoOptions.from_args(args))
-    except DemoError as err:
-        raise CliError(str(err)) from err
-    return 0

@@ -9,8 +9,11 @@ import argparse
 import json
 import sys
 
-from cluster.resources import add_resource_options
 from cluster.job_options import add_job_options
+from cluster.options import add_option_flags, option_fields, options_from_args
+from cluster.resources import add_resource_options
+from infer.options import (EVALUATE_OLD_NAMES, GENERATE_OLD_NAMES, SCORE_OLD_NAMES, GenerationOptions,
+                           ScoringOptions)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +71,7 @@ with --variation 0 (the default) the seed changes nothing.""",
                    help="bass audio files / folders, or a prepare Parquet window set; local or s3://")
     p.add_argument("output", metavar="OUTPUT", help="output folder, local or s3:// (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --variation noise (default: 0)")
-    add_generation_options(p, batch_flag="--batch-size")
+    add_generation_options(p, GENERATE_OLD_NAMES)
     add_resource_options(p, what="generator")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -83,9 +86,8 @@ def _run_generate(args) -> int:
     from infer.generate import GenerateConfig, GenerateError, run_generate
 
     cfg = GenerateConfig(
+        **options_from_args(GenerationOptions, args),
         checkpoint=args.checkpoint, inputs=list(args.inputs), output=args.output, seed=args.seed,
-        variation=args.variation, griffin_lim_iters=args.griffin_lim_iters, sample_rate=args.sample_rate,
-        batch_size=args.batch_size, drums_gain_db=args.drums_gain_db, drums_level=args.drums_level,
         s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args))
     try:
@@ -173,7 +175,7 @@ accuracy and confusion matrix, and the grader's buckets for every clip.""",
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the cross-validation folds, the other-clip pairing and the baseline noise "
                         "(default: 0)")
-    add_scoring_options(p)
+    add_scoring_options(p, SCORE_OLD_NAMES)
     add_resource_options(p, what="Inception")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -186,11 +188,9 @@ def _run_score(args) -> int:
     from cluster.resources import ResourceRequest
 
     cfg = ScoreConfig(
+        **options_from_args(ScoringOptions, args),
         generated=[args.generated] + list(args.also), reference=args.reference, output=args.output,
-        annotations=args.annotations, grader=args.grader, inception_weights=args.inception_weights,
-        batch_size=args.batch_size, grader_c=args.grader_c, seed=args.seed, baselines=args.baselines,
-        report_clips=args.report_clips, grading_sheet=args.grading_sheet, grading_key=args.grading_key,
-        s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        seed=args.seed, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args))
     summary = run_score(cfg)
     _print_grading(summary)
@@ -266,8 +266,8 @@ Inception actor share each GPU (each reserves half of --gpus-per-actor).""",
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the --variation noise, the other-clip pairing, the baseline noise and the "
                         "report's random clips (default: 0)")
-    add_generation_options(p, batch_flag="--generate-batch-size")
-    add_scoring_options(p)
+    add_generation_options(p, EVALUATE_OLD_NAMES)
+    add_scoring_options(p, EVALUATE_OLD_NAMES, after_generation=True)
     add_resource_options(p, what="generator and Inception")
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -284,15 +284,8 @@ def _run_evaluate(args) -> int:
     from infer.score import ScoreError
 
     cfg = EvaluateConfig(
-        checkpoint=args.checkpoint, test_set=args.test_set, output=args.output, also=list(args.also),
-        keep_audio=args.keep_audio, seed=args.seed, variation=args.variation,
-        griffin_lim_iters=args.griffin_lim_iters, sample_rate=args.sample_rate,
-        generate_batch_size=args.generate_batch_size, drums_gain_db=args.drums_gain_db,
-        drums_level=args.drums_level,
-        inception_weights=args.inception_weights, batch_size=args.batch_size, baselines=args.baselines,
-        report_clips=args.report_clips, annotations=args.annotations, grader=args.grader,
-        grader_c=args.grader_c, grading_sheet=args.grading_sheet, grading_key=args.grading_key,
-        s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        **options_from_args(EvaluateConfig, args), checkpoint=args.checkpoint, test_set=args.test_set, output=args.output, also=list(args.also),
+        keep_audio=args.keep_audio, seed=args.seed, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args))
     try:
         summary = run_evaluate(cfg)
@@ -329,52 +322,13 @@ def _print_grading(summary: dict) -> None:
             print("anchors: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in anchors.items()))
 
 
-def add_generation_options(p, batch_flag: str) -> None:
-    """How drums are generated: the options generate and evaluate share."""
-    p.add_argument("--variation", type=float, default=0.0,
-                   help="standard deviation of the noise added to the generator's input, in its [-1, 1] "
-                        "scale; 0 turns randomness off (default: 0; try 0.05-0.2)")
-    p.add_argument("--griffin-lim-iters", type=int, default=32,
-                   help="Griffin-Lim iterations of the mel inversion (default: 32)")
-    p.add_argument("--sample-rate", type=int, default=None,
-                   help="output sample rate in Hz (default: each input's own rate; the mel rate, "
-                        "22050, for Parquet input)")
-    p.add_argument(batch_flag, type=int, default=8,
-                   help="windows per generator forward pass, and clips per generate batch (default: 8)")
-    # render.DRUMS_LEVELS, spelled out: importing render would load torch at parse time.
-    p.add_argument("--drums-level", choices=("model", "bass"), default="model",
-                   help="model: the drums at the level the generator drew them against this bass (it "
-                        "learned the level from real mixes); bass: as loud as the bass (ITU-R BS.1770 "
-                        "integrated loudness), for a model whose level cannot be trusted (default: model)")
-    p.add_argument("--drums-gain-db", type=float, default=0.0,
-                   help="dB added to the drums on top of --drums-level (default: 0)")
+def add_generation_options(p, old_names: dict) -> None:
+    """How drums are generated: the options generate and evaluate share (infer/options.py)."""
+    add_option_flags(p.add_argument_group("generation"), GenerationOptions, old_names=old_names)
 
 
-def add_scoring_options(p) -> None:
-    """How drums are scored: the options score and evaluate share."""
-    p.add_argument("--annotations", metavar="CSV", action="append", default=None,
-                   help="Human grades that train (or, with --grader, evaluate) the grader; repeat it for several "
-                        "raters, e.g. the CSVs grade.html downloads (default: none).")
-    p.add_argument("--grader", metavar="PATH", default=None,
-                   help="Apply a saved grader instead of training one: OUTPUT/grader.json of an earlier run, "
-                        "its grader.npz beside it; plain data, and a pickle (.joblib) is refused unread "
-                        "(default: none).")
-    p.add_argument("--grading-sheet", type=int, default=0, metavar="N",
-                   help="Write OUTPUT/grade.html, a blind listening test of N clips sampled across the sets and "
-                        "the baselines, whose downloaded CSVs are --annotations files (default: 0, none).")
-    p.add_argument("--grading-key", metavar="PATH", default=None,
-                   help="The grading_key.csv that maps grade.html's opaque ids back to (set, clip) for "
-                        "--annotations from that page (default: OUTPUT/grading_key.csv).")
-    p.add_argument("--inception-weights", metavar="PATH", default=None,
-                   help="Inception-v3 state dict (torchvision's inception_v3 layout), local or s3:// "
-                        "(default: torchvision's cache, <torch hub dir>/checkpoints/"
-                        "inception_v3_google-0cc3c7bd.pth; nothing is downloaded)")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per Inception batch (default: 16)")
-    p.add_argument("--grader-c", type=float, default=1.0,
-                   help="inverse L2 regularisation strength of the logistic regression (default: 1.0)")
-    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
-                   help="score the baseline sets (true drums, another clip's drums, the bass, shaped noise, "
-                        "silence) and the sanity ladder (default: on when the reference has 2 or more clips)")
-    p.add_argument("--report-clips", type=int, default=24, metavar="N",
-                   help="clips per set shown in the report, and given audio by evaluate: the N worst, best "
-                        "and random ones (default: 24)")
+def add_scoring_options(p, old_names: dict, after_generation: bool = False) -> None:
+    """How drums are scored: the options score and evaluate share (infer/options.py).  After the
+    generation options, the ones both sets hold (Griffin-Lim iterations) are there already."""
+    shared = [f.name for f in option_fields(GenerationOptions)] if after_generation else []
+    add_option_flags(p.add_argument_group("scoring"), ScoringOptions, old_names=old_names, exclude=shared)

@@ -44,8 +44,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from cluster.resources import ResourceRequest
 from cluster.errors import UserError
+from cluster.options import options_of
+from cluster.resources import ResourceRequest
+from infer.options import GenerationOptions, ScoringOptions
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +59,16 @@ class EvaluateError(UserError):
     """A problem with the job as a whole (bad options, labels, inputs)."""
 
 
-@dataclass
-class EvaluateConfig:
+@dataclass(kw_only=True)
+class EvaluateConfig(GenerationOptions, ScoringOptions):
+    """`evaluate` = generate + score: both option sets (infer/options.py) and what the job works on."""
+
     checkpoint: str                                   # [LABEL=]CHECKPOINT
     test_set: str
     output: str
     also: list[str] = field(default_factory=list)     # [LABEL=]CHECKPOINT each
     keep_audio: bool = False
-    # generation, as `generate`
     seed: int = 0
-    variation: float = 0.0
-    griffin_lim_iters: int = 32
-    sample_rate: int | None = None
-    generate_batch_size: int = 8
-    drums_gain_db: float = 0.0
-    drums_level: str = "model"
-    # scoring, as `score`
-    inception_weights: str | None = None
-    batch_size: int = 16
-    baselines: bool | None = None
-    report_clips: int = 24
-    annotations: str | None = None
-    grader: str | None = None
-    grader_c: float = 1.0
-    grading_sheet: int = 0
-    grading_key: str | None = None
     s3_endpoint_url: str | None = None
     address: str | None = None
     resources: ResourceRequest = field(default_factory=ResourceRequest)
@@ -121,10 +108,8 @@ def preflight(cfg: EvaluateConfig) -> EvaluateJob:
 
     from infer.score import ScoreConfig, check_inception_weights, check_output, prepare_annotations_and_grader
 
-    if cfg.batch_size < 1:
-        raise EvaluateError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    if cfg.report_clips < 0:
-        raise EvaluateError(f"--report-clips must be >= 0, got {cfg.report_clips}")
+    cfg.check_generation()
+    cfg.check_scoring()
     cfg = replace(cfg, test_set=local_path_resolved(cfg.test_set), output=local_path_resolved(cfg.output))
     specs = _model_specs(cfg)
     check_output_outside_inputs(cfg.output, {"TEST_SET": cfg.test_set,
@@ -137,10 +122,10 @@ def preflight(cfg: EvaluateConfig) -> EvaluateJob:
     reference = _reference(cfg)
     inputs = _bass_inputs(reference)
     score_cfg = ScoreConfig(
-        generated=[], reference=cfg.test_set, output=cfg.output, annotations=cfg.annotations, grader=cfg.grader,
-        inception_weights=weights, batch_size=cfg.batch_size, grader_c=cfg.grader_c, seed=cfg.seed,
-        baselines=len(reference.clip_ids) >= 2 if cfg.baselines is None else cfg.baselines,
-        report_clips=cfg.report_clips, grading_sheet=cfg.grading_sheet, grading_key=cfg.grading_key,
+        **options_of(ScoringOptions, cfg) | {
+            "inception_weights": weights,
+            "baselines": len(reference.clip_ids) >= 2 if cfg.baselines is None else cfg.baselines},
+        generated=[], reference=cfg.test_set, output=cfg.output, seed=cfg.seed,
         s3_endpoint_url=cfg.s3_endpoint_url, address=cfg.address, resources=cfg.resources)
     models = [_model(cfg, label, checkpoint, i, len(inputs)) for i, (label, checkpoint) in enumerate(specs)]
     sets = _generated_sets(models, inputs)
@@ -188,10 +173,8 @@ def _model(cfg: EvaluateConfig, label: str | None, checkpoint: str, index: int, 
     from infer.runtime import join_uri
 
     gen_cfg = GenerateConfig(
-        checkpoint=checkpoint, inputs=[cfg.test_set], output=cfg.output, seed=cfg.seed, variation=cfg.variation,
-        griffin_lim_iters=cfg.griffin_lim_iters, sample_rate=cfg.sample_rate, batch_size=cfg.generate_batch_size,
-        drums_gain_db=cfg.drums_gain_db, drums_level=cfg.drums_level, s3_endpoint_url=cfg.s3_endpoint_url,
-        address=cfg.address, resources=cfg.resources)
+        **options_of(GenerationOptions, cfg), checkpoint=checkpoint, inputs=[cfg.test_set], output=cfg.output,
+        seed=cfg.seed, s3_endpoint_url=cfg.s3_endpoint_url, address=cfg.address, resources=cfg.resources)
     gen_cfg, job = generate_preflight(gen_cfg)
     label = label or job["config"].get("model") or "generated"
     gen_cfg = replace(gen_cfg, output=join_uri(cfg.output, AUDIO, label))

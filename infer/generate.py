@@ -44,6 +44,8 @@ import numpy as np
 
 from cluster.resources import ResourceRequest
 from cluster.errors import UserError
+from infer.options import GenerationOptions
+from pipelines.codec_options import GRIFFIN_LIM_ITERS
 from pipelines.storage import read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -58,31 +60,20 @@ class GenerateError(UserError):
     """A problem with the job as a whole (bad options, no checkpoint, no inputs)."""
 
 
-@dataclass
-class GenerateConfig:
+@dataclass(kw_only=True)
+class GenerateConfig(GenerationOptions):
+    """`generate`: the generation options (infer/options.py) and what the job works on."""
+
     checkpoint: str
     inputs: list[str]
     output: str
     seed: int = 0
-    variation: float = 0.0
-    griffin_lim_iters: int = 32
-    sample_rate: int | None = None
-    batch_size: int = 8
-    drums_gain_db: float = 0.0
-    drums_level: str = "model"   # render.DRUMS_LEVELS
     s3_endpoint_url: str | None = None
     address: str | None = None
     resources: ResourceRequest = field(default_factory=ResourceRequest)
 
     def validate(self) -> None:
-        if self.griffin_lim_iters < 1:
-            raise GenerateError(f"--griffin-lim-iters must be at least 1, got {self.griffin_lim_iters}")
-        if self.batch_size < 1:
-            raise GenerateError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.variation >= 0:
-            raise GenerateError(f"--variation must be >= 0, got {self.variation}")
-        if self.sample_rate is not None and not 4000 <= self.sample_rate <= 384000:
-            raise GenerateError(f"--sample-rate must be within 4000-384000 Hz, got {self.sample_rate}")
+        self.check_generation()
 
 
 # ---------------------------------------------------------------- rows between stages
@@ -208,7 +199,7 @@ class GeneratorActor:
 
     def __init__(self, checkpoint: str, device: str, batch_size: int, variation: float, seed: int,
                  s3_endpoint_url: str | None = None, generator: tuple[dict, dict] | None = None,
-                 placements=None, torch_threads: int = 1, n_iter: int = 32):
+                 placements=None, torch_threads: int = 1, n_iter: int = GRIFFIN_LIM_ITERS):
         """`generator` = (checkpoint config, generator state dict), as the driver read them:
         the actors then need no storage access (fewer places for an S3 fault to kill one).
         `n_iter`: Griffin-Lim iterations of the inversion each batch ends with."""
@@ -725,7 +716,7 @@ def generator_stage(ds, cfg: GenerateConfig, job: dict, plan, book):
     from infer.runtime import CLIPS_PER_BLOCK
 
     return ds.map_batches(
-        GeneratorActor, batch_size=cfg.batch_size if plan.device == "cuda" else CLIPS_PER_BLOCK,
+        GeneratorActor, batch_size=cfg.generator_batch if plan.device == "cuda" else CLIPS_PER_BLOCK,
         batch_format="numpy", compute=plan.compute(),
         fn_constructor_kwargs=generator_kwargs(cfg, job, plan.device, book, plan.torch_threads),
         **plan.remote_args())
@@ -769,7 +760,7 @@ def clip_stage(cfg: GenerateConfig, job: dict, plan, book):
 
 def generator_kwargs(cfg: GenerateConfig, job: dict, device: str, book=None, torch_threads: int = 1) -> dict:
     """GeneratorActor's constructor arguments for preflight's `job` (the driver's copy of the generator)."""
-    return {"checkpoint": job["checkpoint"], "device": device, "batch_size": cfg.batch_size,
+    return {"checkpoint": job["checkpoint"], "device": device, "batch_size": cfg.generator_batch,
             "variation": cfg.variation, "seed": cfg.seed, "s3_endpoint_url": cfg.s3_endpoint_url,
             "generator": job["generator"], "placements": book, "torch_threads": torch_threads,
             "n_iter": cfg.griffin_lim_iters}
@@ -778,7 +769,7 @@ def generator_kwargs(cfg: GenerateConfig, job: dict, device: str, book=None, tor
 def render_stage(ds, cfg: GenerateConfig, params, io):
     """Generated rows -> the clips' files under cfg.output (the light tasks `io` describes);
     rows of manifest / error JSON."""
-    return ds.map_batches(render_batch, batch_size=cfg.batch_size, batch_format="numpy", **io.map_args(),
+    return ds.map_batches(render_batch, batch_size=cfg.generator_batch, batch_format="numpy", **io.map_args(),
                           fn_kwargs=render_kwargs(cfg, params))
 
 

@@ -94,20 +94,20 @@ def _opaque_ids(n: int, seed: int) -> list[str]:
     return out
 
 
-def write_grading_sheet(table, labels: list[str], reference, params, output: str, n: int, seed: int,
-                        s3_endpoint_url: str | None = None) -> dict:
+def write_grading_sheet(table, labels: list[str], reference, settings, n: int) -> dict:
     """Write grade.html, grading/<id>/*.ogg and grading_key.csv; returns the summary's `grading_sheet` part."""
     from infer.runtime import join_uri
     from pipelines.storage import write_bytes
 
     start = time.perf_counter()
-    sample = grading_sample(table, labels, n, seed)
-    ids = _opaque_ids(len(sample), seed)
+    output, s3_endpoint_url = settings.output, settings.s3_endpoint_url
+    sample = grading_sample(table, labels, n, settings.seed)
+    ids = _opaque_ids(len(sample), settings.seed)
     generated = {(s, c): g for s, c, g in zip(table["set"].astype(str), table["clip_id"].astype(str),
                                               table["generated"].astype(str))}
     items = [(token, label, clip_id, generated.get((label, clip_id), ""))
              for token, (label, clip_id) in zip(ids, sample)]
-    made, written = _media(items, reference, params, output, s3_endpoint_url, seed)
+    made, written = _media(items, reference, settings)
     failed = {token: media for token, media in made.items() if isinstance(media, str)}
     for token, reason in failed.items():
         log.warning("grading sheet: no audio for one sampled clip (%s); left out", reason)
@@ -130,7 +130,7 @@ def _csv(value: str) -> str:
     return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\n') else value
 
 
-def _media(items, reference, params, output, s3_endpoint_url, seed):
+def _media(items, reference, settings):
     """({token: {"bass": path or None, "drums": path, "mix": path or None} or an error text}, URIs written).
     Clips sharing a reference clip are made in one call (its audio decoded once); past
     IN_PROCESS_CLIPS clips, with the job's Ray up, one Ray task per reference clip."""
@@ -139,13 +139,12 @@ def _media(items, reference, params, output, s3_endpoint_url, seed):
     groups: dict[str, list] = {}
     for token, label, clip_id, generated in items:
         groups.setdefault(clip_id, []).append((token, label, generated))
-    args = (params, output, s3_endpoint_url, seed)
     if ray.is_initialized() and len(items) > IN_PROCESS_CLIPS:
         task = ray.remote(num_cpus=1, max_retries=1)(clip_audio)
         ref = ray.put(reference)
-        results = ray.get([task.remote(ref, cid, entries, *args) for cid, entries in groups.items()])
+        results = ray.get([task.remote(ref, cid, entries, settings) for cid, entries in groups.items()])
     else:
-        results = [clip_audio(reference, cid, entries, *args) for cid, entries in groups.items()]
+        results = [clip_audio(reference, cid, entries, settings) for cid, entries in groups.items()]
     made, written = {}, []
     for by_token, uris in results:
         made.update(by_token)
@@ -153,21 +152,20 @@ def _media(items, reference, params, output, s3_endpoint_url, seed):
     return made, written
 
 
-def clip_audio(reference, clip_id: str, entries: list, params, output: str, s3_endpoint_url: str | None,
-               seed: int) -> tuple[dict, list[str]]:
+def clip_audio(reference, clip_id: str, entries: list, settings) -> tuple[dict, list[str]]:
     """The bass, drums and mix Ogg files of each (token, set label, generated) of one reference clip."""
     from infer.html_report import Media, ogg_bytes
     from infer.runtime import join_uri
     from pipelines.storage import write_bytes
 
-    media = Media(reference, params, s3_endpoint_url, seed)
-    rate = params.sample_rate
+    media = Media(reference, settings)
+    rate = settings.params.sample_rate
     out, written = {}, []
 
     def put(token: str, name: str, audio: np.ndarray) -> str:
         rel = f"{FOLDER}/{token}/{name}.ogg"
-        uri = join_uri(output, FOLDER, token, f"{name}.ogg")
-        write_bytes(uri, ogg_bytes(audio, rate), s3_endpoint_url)
+        uri = join_uri(settings.output, FOLDER, token, f"{name}.ogg")
+        write_bytes(uri, ogg_bytes(audio, rate), settings.s3_endpoint_url)
         written.append(uri)
         return rel
 

@@ -22,6 +22,7 @@ import io
 import logging
 import posixpath
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -135,12 +136,26 @@ def spectrogram_png(panels: dict[str, np.ndarray], params) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class MediaSettings:
+    """How a page's media are made (the report's and the grading sheet's): the mel parameters and the
+    job's Griffin-Lim iterations for audio rebuilt from mel windows, the seed of the baselines' noise,
+    and where the files go."""
+
+    params: object                 # pipelines.mel.MelParams
+    griffin_lim_iters: int
+    seed: int
+    output: str
+    s3_endpoint_url: str | None = None
+
+
 class Media:
     """Mel images and audio of the clips the page shows, made from the job's inputs."""
 
-    def __init__(self, reference, params, s3_endpoint_url: str | None, seed: int):
-        self.reference, self.params = reference, params
-        self.s3, self.seed = s3_endpoint_url, seed
+    def __init__(self, reference, settings: MediaSettings):
+        self.reference, self.params = reference, settings.params
+        self.s3, self.seed = settings.s3_endpoint_url, settings.seed
+        self.n_iter = settings.griffin_lim_iters
         self._cache: dict = {}
         self._rows = {r["clip_id"]: r for r in getattr(reference, "audio_rows", [])}
 
@@ -165,7 +180,7 @@ class Media:
         from pipelines.mel import image_to_audio
 
         length = (image.shape[1] - 1) * self.params.hop_length  # centred STFT: frames - 1 hops
-        return image_to_audio(torch.from_numpy(np.ascontiguousarray(image)), self.params, n_iter=32,
+        return image_to_audio(torch.from_numpy(np.ascontiguousarray(image)), self.params, n_iter=self.n_iter,
                               length=length).numpy()
 
     def reference_clip(self, clip_id: str) -> dict:
@@ -376,22 +391,21 @@ def _audio(path: str, label: str) -> str:
             f"<audio controls preload=metadata src=\"{html.escape(path)}\"></audio>")
 
 
-def write_report(table, summary: dict, reference, sets: list, output: str, params, n_clips: int, seed: int,
-                 s3_endpoint_url: str | None = None) -> list[str]:
-    """Write report.html and its media under `output`; returns the URIs written."""
+def write_report(table, summary: dict, reference, sets: list, settings: MediaSettings, n_clips: int) -> list[str]:
+    """Write report.html and its media under `settings.output`; returns the URIs written."""
     from infer.runtime import join_uri
     from pipelines.storage import write_bytes
 
     how, scores = ranking(table, summary.get("sanity_ladder"))
     table = table.assign(_score=scores)
     labels = [s.label for s in sets] + list(summary.get("baselines", {}))
-    shown = report_clips(table, summary.get("sanity_ladder"), labels, n_clips, seed)
+    shown = report_clips(table, summary.get("sanity_ladder"), labels, n_clips, settings.seed)
     rows = {label: table[table["set"] == label].set_index("clip_id") for label in labels}
     wanted: dict[str, list] = {}  # clip id -> [(set index, set label, its `generated` column)]
     for index, label in enumerate(labels):
         for clip_id, _ in shown[label]:
             wanted.setdefault(clip_id, []).append((index, label, str(rows[label].loc[clip_id]["generated"])))
-    made, written = _media(wanted, reference, params, output, s3_endpoint_url, seed)
+    made, written = _media(wanted, reference, settings)
     sections = []
     for index, label in enumerate(labels):
         body = []
@@ -409,8 +423,8 @@ def write_report(table, summary: dict, reference, sets: list, output: str, param
             f"<table class=clips><thead><tr>{head}<th>listen</th><th class=spec>spectrogram</th></tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
     page = _page(summary, how, n_clips, labels, sections)
-    uri = join_uri(output, REPORT)
-    write_bytes(uri, page.encode(), s3_endpoint_url)
+    uri = join_uri(settings.output, REPORT)
+    write_bytes(uri, page.encode(), settings.s3_endpoint_url)
     return written + [uri]
 
 
@@ -420,7 +434,7 @@ def write_report(table, summary: dict, reference, sets: list, output: str, param
 IN_PROCESS_ROWS = 32
 
 
-def _media(wanted: dict, reference, params, output: str, s3_endpoint_url: str | None, seed: int):
+def _media(wanted: dict, reference, settings: MediaSettings):
     """({(clip id, set index): (players HTML, spectrogram path) or an error text}, URIs written).
 
     Each set row costs about half a second of a core (audio, Ogg files, a spectrogram
@@ -430,16 +444,15 @@ def _media(wanted: dict, reference, params, output: str, s3_endpoint_url: str | 
 
     start = time.perf_counter()
     rows = sum(len(entries) for entries in wanted.values())
-    args = (params, output, s3_endpoint_url, seed)
     if ray.is_initialized() and rows > IN_PROCESS_ROWS:
         # (clip id, [(set index, label, generated)], with the clip's bass and true drums files)
         work = [(cid, [entry], i == 0) for cid, entries in wanted.items() for i, entry in enumerate(entries)]
         task = ray.remote(num_cpus=1, max_retries=1)(clip_media)
         ref = ray.put(reference)
-        results = ray.get([task.remote(ref, cid, entries, *args, shared) for cid, entries, shared in work])
+        results = ray.get([task.remote(ref, cid, entries, settings, shared) for cid, entries, shared in work])
     else:  # one call per clip: its reference audio is decoded once for all its sets
         work = [(cid, entries, True) for cid, entries in wanted.items()]
-        results = [clip_media(reference, cid, entries, *args) for cid, entries, _ in work]
+        results = [clip_media(reference, cid, entries, settings) for cid, entries, _ in work]
     made, written = {}, []
     for (cid, _, _), (by_index, uris) in zip(work, results):
         made.update({(cid, index): media for index, media in by_index.items()})
@@ -449,8 +462,8 @@ def _media(wanted: dict, reference, params, output: str, s3_endpoint_url: str | 
     return made, written
 
 
-def clip_media(reference, clip_id: str, entries: list, params, output: str, s3_endpoint_url: str | None,
-               seed: int, shared: bool = True) -> tuple[dict, list[str]]:
+def clip_media(reference, clip_id: str, entries: list, settings: MediaSettings,
+               shared: bool = True) -> tuple[dict, list[str]]:
     """One clip's media for each (set index, label, generated) in `entries`: each set's drums,
     mix and spectrogram figure, and with `shared` the clip's bass and true drums (the
     players of every set link those).  Returns ({set index: (players HTML, spectrogram
@@ -462,13 +475,14 @@ def clip_media(reference, clip_id: str, entries: list, params, output: str, s3_e
     written: list[str] = []
 
     def put(rel: str, data: bytes) -> str:
-        uri = join_uri(output, *rel.split("/"))
-        write_bytes(uri, data, s3_endpoint_url)
+        uri = join_uri(settings.output, *rel.split("/"))
+        write_bytes(uri, data, settings.s3_endpoint_url)
         written.append(uri)
         return rel
 
-    media = Media(reference, params, s3_endpoint_url, seed)
+    media = Media(reference, settings)
     folder = posixpath.join(MEDIA, safe_clip_id(clip_id))
+    params = settings.params
     rate = params.sample_rate
     out: dict = {}
     for index, label, generated in entries:

@@ -34,6 +34,8 @@ import io
 import numpy as np
 import torch
 
+from infer.options import DRUMS_LEVELS
+
 ACTIVE_RANGE_DB = 30.0
 BLOCK = 2048
 GAIN_LIMITS_DB = (-40.0, 30.0)
@@ -41,7 +43,6 @@ LOUDNESS_BLOCK_SECONDS = 0.4   # BS.1770's gating block: shorter signals have no
 PEAK_LIMIT = 0.999
 LIMITER_HOLD_SECONDS = 0.005    # the limiter's gain stays down this long either side of a peak
 LIMITER_SMOOTH_SECONDS = 0.010  # and eases in and out over this much, so gain changes do not click
-DRUMS_LEVELS = ("model", "bass")  # the first is the default
 
 
 def crossfade_weights(n_windows: int, window_frames: int, overlap: int) -> torch.Tensor:

@@ -122,10 +122,7 @@ def prepare_inputs(cfg: ScoreConfig):
 
     from infer.results import check_complete
 
-    if cfg.batch_size < 1:
-        raise ScoreError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    if cfg.report_clips < 0:
-        raise ScoreError(f"--report-clips must be >= 0, got {cfg.report_clips}")
+    cfg.check_scoring()
     check_output_outside_inputs(cfg.output, {"GENERATED": [parse_generated(g)[1] for g in cfg.generated],
                                              "REFERENCE": cfg.reference, "--annotations": cfg.annotations,
                                              "--grader": cfg.grader, "--inception-weights": cfg.inception_weights,
@@ -143,8 +140,6 @@ def prepare_inputs(cfg: ScoreConfig):
     attach_matches(sets, reference)
     if cfg.baselines is None:
         cfg.baselines = len(reference.clip_ids) >= 2
-    if cfg.grading_sheet < 0:
-        raise ScoreError(f"--grading-sheet must be >= 0, got {cfg.grading_sheet}")
     grader, annotations = prepare_annotations_and_grader(cfg, sets, reference)
     return sets, reference, weights, grader, annotations
 
@@ -314,7 +309,7 @@ def build_dataset(reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreC
 def inception_kwargs(params, cfg: ScoreConfig, weights: str, plan, book) -> dict:
     """The Inception actors' constructor arguments."""
     return {"weights": weights, "n_mels": params.n_mels, "window_frames": params.window_frames,
-            "device": plan.device, "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.batch_size,
+            "device": plan.device, "s3_endpoint_url": cfg.s3_endpoint_url, "batch_size": cfg.inception_batch,
             "placements": book, "torch_threads": plan.torch_threads}
 
 
@@ -323,7 +318,7 @@ def inception_stage(ds, params, cfg: ScoreConfig, weights: str, plan, book):
     from infer import score_stages as stages
 
     return ds.map_batches(stages.InceptionActor, fn_constructor_kwargs=inception_kwargs(params, cfg, weights, plan, book),
-                          batch_format="numpy", batch_size=cfg.batch_size, compute=plan.compute(),
+                          batch_format="numpy", batch_size=cfg.inception_batch, compute=plan.compute(),
                           **plan.remote_args())
 
 

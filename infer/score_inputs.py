@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from cluster.errors import UserError
 from cluster.resources import ResourceRequest
+from infer.options import ScoringOptions
 
 MATCHING_RULE = ("clip ids match when equal, or when one is the other with leading folders removed "
                  "('track-1' matches 'test/track-1' and vice versa), if exactly one reference clip fits")
@@ -25,21 +26,14 @@ class ScoreError(UserError):
     """A problem with the job's inputs as a whole (printed as a CLI error)."""
 
 
-@dataclass
-class ScoreConfig:
+@dataclass(kw_only=True)
+class ScoreConfig(ScoringOptions):
+    """`score`: the scoring options (infer/options.py) and what the job works on."""
+
     generated: list[str]                 # "[LABEL=]PATH" each
     reference: str
     output: str
-    annotations: str | list[str] | None = None   # one CSV or several (one per rater, from grade.html)
-    grader: str | None = None
-    inception_weights: str | None = None
-    batch_size: int = 16
-    grader_c: float = 1.0
     seed: int = 0
-    baselines: bool | None = None        # None: on when the reference has >= 2 clips
-    report_clips: int = 24
-    grading_sheet: int = 0               # clips in grade.html (0: no grading sheet)
-    grading_key: str | None = None       # grade.html's id map (default: OUTPUT/grading_key.csv)
     s3_endpoint_url: str | None = None
     address: str | None = None
     resources: ResourceRequest = field(default_factory=ResourceRequest)

@@ -192,8 +192,7 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
     if cfg.grading_sheet:
         from infer.grading_sheet import write_grading_sheet
 
-        sheet = write_grading_sheet(table, labels, reference, params, cfg.output, cfg.grading_sheet, cfg.seed,
-                                    cfg.s3_endpoint_url)
+        sheet = write_grading_sheet(table, labels, reference, media_settings(cfg, params), cfg.grading_sheet)
         outputs += sheet.pop("outputs")
 
     summary = {
@@ -230,14 +229,20 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
     return summary
 
 
+def media_settings(cfg: ScoreConfig, params):
+    """How the report and the grading sheet make their media: with this job's settings."""
+    from infer.html_report import MediaSettings
+
+    return MediaSettings(params, cfg.griffin_lim_iters, cfg.seed, cfg.output, cfg.s3_endpoint_url)
+
+
 def _write_report(table, summary: dict, reference: ReferenceSet, sets: list[GeneratedSet], cfg: ScoreConfig) -> None:
     import time
 
     from infer.html_report import write_report
 
     start = time.perf_counter()
-    written = write_report(table, summary, reference, sets, cfg.output, reference.params, cfg.report_clips,
-                           cfg.seed, cfg.s3_endpoint_url)
+    written = write_report(table, summary, reference, sets, media_settings(cfg, reference.params), cfg.report_clips)
     log.info("report.html and %d media files written in %.1f s", len(written) - 1, time.perf_counter() - start)
 
 

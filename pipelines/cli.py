@@ -6,8 +6,17 @@ import argparse
 import json
 import sys
 
-from cluster.resources import add_resource_options
+from dataclasses import dataclass
+
 from cluster.job_options import add_job_options
+from cluster.options import add_option_flags, options_from_args
+from cluster.resources import add_resource_options
+from pipelines.codec_options import griffin_lim_option
+
+
+@dataclass
+class RoundtripOptions:
+    griffin_lim_iters: int = griffin_lim_option()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,16 +31,17 @@ def _register_synth(sub) -> None:
         "synth",
         help="write the built-in synthetic multitrack data set",
         description="Write a small multitrack data set of procedural songs in the musdb18-HQ layout: "
-        "OUT/<split>/<track>/{mixture,bass,drums,other}.wav (44.1 kHz stereo, 16-bit), plus "
-        "OUT/synth.json with each track's tempo, key and split. Every song has a tempo, a bass line "
+        "OUTPUT/<split>/<track>/{mixture,bass,drums,other}.wav (44.1 kHz stereo, 16-bit), plus "
+        "OUTPUT/synth.json with each track's tempo, key and split. Every song has a tempo, a bass line "
         "on a 16th-note grid and drums locked to it (kick on every bass note, snare on 2 and 4, hats "
         "on 8ths). A third of the tracks (at least one, when there are two or more) go to the test "
         "split. The same seed gives the same files.",
     )
-    p.add_argument("out", metavar="OUT", help="output folder (created if missing)")
+    p.add_argument("out", metavar="OUTPUT", help="output folder (created if missing)")
     p.add_argument("--tracks", type=int, default=8, help="number of songs (default: 8)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each song in seconds (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_synth)
 
 
@@ -43,9 +53,13 @@ def _run_synth(args) -> int:
         plans = write_dataset(args.out, tracks=args.tracks, seconds=args.seconds, seed=args.seed)
     except ValueError as err:
         raise CliError(str(err)) from err
-    except OSError as err:  # e.g. a folder on the way to OUT is a file, or no permission
+    except OSError as err:  # e.g. a folder on the way to OUTPUT is a file, or no permission
         raise CliError(f"cannot write to {args.out}: {err.strerror or err} ({err.filename})") from err
     n_test = sum(p.split == "test" for p in plans)
+    if args.json:
+        print(json.dumps({"output": args.out, "tracks": len(plans), "train": len(plans) - n_test,
+                          "test": n_test, "seconds": args.seconds}))
+        return 0
     print(f"wrote {len(plans)} tracks ({len(plans) - n_test} train, {n_test} test) "
           f"of {args.seconds:g} s to {args.out}")
     return 0
@@ -56,19 +70,19 @@ def _register_grooves(sub) -> None:
         "grooves",
         help="render the Groove MIDI Dataset to a multitrack corpus of human-played drums + bass (Ray Data)",
         description="Render performances of the Groove MIDI Dataset (GROOVE_DIR: its folder with "
-        "info.csv and the drummer*/ MIDI files, local or s3://) to OUT in the musdb18-HQ layout: "
-        "OUT/<split>/<track>/{mixture,bass,drums}.wav (44.1 kHz stereo, 16-bit). Drums: the "
+        "info.csv and the drummer*/ MIDI files, local or s3://) to OUTPUT in the musdb18-HQ layout: "
+        "OUTPUT/<split>/<track>/{mixture,bass,drums}.wav (44.1 kHz stereo, 16-bit). Drums: the "
         "performance rendered with a General MIDI SoundFont (pretty_midi's TimGM6mb by default). "
         "Bass: a part composed for the performance, starting on its kicks (the drummer's timing "
         "kept) and, by style, some snares or off-beats, on a seeded chord progression. Takes: long "
         "'beat' performances (no fills) of at least --min-seconds. The dataset's split is kept; its "
-        "validation set is written as test. Also writes OUT/grooves.json (style, bpm, drummer, split "
-        "per track; it lists every track folder OUT holds, so a re-run with another selection adds "
-        "its tracks to the earlier ones; remove a folder to drop a track) and OUT/_errors.csv (unreadable or empty MIDI files; the job goes on). One Ray "
+        "validation set is written as test. Also writes OUTPUT/grooves.json (style, bpm, drummer, split "
+        "per track; it lists every track folder OUTPUT holds, so a re-run with another selection adds "
+        "its tracks to the earlier ones; remove a folder to drop a track) and OUTPUT/_errors.csv (unreadable or empty MIDI files; the job goes on). One Ray "
         "task per performance. The same seed gives the same files.",
     )
     p.add_argument("groove_dir", metavar="GROOVE_DIR", help="Groove MIDI folder (with info.csv) or s3:// prefix")
-    p.add_argument("out", metavar="OUT", help="output folder or s3:// prefix (created if missing)")
+    p.add_argument("out", metavar="OUTPUT", help="output folder or s3:// prefix (created if missing)")
     p.add_argument("--max-tracks", type=int, default=None,
                    help="render a seeded sample of this many performances, train/test proportions "
                    "kept (default: all selected)")
@@ -117,15 +131,15 @@ def _register_roundtrip(sub) -> None:
     p = sub.add_parser(
         "roundtrip",
         help="hear what the mel representation costs: audio -> mel/dB/uint8 -> audio",
-        description="Send IN through the model's representation (22,050 Hz mono, 256-bin mel power "
+        description="Send INPUT through the model's representation (22,050 Hz mono, 256-bin mel power "
         "spectrogram, dB over the fixed range, uint8) and back (pseudo-inverse of the mel filter bank, "
-        "Griffin-Lim), write the result to OUT as a 22,050 Hz mono 16-bit WAV, and print the mel-domain "
-        "error: OUT re-analysed vs IN, mean absolute dB difference over the fixed dB range. "
-        "IN may be any format soundfile reads (WAV, FLAC, OGG, MP3).",
+        "Griffin-Lim), write the result to OUTPUT as a 22,050 Hz mono 16-bit WAV, and print the mel-domain "
+        "error: OUTPUT re-analysed vs INPUT, mean absolute dB difference over the fixed dB range. "
+        "INPUT may be any format soundfile reads (WAV, FLAC, OGG, MP3).",
     )
-    p.add_argument("input", metavar="IN", help="input audio file")
-    p.add_argument("output", metavar="OUT", help="output WAV file")
-    p.add_argument("--iterations", type=int, default=32, help="Griffin-Lim iterations (default: 32)")
+    p.add_argument("input", metavar="INPUT", help="input audio file")
+    p.add_argument("output", metavar="OUTPUT", help="output WAV file")
+    add_option_flags(p, RoundtripOptions, old_names={"griffin_lim_iters": ["--iterations"]})
     p.add_argument("--json", action="store_true", help="print one JSON object (mel_mae_db, seconds, realtime_factor, ...)")
     p.set_defaults(func=_run_roundtrip)
 
@@ -134,10 +148,11 @@ def _run_roundtrip(args) -> int:
     from cluster.errors import CliError
     from pipelines.roundtrip import roundtrip_file
 
-    if args.iterations < 1:
-        raise CliError(f"--iterations must be at least 1, got {args.iterations}")
+    iterations = RoundtripOptions(**options_from_args(RoundtripOptions, args)).griffin_lim_iters
+    if iterations < 1:
+        raise CliError(f"--griffin-lim-iters must be at least 1, got {iterations}")
     try:
-        result = roundtrip_file(args.input, args.output, iterations=args.iterations)
+        result = roundtrip_file(args.input, args.output, iterations=iterations)
     except FileNotFoundError as err:
         raise CliError(str(err)) from err
     if args.json:

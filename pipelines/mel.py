@@ -20,6 +20,8 @@ import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as T
 
+from pipelines.codec_options import GRIFFIN_LIM_ITERS
+
 CODEC_VERSION = 1
 
 
@@ -211,7 +213,7 @@ def _griffin_lim(params: MelParams, n_iter: int, momentum: float, device: str) -
     ).to(device)
 
 
-def griffin_lim(magnitude: torch.Tensor, params: MelParams = MelParams(), n_iter: int = 32,
+def griffin_lim(magnitude: torch.Tensor, params: MelParams = MelParams(), n_iter: int = GRIFFIN_LIM_ITERS,
                 momentum: float = 0.99, length: int | None = None) -> torch.Tensor:
     """[..., n_freqs, frames] magnitude -> [..., samples] audio via torchaudio Griffin-Lim."""
     if n_iter < 1:
@@ -221,7 +223,7 @@ def griffin_lim(magnitude: torch.Tensor, params: MelParams = MelParams(), n_iter
     return gl(magnitude)
 
 
-def image_to_audio(image: torch.Tensor, params: MelParams = MelParams(), n_iter: int = 32,
+def image_to_audio(image: torch.Tensor, params: MelParams = MelParams(), n_iter: int = GRIFFIN_LIM_ITERS,
                    length: int | None = None) -> torch.Tensor:
     """[..., n_mels, frames] uint8 image -> [..., samples] audio."""
     power = mel_to_linear_power(db_to_power(dequantize(image, params)), params)

@@ -6,6 +6,7 @@ import time
 
 from cluster.errors import UserError
 from pipelines.audio import AudioError, load_audio, save_wav
+from pipelines.codec_options import GRIFFIN_LIM_ITERS
 from pipelines.mel import MelParams, audio_to_image, image_to_audio, mel_mae_db
 
 
@@ -30,7 +31,7 @@ def check_paths(src: str, dst: str) -> None:
         raise RoundtripError(f"OUT's folder {folder} does not exist")
 
 
-def roundtrip_file(src: str, dst: str, iterations: int = 32, params: MelParams = MelParams()) -> dict:
+def roundtrip_file(src: str, dst: str, iterations: int = GRIFFIN_LIM_ITERS, params: MelParams = MelParams()) -> dict:
     """Write `src` as it sounds after the codec's round trip to `dst` (WAV at the codec's rate).
 
     Returns the mel-domain error (OUT re-analysed vs IN, mean absolute dB over the

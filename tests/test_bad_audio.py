@@ -115,7 +115,7 @@ def test_roundtrip_refuses_nan_and_truncated_input(tmp_path, capsys):
     for path, reason in ((_non_finite_wav(tmp_path / "nan.wav", np.nan), "NaN or infinite"),
                          (_truncated_wav(tmp_path / "cut.wav"), "truncated")):
         out = tmp_path / f"out-{path.stem}.wav"
-        assert main(["roundtrip", str(path), str(out), "--iterations", "2"]) == 2
+        assert main(["roundtrip", str(path), str(out), "--griffin-lim-iters", "2"]) == 2
         err = capsys.readouterr().err
         assert path.name in err and reason in err and "Traceback" not in err
         assert "nan dB" not in err and "mel error" not in err and not out.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.demo import DemoError, DemoOptions, StepLog, _prepare_out, measure_step_seconds
+from cycledrums_demo import DemoError, DemoOptions, StepLog, _prepare_out, measure_step_seconds
 from cycledrums_cli import build_parser, main
 
 VENV_BIN = Path(sys.executable).parent

@@ -111,7 +111,7 @@ def test_roundtrip_of_real_drums_within_2_db(tmp_path, capsys):
 def test_fewer_iterations_cost_quality(tmp_path, capsys):
     errors = {}
     for n in (1, 32):
-        main(["roundtrip", str(DRUMS), str(tmp_path / f"{n}.wav"), "--json", "--iterations", str(n)])
+        main(["roundtrip", str(DRUMS), str(tmp_path / f"{n}.wav"), "--json", "--griffin-lim-iters", str(n)])
         errors[n] = json.loads(capsys.readouterr().out)["mel_mae_db"]
     assert errors[32] < errors[1]
 
@@ -132,5 +132,5 @@ def test_db_power_inverse():
 
 
 def test_roundtrip_rejects_bad_iterations(tmp_path, capsys):
-    assert main(["roundtrip", str(DRUMS), str(tmp_path / "x.wav"), "--iterations", "0"]) == 2
-    assert "--iterations" in capsys.readouterr().err
+    assert main(["roundtrip", str(DRUMS), str(tmp_path / "x.wav"), "--griffin-lim-iters", "0"]) == 2
+    assert "--griffin-lim-iters" in capsys.readouterr().err

@@ -169,7 +169,7 @@ def first_run(ray_local, checkpoint, inputs, tmp_path_factory):
     from cycledrums_cli import main
 
     out = tmp_path_factory.mktemp("gen-a")
-    assert main(["generate", checkpoint, str(inputs), str(out), "--seed", "1", "--batch-size", "4"]) == 0
+    assert main(["generate", checkpoint, str(inputs), str(out), "--seed", "1", "--generator-batch", "4"]) == 0
     return out
 
 

@@ -320,7 +320,7 @@ def test_max_seconds_keeps_the_start_of_each_take(tmp_path):
 
 
 def test_demo_takes_grooves_as_its_data():
-    from cluster.demo import DemoError, DemoOptions
+    from cycledrums_demo import DemoError, DemoOptions
     from cycledrums_cli import build_parser
 
     def options(*argv):

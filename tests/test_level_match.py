@@ -75,7 +75,10 @@ def test_the_cli_offers_the_levels_render_knows():
     for command in ("generate", "evaluate"):
         action = next(a for a in parser._subparsers._group_actions[0].choices[command]._actions
                       if a.dest == "drums_level")
-        assert tuple(action.choices) == render.DRUMS_LEVELS and action.default == render.DRUMS_LEVELS[0]
+        assert tuple(action.choices) == render.DRUMS_LEVELS and action.default is None  # unset: the config decides
+    from infer.options import GenerationOptions
+
+    assert GenerationOptions().drums_level == render.DRUMS_LEVELS[0]
 
 
 def test_the_limiter_turns_down_a_hot_kick_not_the_kit():

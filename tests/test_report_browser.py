@@ -40,7 +40,7 @@ def report(tmp_path_factory, ray_local):
     with pytest.MonkeyPatch.context() as patch:  # the clips' media in Ray tasks, as for a large report
         patch.setattr("infer.html_report.IN_PROCESS_ROWS", 0)
         assert main(["score", f"late={gen}", str(ref), str(out), "--inception-weights", weights,
-                     "--report-clips", "3", "--batch-size", "8"]) == 0
+                     "--report-clips", "3", "--inception-batch", "8"]) == 0
     return out
 
 

@@ -195,7 +195,7 @@ def test_generate_into_the_same_output_replaces_the_whole_previous_set(ray_local
         (tmp_path / name).mkdir()
         sf.write(tmp_path / name / f"{name}.wav", (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
     out = tmp_path / "gen"
-    args = ["--griffin-lim-iters", "2", "--batch-size", "4"]
+    args = ["--griffin-lim-iters", "2", "--generator-batch", "4"]
     assert main(["generate", model, str(tmp_path / "first"), str(out), *args]) == 0
     assert (out / "first" / "drums.wav").exists() and not (out / INCOMPLETE).exists()
     assert main(["generate", model, str(tmp_path / "second"), str(out), *args]) == 0

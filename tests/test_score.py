@@ -225,7 +225,7 @@ def test_score_job_trains_a_grader_that_predicts_held_out_buckets(ray_local, tmp
     annotations = _annotations(truth, tmp_path / "annotations.csv", seed=1)
     out = tmp_path / "scores"
     assert main(["score", f"synthetic={gen}", str(ref), str(out), "--annotations", str(annotations),
-                 "--inception-weights", inception_file, "--batch-size", "8", "--report-clips", "0"]) == 0
+                 "--inception-weights", inception_file, "--inception-batch", "8", "--report-clips", "0"]) == 0
 
     everything = pd.read_parquet(out / "clips.parquet")
     assert len(everything) == len(pd.read_csv(out / "clips.csv"))

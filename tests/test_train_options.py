@@ -12,7 +12,7 @@ from train.config import FIXED, FREE, KEPT, TrainConfig, option_fields
 # Flags of `cycledrums train` that are not training options: where it runs, not what it learns.
 JOB_FLAGS = {"data", "run_dir", "num_workers", "gpu", "device", "cpus_per_worker", "max_failures",
              "address", "s3_endpoint_url", "resume", "help", "command", "func", "verbose",
-             "actors", "gpus_per_actor"}
+             "actors", "gpus_per_actor", "json"}
 
 
 def train_parser():

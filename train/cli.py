@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 
 from cluster.resources import add_device_option
 from cluster.job_options import add_job_options
 
+from cluster.options import add_option_flags, options_from_args
 from train.config import TrainConfig, option_fields
 
 # The order the option groups appear in `--help`.
 _GROUPS = ("model", "cluster", "run length and checkpoints", "architecture",
            "losses and optimiser", "speed")
-_TYPES = {"int": int, "float": float, "str": str}
 
 
 def register(subparsers) -> None:
@@ -40,32 +42,9 @@ def register(subparsers) -> None:
         "--resume", action="store_true",
         help="continue the run in RUN_DIR from its latest checkpoint (same step, lr, optimizer "
         "state); only run-length, logging and speed options may change (default: off)")
-    for f in option_fields():
-        _add_option_flag(groups[f.metadata["group"]], f)
+    add_option_flags(p, TrainConfig, groups=groups)
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run_train)
-
-
-def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
-
-def _add_option_flag(group, f) -> None:
-    """One flag for one TrainConfig field; unset flags stay None so the config decides."""
-    meta = f.metadata
-    help_text = meta["help"]
-    if "default:" not in help_text:
-        help_text += f" (default: {'unset' if f.default is None else f.default})"
-    kwargs = {"default": None, "help": help_text, "dest": f.name}
-    base_type = str(f.type).replace(" | None", "")
-    if base_type == "bool":
-        kwargs["action"] = argparse.BooleanOptionalAction
-    else:
-        kwargs["type"] = _TYPES[base_type]
-        if meta["choices"]:
-            kwargs["choices"] = meta["choices"]
-        if meta["metavar"]:
-            kwargs["metavar"] = meta["metavar"]
-    group.add_argument(flag_name(f.name), **kwargs)
 
 
 def _already_trained(plan, args) -> bool:
@@ -102,10 +81,7 @@ def run_train(args) -> int:
     from cluster.ray_runtime import init_ray
     from train.trainer import preflight, train
 
-    try:
-        TrainConfig(**{k: v for k, v in options.items() if v is not None}).resolved()
-    except ValueError as err:
-        raise CliError(str(err)) from err
+    TrainConfig(**options_from_args(TrainConfig, args)).resolved()  # a bad option: TrainOptionError
     from ray.train import TrainingFailedError
 
     from cluster.ray_runtime import local_cluster_view
@@ -133,6 +109,9 @@ def run_train(args) -> int:
               f"the last checkpoint (if any) is in {args.run_dir}; continue with --resume",
               file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps(dataclasses.asdict(summary)))
+        return 0
     metrics = summary.metrics
     losses = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("loss_"))
     print(f"trained to step {summary.step}/{summary.total_steps}: {losses}; "

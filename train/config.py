@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from cluster.errors import UserError
+from cluster.options import option as shared_option
 
 MODELS = ("cyclegan", "pix2pix")
 NORMS = ("instance", "batch")
@@ -39,16 +42,20 @@ _RETIRED_FIELDS = {"crash_at_step", "crash_rank", "extra"}
 _CHECKPOINT_KEYS = {"mel_params", "steps_per_epoch", "total_steps"}
 
 
+class TrainOptionError(UserError):
+    """A training option out of range, or a config that names unknown options."""
+
+
 def option(default, help: str, group: str, *, on_resume: str = FIXED, choices=None,
            architecture: bool = False, metavar: str | None = None):
-    """A TrainConfig field that is also a `cycledrums train` flag.
+    """A TrainConfig field that is also a `cycledrums train` flag (cluster/options.py).
 
-    `architecture` marks the fields a fine-tuning run (--init-from) takes from
-    its source run, because they shape the networks' weights.
+    `on_resume` says what --resume may do with it; `architecture` marks the fields a
+    fine-tuning run (--init-from) takes from its source run, because they shape the
+    networks' weights.
     """
-    return field(default=default, metadata={
-        "help": help, "group": group, "on_resume": on_resume, "choices": choices,
-        "architecture": architecture, "metavar": metavar})
+    return shared_option(default, help, group, choices=choices, metavar=metavar,
+                         on_resume=on_resume, architecture=architecture)
 
 
 @dataclass
@@ -123,7 +130,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with the model's paper defaults filled in, validated."""
         if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+            raise TrainOptionError(f"model must be one of {MODELS}, got {self.model!r}")
         values = dataclasses.asdict(self)
         for key, default in _MODEL_DEFAULTS[self.model].items():
             if values[key] is None:
@@ -159,7 +166,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise TrainOptionError(message)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.max_steps if self.max_steps is not None else self.epochs * steps_per_epoch
@@ -188,7 +195,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names - _CHECKPOINT_KEYS - _RETIRED_FIELDS
         if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}")
+            raise TrainOptionError(f"unknown training options {sorted(unknown)}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

@@ -11,6 +11,7 @@ finds it running and reuses it.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -20,6 +21,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cluster.errors import UserError
+from pipelines.codec_options import GRIFFIN_LIM_ITERS
+
 # Sub-folders (and files) of OUT that the demo writes; --force removes only these.
 # ("generated": written by earlier versions, which ran generate then score; evaluate puts the audio
 # under scores/audio.)
@@ -27,7 +31,7 @@ OUTPUTS = ("data", "windows", "run", "generated", "scores", "inception_random.pt
 CALIBRATION_STEPS = 10  # first, timed training chunk when the run length is a time budget
 
 
-class DemoError(Exception):
+class DemoError(UserError):
     """A step failed, or OUT is not usable; the message names the step."""
 
 
@@ -49,7 +53,7 @@ class DemoOptions:
     ngf: int = 16
     ndf: int = 16
     n_blocks: int = 4
-    griffin_lim_iters: int = 32
+    griffin_lim_iters: int = GRIFFIN_LIM_ITERS
 
     @classmethod
     def from_args(cls, args) -> "DemoOptions":
@@ -116,7 +120,7 @@ class StepLog:
 
 
 def run_demo(opts: DemoOptions) -> dict:
-    """Run the four steps into opts.out; return (and print) the summary."""
+    """Run the four steps into opts.out; return the summary (also OUTPUT/demo_summary.json)."""
     from cluster.ray_runtime import init_ray
 
     out = _prepare_out(opts)
@@ -153,7 +157,6 @@ def run_demo(opts: DemoOptions) -> dict:
         "scores": _score_headline(paths["scores"]),
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_summary(summary), flush=True)
     return summary
 
 
@@ -302,3 +305,74 @@ def _duration(seconds: float) -> str:
 
 def _say(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_demo(sub)
+
+
+DEMO_DESCRIPTION = """\
+The whole pipeline on built-in data, on one local Ray started once.
+
+  cycledrums demo demo-output --quick      # a minute: every step runs, nothing is learnt
+
+The steps: synth (procedural songs, musdb18-HQ layout) -> prepare (Parquet windows)
+-> train (a small CycleGAN for a few minutes) -> evaluate (drums for the test bass
+lines, scored against their true drums, with the baselines and report.html), then a
+summary with the paths of the audio, the plots and the tables.  Each step is the real
+subcommand, called with its command-line arguments; the first one that fails stops
+the demo with its name.  Outputs, under OUTPUT:
+  data/ windows/ run/ scores/ (with scores/audio/cyclegan/<song>/) demo_summary.json
+The Inception density features use torchvision's cached ImageNet weights when this
+machine has them, else a deterministic random network (stated in the summary).
+With --address (or $RAY_ADDRESS) the steps run on that Ray cluster instead; OUTPUT must
+then be a path every node can reach (or run the demo itself through `submit`)."""
+
+
+def _register_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on built-in data: synth -> prepare -> train -> evaluate",
+        description=DEMO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("out", metavar="OUTPUT", nargs="?", default="demo-output",
+                   help="output folder (default: demo-output)")
+    p.add_argument("--tracks", type=int, default=None,
+                   help="songs to synthesise; a third go to the test split (default: 12; --quick: 6)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="length of each song in seconds (default: 30; --quick: 10)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--train-minutes", type=float, default=None,
+                        help="training time budget; the step count is fitted to it after a short "
+                             "timed first chunk (default: 5)")
+    length.add_argument("--max-steps", type=int, default=None,
+                        help="train exactly this many steps instead of a time budget (default: unset; "
+                             "--quick: 4)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="Ray Train workers, data parallel (default: 2; --quick: 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny data, model and run, for tests: the code paths run, nothing is learnt "
+                        "(default: off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic songs (default: 0)")
+    p.add_argument("--data", choices=("synth", "grooves"), default="synth",
+                   help="training data: 'synth' (built-in songs) or 'grooves' (human-played Groove MIDI "
+                        "takes, their first --seconds; needs --groove-dir) (default: synth)")
+    p.add_argument("--groove-dir", default=None,
+                   help="with --data grooves: the Groove MIDI Dataset folder (with info.csv)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started "
+                        "for the demo)")
+    p.add_argument("--force", action="store_true",
+                   help="clear OUTPUT first when it holds an earlier demo (default: refuse)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    summary = run_demo(DemoOptions.from_args(args))
+    print(json.dumps(summary) if args.json else format_summary(summary), flush=True)
+    return 0
