@@ -67,7 +67,7 @@ def baseline(root: Path, out: Path) -> dict[str, float]:
     import torch
 
     from pipelines.mel import MelParams
-    from pipelines.prepare import _decode_mono, window_file_name
+    from pipelines.prepare_stages import _decode_mono, window_file_name
     from pipelines.windows import track_windows
 
     torch.set_num_threads(1)

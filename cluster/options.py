@@ -53,8 +53,14 @@ def add_option_flags(parser, cls, *, groups: dict | None = None, old_names: dict
         target = (groups or {}).get(f.metadata["group"], parser)
         target.add_argument(flag_name(f.name), **_flag_kwargs(f, types_[f.name]))
         for old in (old_names or {}).get(f.name, ()):
-            parser.add_argument(old, dest=f.name, help=argparse.SUPPRESS, default=argparse.SUPPRESS,
-                                action=_deprecated(flag_name(f.name)), **_value_kwargs(f, types_[f.name]))
+            add_old_flag(parser, old, flag_name(f.name), dest=f.name, **_value_kwargs(f, types_[f.name]))
+
+
+def add_old_flag(parser, old: str, new: str, **kwargs) -> None:
+    """`old`, a value flag renamed `new`: still parsed into `new`'s dest for one release, hidden
+    from --help, with a deprecation note on stderr when used."""
+    parser.add_argument(old, help=argparse.SUPPRESS, default=argparse.SUPPRESS, action=_deprecated(new),
+                        **kwargs)
 
 
 def options_from_args(cls, args: argparse.Namespace) -> dict:

@@ -38,7 +38,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """
     import ray
 
-    from cluster.resources import NODE_CORES, STANDIN_ENV
+    from cluster.cluster_view import NODE_CORES
+    from cluster.placement import STANDIN_ENV
 
     if ray.is_initialized():
         return
@@ -125,7 +126,7 @@ def local_cpus(num_cpus: int | None = None) -> int:
 def local_cluster_view(address: str | None = None, num_cpus: int | None = None):
     """What the local Ray `init_ray` would start has (a ClusterView), known before starting it,
     so an impossible request fails in a second; None when the job joins a cluster."""
-    from cluster.resources import NODE_CORES, ClusterView
+    from cluster.cluster_view import ClusterView, NODE_CORES
 
     if address or os.environ.get("RAY_ADDRESS"):
         return None

@@ -12,23 +12,8 @@ It decides, on the driver, before any work starts:
   launchable) can hold fails at once, saying what the cluster has and what its
   node types can add, instead of waiting forever.
 
-Where the autoscaler's node types come from (`autoscaler_node_types`):
-1. the GCS's cluster config (`ray._private.state.state.get_cluster_config()`, the
-   `node_group_configs` that Ray Data's own autoscaling reads; autoscaler v2 /
-   KubeRay report it);
-2. else, for the v1 autoscaler (the cluster launcher, `ray up cluster/aws.yaml`, and
-   Ray's fake cluster), the YAML its monitor process was started with
-   (`--autoscaling-config`), read by a zero-CPU task pinned to the head node; the
-   monitor's pid is in the autoscaler status Ray keeps in the GCS.
-With neither (a fixed cluster, a local Ray) only the nodes present count.
-
-On the actors (`claim_device`): an actor planned for cuda that sees no CUDA device
-stops the job with `NoCudaError`, naming the node and CUDA_VISIBLE_DEVICES, unless
-the test-only switch CYCLEDRUMS_TEST_CPU_STANDIN_FOR_GPU=1 lets it run on CPU as a
-stand-in (Ray's fake cluster has GPUs as scheduling tokens but no CUDA).  Every
-actor records where it ran (node id, GPU ids) in a `PlacementBook` the job's summary
-reads at the end; the book's actor ends with the job, finished or failed
-(`ending_placement_books`).
+The facts it plans with come from cluster/cluster_view.py; what the actors do with the plan
+(claim a device, record where they ran) is in cluster/placement.py.
 
 No job module is imported here; Ray and torch are imported only inside functions.
 """
@@ -37,30 +22,21 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
+from cluster.cluster_view import ClusterView, cluster_view, format_resources
 from cluster.errors import UserError
+from cluster.placement import new_placement_book
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cuda", "cpu")
-STANDIN_ENV = "CYCLEDRUMS_TEST_CPU_STANDIN_FOR_GPU"
 ACTOR_MEMORY = 2 << 30  # bytes of RAM reserved per model actor (Inception-v3 on CPU peaks near 0.9 GiB)
-UNLIMITED = -1
-# A custom resource the local Ray declares with the machine's core count (nothing asks
-# for it): its logical CPUs are tokens, more than its cores (cluster/ray_runtime.py).
-NODE_CORES = "node_cores"
 CPU_BLOCKS_IN_FLIGHT = 2  # blocks queued per CPU model actor (ActorPlan.compute)
 
 
 class ResourceError(UserError):
     """The job asks for resources the cluster cannot give, or the options are invalid."""
-
-
-class NoCudaError(RuntimeError):
-    """A model actor that Ray gave a GPU sees no CUDA device."""
 
 
 # ---------------------------------------------------------------- options
@@ -136,171 +112,6 @@ class ResourceRequest:
         if not (0 < g <= 1 or (g > 1 and float(g).is_integer())):
             raise ResourceError(f"--gpus-per-actor must be in (0, 1] or a whole number, got {g}")
 
-
-# ---------------------------------------------------------------- what the cluster has / can add
-
-
-@dataclass(frozen=True)
-class NodeType:
-    """An autoscaler node type: its resources per node and how many nodes it may add."""
-
-    name: str
-    resources: dict
-    max_nodes: int  # UNLIMITED = no limit
-
-
-@dataclass
-class ClusterView:
-    nodes: list[dict]  # total resources of each alive node
-    node_types: list[NodeType] = field(default_factory=list)
-    node_types_source: str = "none"
-
-    def now(self, resource: str) -> float:
-        return sum(n.get(resource, 0.0) for n in self.nodes)
-
-    def can_add(self, resource: str) -> bool:
-        return any(t.resources.get(resource, 0) > 0 and t.max_nodes != 0 for t in self.node_types)
-
-    def largest_node(self, resource: str) -> float:
-        """The most of `resource` one node has or one launchable node would have."""
-        values = [n.get(resource, 0.0) for n in self.nodes]
-        values += [t.resources.get(resource, 0.0) for t in self.node_types if t.max_nodes != 0]
-        return max(values, default=0.0)
-
-    def cores(self) -> float:
-        """CPU cores to run busy processes on: the CPUs the cluster has now (or one launchable
-        node has), counting a node that declares NODE_CORES (the local Ray, which advertises
-        more logical CPUs than its cores) by its cores."""
-        now = sum(min(n.get("CPU", 0.0), n.get(NODE_CORES, math.inf)) for n in self.nodes)
-        return max(now, max((t.resources.get("CPU", 0.0) for t in self.node_types if t.max_nodes != 0), default=0.0))
-
-    def capacity(self, resource: str) -> float:
-        """All of `resource` the cluster has now plus what its autoscaler may add (inf: no limit)."""
-        total = self.now(resource)
-        for t in self.node_types:
-            per_node = t.resources.get(resource, 0.0)
-            if per_node and t.max_nodes == UNLIMITED:
-                return math.inf
-            total += per_node * max(0, t.max_nodes)
-        return total
-
-    def fits_one_node(self, bundle: dict) -> bool:
-        def fits(resources: dict) -> bool:
-            return all(resources.get(k, 0.0) >= v for k, v in bundle.items() if v)
-
-        return any(fits(n) for n in self.nodes) or \
-            any(fits(t.resources) for t in self.node_types if t.max_nodes != 0)
-
-    def node_types_declare_memory(self) -> bool:
-        """False when a launchable node type gives no `memory`: the v1 autoscaler then finds
-        any memory reservation infeasible (Ray's cloud providers fill it in; others may not)."""
-        return all(t.resources.get("memory") for t in self.node_types if t.max_nodes != 0)
-
-    def describe(self) -> str:
-        now = f"{self.now('CPU'):g} CPUs and {self.now('GPU'):g} GPUs on {len(self.nodes)} node(s)"
-        if not self.node_types:
-            return f"the cluster has {now} and no autoscaler node types"
-        types = "; ".join(
-            f"{t.name}: {_fmt(t.resources)} x up to "
-            f"{'unlimited' if t.max_nodes == UNLIMITED else t.max_nodes} node(s)"
-            for t in self.node_types)
-        return f"the cluster has {now}; its autoscaler can add: {types}"
-
-
-def _fmt(resources: dict) -> str:
-    return ", ".join(f"{resources[k]:g} {k}" for k in ("CPU", "GPU") if k in resources) or "no CPU/GPU"
-
-
-def cluster_view() -> ClusterView:
-    """The alive nodes and the autoscaler's node types (Ray must be initialised)."""
-    import ray
-
-    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
-    types, source = autoscaler_node_types()
-    return ClusterView(nodes, types, source)
-
-
-def autoscaler_node_types() -> tuple[list[NodeType], str]:
-    """(node types the autoscaler can launch, where they were read); ([], "none") without one."""
-    types = _node_types_from_gcs()
-    if types:
-        return types, "GCS cluster config"
-    try:
-        types = _node_types_from_monitor_config()
-    except Exception as err:  # no autoscaler, or one we cannot read: count present nodes only
-        log.debug("no autoscaler config readable: %s", err)
-        types = []
-    return (types, "autoscaler config on the head node") if types else ([], "none")
-
-
-def _node_types_from_gcs() -> list[NodeType]:
-    import ray._private.state
-
-    try:
-        config = ray._private.state.state.get_cluster_config()
-    except Exception as err:
-        log.debug("no cluster config in the GCS: %s", err)
-        return []
-    if not config:
-        return []
-    return [NodeType(g.name, {k: float(v) for k, v in g.resources.items()},
-                     UNLIMITED if g.max_count == -1 else int(g.max_count))
-            for g in config.node_group_configs]
-
-
-def _node_types_from_monitor_config() -> list[NodeType]:
-    import json
-
-    import ray
-    from ray.experimental.internal_kv import _internal_kv_get
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    status = _internal_kv_get("__autoscaling_status")
-    if not status:
-        return []
-    monitor_pid = json.loads(status).get("monitor_pid")
-    head = head_node_id()
-    if not monitor_pid or not head:
-        return []
-    read = ray.remote(num_cpus=0, max_retries=0)(_read_monitor_node_types).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
-    raw = ray.get(read.remote(int(monitor_pid)), timeout=30)
-    return [NodeType(name, dict(res), int(n)) for name, res, n in raw]
-
-
-def head_node_id() -> str | None:
-    """The id of the cluster's live head node (None if Ray lists none)."""
-    import ray
-
-    head = [n["NodeID"] for n in ray.nodes()
-            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
-    return head[0] if head else None
-
-
-def _read_monitor_node_types(monitor_pid: int) -> list[tuple]:
-    """On the head: the worker node types of the YAML the monitor was started with."""
-    import yaml
-
-    with open(f"/proc/{monitor_pid}/cmdline", "rb") as f:
-        argv = f.read().decode().split("\0")
-    path = None
-    for i, arg in enumerate(argv):
-        if arg.startswith("--autoscaling-config="):
-            path = arg.split("=", 1)[1]
-        elif arg == "--autoscaling-config" and i + 1 < len(argv):
-            path = argv[i + 1]
-    if not path:
-        return []
-    with open(os.path.expanduser(path)) as f:
-        config = yaml.safe_load(f)
-    head_type = config.get("head_node_type")
-    out = []
-    for name, spec in (config.get("available_node_types") or {}).items():
-        if name == head_type:
-            continue
-        resources = {k: float(v) for k, v in (spec.get("resources") or {}).items()}
-        out.append((name, resources, int(spec.get("max_workers", config.get("max_workers", 0)))))
-    return out
 
 
 # ---------------------------------------------------------------- the plan
@@ -473,7 +284,7 @@ def check_satisfiable(bundle: dict, count: int, view: ClusterView, *, what: str,
                       reserve_cpus: float = 0.0) -> None:
     """Raise ResourceError when `count` x `bundle` (+ reserve_cpus for other stages) can never run."""
     bundle = {k: v for k, v in bundle.items() if v}
-    asked = f"{count} {what}(s) x {_fmt(bundle)}"
+    asked = f"{count} {what}(s) x {format_resources(bundle)}"
     if not view.fits_one_node(bundle):
         raise ResourceError(f"{asked}: no node can hold one {what}; {view.describe()}")
     for resource, amount in bundle.items():
@@ -486,135 +297,6 @@ def check_satisfiable(bundle: dict, count: int, view: ClusterView, *, what: str,
 # ---------------------------------------------------------------- on the actors
 
 
-class PlacementBook:
-    """A zero-CPU Ray actor the model actors report to: which node, which GPUs, which device."""
-
-    def __init__(self):
-        self.entries = []
-
-    def record(self, entry: dict) -> None:
-        self.entries.append(entry)
-
-    def read(self) -> list[dict]:
-        return list(self.entries)
-
-
-def new_placement_book():
-    """The book lives on the head node (soft: anywhere if it cannot), the node a cluster does not
-    lose without losing the job, so a lost worker node does not take the book along."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    book = ray.remote(num_cpus=0)(PlacementBook)
-    head = head_node_id()
-    if head:
-        book = book.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=True))
-    return book.remote()
-
-
-def read_placements(book) -> list[dict]:
-    """The placements a job's actors recorded in its book (none without a book, or when the
-    book is gone with its node: the record is for the summary, never a reason to fail the job)."""
-    import ray
-
-    if book is None:
-        return []
-    try:
-        return ray.get(book.read.remote(), timeout=30)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:  # ActorUnavailableError too
-        log.warning("the record of where the actors ran was lost (%s); the summary lists no placements",
-                    type(err).__name__)
-        return []
-
-
-@contextmanager
-def ending_placement_books(*books):
-    """The life of a job's placement books: each ends (its actor is killed) when the job
-    leaves the block, finished or failed.  Read them inside the block.
-
-    Ray Data keeps a pool's constructor arguments (the book's handle among them) after the
-    job, so a book would otherwise outlive it: one idle actor per job in a long-lived
-    driver (a notebook, a benchmark, the test session)."""
-    import ray
-
-    try:
-        yield
-    finally:
-        for book in {id(b): b for b in books if b is not None}.values():
-            try:
-                ray.kill(book)
-            except Exception as err:  # the job's own error, if any, is the one to raise
-                log.debug("placement book not ended: %s", err)
-
-
-def placement_summary(plan: ActorPlan, entries: list[dict]) -> dict:
-    """What a job's summary records: device, pool, and where each actor ran."""
-    return {"device": plan.device, "actors": plan.summary(),
-            "nodes": sorted({e["node_id"] for e in entries}),
-            "gpu_ids": sorted({g for e in entries for g in e["gpu_ids"]}),
-            "cpu_standin": any(e["cpu_standin"] for e in entries),
-            "placements": entries}
-
-
-def claim_device(planned: str, what: str, book=None, torch_threads: int = 1) -> str:
-    """In a model actor: the torch device to use; records the placement in `book`.
-
-    cuda without CUDA raises NoCudaError (or, with CYCLEDRUMS_TEST_CPU_STANDIN_FOR_GPU=1,
-    runs on CPU as a stand-in); cpu actors get `torch_threads` intra-op threads.
-    """
-    import ray
-    import torch
-
-    in_ray = ray.is_initialized()  # False when a test calls the actor class directly
-    node_id = ray.get_runtime_context().get_node_id() if in_ray else None
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()] if in_ray else []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    device, standin = planned, False
-    if planned == "cuda" and not torch.cuda.is_available():
-        if os.environ.get(STANDIN_ENV) != "1":
-            raise NoCudaError(
-                f"{what} actor on node {node_id} was given GPU(s) {gpu_ids or 'none'} by Ray "
-                f"(CUDA_VISIBLE_DEVICES={visible!r}) but torch sees no CUDA device: the node's "
-                "image, driver or torch build is broken; fix the node or run with --device cpu")
-        device, standin = "cpu", True
-        log.warning("%s actor: no CUDA on node %s, running on CPU as a test stand-in (%s=1)",
-                    what, node_id, STANDIN_ENV)
-    if device == "cpu":
-        torch.set_num_threads(max(1, int(torch_threads)))
-    entry = {"what": what, "node_id": node_id, "node_ip": ray.util.get_node_ip_address() if in_ray else None,
-             "gpu_ids": gpu_ids, "cuda_visible_devices": visible, "planned_device": planned,
-             "device": device, "cpu_standin": standin, "torch_threads": torch.get_num_threads(),
-             "pid": os.getpid()}
-    if book is not None:
-        try:
-            ray.get(book.record.remote(entry), timeout=60)
-        except ray.exceptions.RayActorError as err:  # ActorUnavailableError is one
-            # The book went with a lost node: the actor still works; the summary misses its entry.
-            log.warning("%s actor: placement not recorded (%s)", what, type(err).__name__)
-    return device
-
-
-@contextmanager
-def broken_gpu_node_as(error_type: type[Exception]):
-    """Around a job's collection on the driver: an actor's NoCudaError (a broken GPU node)
-    becomes `error_type` with NoCudaError's one-line text, not Ray's 300-line actor
-    traceback; any other error passes unchanged."""
-    try:
-        yield
-    except Exception as err:
-        message = _no_cuda_message(err)
-        if message:
-            raise error_type(message) from err
-        raise
-
-
-def _no_cuda_message(err: BaseException) -> str | None:
-    """The NoCudaError text inside an error Ray raised on the driver (actor died), if any."""
-    text = str(err)
-    marker = "NoCudaError: "
-    if marker not in text:
-        return None
-    return text.split(marker, 1)[1].strip().splitlines()[0]
 
 
 def plan_model_stage(request: ResourceRequest, *, what: str, **policy) -> tuple[ActorPlan, object]:
@@ -640,18 +322,3 @@ def plan_workers(requested_device: str, num_workers: int, cpus_per_worker: float
     check_satisfiable(bundle, num_workers, view, what=what)
     log.info("%d %s(s) on %s (%s)", num_workers, what, device, why)
     return device, new_placement_book()
-
-
-def claim_train_device(device, what: str = "training worker", book=None, torch_threads: int = 1):
-    """In a Ray Train worker: `device` (Ray Train's torch device) after the same checks as
-    claim_device; the CPU when the test-only stand-in replaces a GPU."""
-    import torch
-
-    used = claim_device(device.type, what, book, torch_threads)
-    return device if used == device.type else torch.device(used)
-
-
-def train_backend(device: str) -> str | None:
-    """The torch.distributed backend Ray Train should use: gloo for a CPU stand-in of a GPU
-    (NCCL needs CUDA); None = Ray Train's default."""
-    return "gloo" if device == "cuda" and os.environ.get(STANDIN_ENV) == "1" else None

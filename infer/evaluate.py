@@ -207,7 +207,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Run the whole job; returns score's summary (also OUTPUT/summary.json) with an `evaluate` part."""
     from cluster.ray_runtime import init_ray
     from cluster.node_watch import watching_nodes
-    from cluster.resources import broken_gpu_node_as, ending_placement_books
+    from cluster.placement import broken_gpu_node_as, ending_placement_books
     from pipelines.storage import storage_faults_in_ray
 
     from infer.results import EVALUATE_RESULTS, ResultSet
@@ -266,8 +266,9 @@ def _plan_pools(request: ResourceRequest, n_models: int) -> dict:
     two pools; each actor reserves half of --gpus-per-actor, and by default each pool
     grows to half of what one pool could, so a generator and an Inception actor share each GPU.
     """
-    from cluster.resources import (ResourceError, choose_device, cluster_view, ending_placement_books,
-                                   plan_model_stage)
+    from cluster.resources import ResourceError, choose_device, plan_model_stage
+    from cluster.cluster_view import cluster_view
+    from cluster.placement import ending_placement_books
     from infer.generate import IO_CPUS
 
     g = request.gpus_per_actor
@@ -292,7 +293,7 @@ def _plan_pools(request: ResourceRequest, n_models: int) -> dict:
 def _pool_summaries(pools: dict) -> dict:
     """Each pool's placement summary; each book is read once (on CPU both pools are the one
     fused pool, with one book)."""
-    from cluster.resources import placement_summary, read_placements
+    from cluster.placement import placement_summary, read_placements
 
     entries = {}  # id(book) -> its placements
     for plan, book in pools.values():

@@ -205,7 +205,7 @@ class GeneratorActor:
         `n_iter`: Griffin-Lim iterations of the inversion each batch ends with."""
         import torch
 
-        from cluster.resources import claim_device
+        from cluster.placement import claim_device
         from pipelines.mel import MelParams
         from train.checkpoint import load_generator
         from train.models import build_generator
@@ -645,8 +645,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
     import pyarrow as pa
 
     from cluster.ray_runtime import init_ray
-    from cluster.resources import (ResourceError, ending_placement_books, placement_summary, plan_model_stage,
-                                   read_placements)
+    from cluster.resources import ResourceError, plan_model_stage
+    from cluster.placement import ending_placement_books, placement_summary, read_placements
 
     from infer.results import generate_results
     from infer.runtime import join_uri, write_table
@@ -793,7 +793,7 @@ def _split_results(batch: dict, manifest: list[dict], errors: list[dict]) -> tup
 def _collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
     """(manifest rows, error rows) as the job's batches come back."""
     from cluster.node_watch import watching_nodes
-    from cluster.resources import broken_gpu_node_as
+    from cluster.placement import broken_gpu_node_as
     from pipelines.storage import storage_faults_in_ray
 
     from infer.runtime import Progress

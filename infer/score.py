@@ -89,8 +89,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     """Run the whole scoring job; returns the summary (also written to OUTPUT/summary.json)."""
     from cluster.node_watch import watching_nodes
     from cluster.ray_runtime import init_ray
-    from cluster.resources import (broken_gpu_node_as, ending_placement_books, placement_summary,
-                                   read_placements)
+    from cluster.placement import broken_gpu_node_as, ending_placement_books, placement_summary, read_placements
 
     from infer.results import SCORE_RESULTS, ResultSet
 

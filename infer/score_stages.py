@@ -283,7 +283,7 @@ class InceptionActor:
     def __init__(self, weights: str, n_mels: int, window_frames: int, device: str,
                  s3_endpoint_url: str | None = None, batch_size: int = 16, placements=None,
                  torch_threads: int = 1):
-        from cluster.resources import claim_device
+        from cluster.placement import claim_device
         from infer.inception import InceptionFeatures, load_state_dict
 
         self.device = claim_device(device, "Inception", placements, torch_threads)

@@ -9,8 +9,8 @@ import sys
 from dataclasses import dataclass
 
 from cluster.job_options import add_job_options
-from cluster.options import add_option_flags, options_from_args
-from cluster.resources import add_resource_options
+from cluster.options import add_old_flag, add_option_flags, options_from_args
+from cluster.resources import add_resource_options, parse_actors
 from pipelines.codec_options import griffin_lim_option
 
 
@@ -201,8 +201,6 @@ def _register_prepare(sub) -> None:
                    "Local .th files are read weights-only: tensors and the Demucs model classes, "
                    "nothing that runs code; a file that needs more is refused. Use local files "
                    "only from a source you trust")
-    p.add_argument("--separators", type=int, default=None,
-                   help="mixes: Demucs actors, the same as --actors N (default: see --actors)")
     p.add_argument("--num-cpus", type=float, default=None,
                    help="cap on the logical CPUs this job uses (default: all of the cluster's)")
     p.add_argument("--limit", type=int, default=None,
@@ -211,6 +209,7 @@ def _register_prepare(sub) -> None:
                    help="redo tracks already in OUTPUT (default: skip them)")
     add_resource_options(p, what="mixes: Demucs",
                          cpu_default="1 actor using all the CPUs but one as torch threads")
+    add_old_flag(p, "--separators", "--actors", dest="actors", type=parse_actors)  # the same, said twice
     add_job_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_prepare)
@@ -225,7 +224,7 @@ def _run_prepare(args) -> int:
         input=args.input, output=args.output, layout=args.layout, genres=genres,
         tracks_csv=args.tracks_csv, test_fraction=args.test_fraction,
         min_level_db=args.min_level_db, demucs_model=args.demucs_model,
-        separators=args.separators, num_cpus=args.num_cpus, overwrite=args.overwrite,
+        num_cpus=args.num_cpus, overwrite=args.overwrite,
         limit=args.limit, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args),
     )

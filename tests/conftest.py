@@ -69,7 +69,7 @@ def ray_local():
 
     import ray
 
-    from cluster.resources import NODE_CORES
+    from cluster.cluster_view import NODE_CORES
 
     ray.init(num_cpus=4, resources={NODE_CORES: float(os.cpu_count() or 1)}, include_dashboard=False,
              object_store_memory=400 * 1024 * 1024, log_to_driver=False)

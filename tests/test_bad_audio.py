@@ -143,7 +143,7 @@ def test_generate_decode_turns_nan_and_truncated_bass_into_error_rows(tmp_path):
 def test_prepare_decode_refuses_a_nan_stem(tmp_path):
     import pyarrow as pa
 
-    from pipelines import prepare
+    from pipelines import prepare_stages as prepare
 
     track = tmp_path / "train" / "t1"
     track.mkdir(parents=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import fake_cluster
-from cluster.resources import STANDIN_ENV
+from cluster.placement import STANDIN_ENV
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,8 @@ import torch
 from pipelines.audio import load_audio, read_audio
 from pipelines.catalog import hash_split
 from pipelines.mel import MelParams, audio_to_image, cut_windows, num_frames, window_starts
-from pipelines.prepare import ERRORS_FILE, SUMMARY_FILE, PrepareConfig, run_prepare, window_file_name
+from pipelines.prepare import ERRORS_FILE, SUMMARY_FILE, PrepareConfig, run_prepare
+from pipelines.prepare_stages import window_file_name
 from pipelines.windows import binary_to_images, mel_params_from_schema, window_schema
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -216,6 +217,7 @@ def test_user_errors_are_reported_by_the_cli(tmp_path, capsys):
 
 
 def test_demucs_actors_are_sized_to_the_cluster(ray_local):
+    from cluster.resources import ResourceRequest
     from pipelines.prepare import PrepareError, _cluster_plan
 
     cfg = PrepareConfig(input="in", output="out")
@@ -226,9 +228,16 @@ def test_demucs_actors_are_sized_to_the_cluster(ray_local):
     with pytest.raises(PrepareError, match="capped at 1"):
         _cluster_plan(PrepareConfig(input="in", output="out", num_cpus=1), "mixes")
     with pytest.raises(PrepareError, match="needs 5 CPU; the cluster has 4 CPUs"):
-        _cluster_plan(PrepareConfig(input="in", output="out", separators=4), "mixes")
-    with pytest.raises(PrepareError, match="--separators must be at least 1, got 0"):
-        _cluster_plan(PrepareConfig(input="in", output="out", separators=0), "mixes")
+        _cluster_plan(PrepareConfig(input="in", output="out", resources=ResourceRequest(actors=(4, 4))), "mixes")
+
+
+def test_separators_is_an_old_name_of_actors(capsys):
+    from cycledrums_cli import build_parser
+
+    args = build_parser().parse_args(["prepare", "in", "out", "--separators", "2"])
+    assert args.actors == (2, 2) and "--actors" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prepare", "in", "out", "--separators", "0"])
 
 
 def test_stems_with_device_cuda_say_that_no_model_runs(ray_local, caplog):

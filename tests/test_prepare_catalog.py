@@ -15,7 +15,7 @@ from pipelines.catalog import (
     hash_split,
     read_fma_tracks,
 )
-from pipelines.prepare import existing_outputs, remove_stale_temp_files, window_file_name
+from pipelines.prepare_stages import existing_outputs, remove_stale_temp_files, window_file_name
 from pipelines.storage import write_bytes_atomic
 
 

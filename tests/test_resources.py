@@ -10,20 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.resources import (
-    NODE_CORES,
-    STANDIN_ENV,
-    ClusterView,
-    NodeType,
-    NoCudaError,
-    ResourceError,
-    ResourceRequest,
-    broken_gpu_node_as,
-    check_satisfiable,
-    claim_device,
-    plan_actors,
-    plan_workers,
-)
+from cluster.cluster_view import ClusterView, NODE_CORES, NodeType
+from cluster.placement import NoCudaError, STANDIN_ENV, broken_gpu_node_as, claim_device
+from cluster.resources import ResourceError, ResourceRequest, check_satisfiable, plan_actors, plan_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_4_CPUS = ClusterView([{"CPU": 4.0}])

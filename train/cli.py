@@ -85,7 +85,8 @@ def run_train(args) -> int:
     from ray.train import TrainingFailedError
 
     from cluster.ray_runtime import local_cluster_view
-    from cluster.resources import ending_placement_books, plan_workers
+    from cluster.placement import ending_placement_books
+    from cluster.resources import plan_workers
 
     local = local_cluster_view(args.address)
     if local:  # an impossible request fails before a local Ray starts (ResourceError: a UserError)

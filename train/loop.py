@@ -50,7 +50,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from cluster.resources import claim_train_device
+    from cluster.placement import claim_train_device
 
     cfg = TrainConfig.from_dict(loop_config["config"])
     params = MelParams.from_dict(loop_config["mel_params"])

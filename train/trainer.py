@@ -242,7 +242,7 @@ def train(data: str, run_dir: str, options: dict, *, num_workers: int = 1, devic
 
     from cluster.loopback_torch import LoopbackTorchConfig
     from cluster.node_watch import watching_nodes
-    from cluster.resources import read_placements, train_backend
+    from cluster.placement import read_placements, train_backend
     from train.interrupt import InterruptibleTorchTrainer  # Ctrl-C: exit 130, "interrupted"
     from train.loop import train_loop_per_worker
     from train.run_lock import run_lock
