@@ -154,7 +154,7 @@ def _media(items, reference, settings):
 
 def clip_audio(reference, clip_id: str, entries: list, settings) -> tuple[dict, list[str]]:
     """The bass, drums and mix Ogg files of each (token, set label, generated) of one reference clip."""
-    from infer.html_report import Media, ogg_bytes
+    from infer.media import Media, ogg_bytes
     from infer.runtime import join_uri
     from pipelines.storage import write_bytes
 

@@ -209,6 +209,6 @@ def wav_bytes(signal: np.ndarray, sample_rate: int) -> bytes:
 
 def mel_png_bytes(image: np.ndarray, params) -> bytes:
     """uint8 [n_mels, frames] -> the report's spectrogram figure: time (s), frequency (Hz), colour bar (dB)."""
-    from infer.html_report import spectrogram_png
+    from infer.media import spectrogram_png
 
     return spectrogram_png({"generated drums": np.asarray(image, np.uint8)}, params)

@@ -231,7 +231,7 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
 
 def media_settings(cfg: ScoreConfig, params):
     """How the report and the grading sheet make their media: with this job's settings."""
-    from infer.html_report import MediaSettings
+    from infer.media import MediaSettings
 
     return MediaSettings(params, cfg.griffin_lim_iters, cfg.seed, cfg.output, cfg.s3_endpoint_url)
 

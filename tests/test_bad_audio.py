@@ -247,7 +247,7 @@ _ENCODE = """
 import sys
 import numpy as np
 import soundfile as sf, io
-from infer.html_report import ogg_bytes
+from infer.media import ogg_bytes
 seconds = float(sys.argv[1])
 x = (0.3 * np.sin(np.arange(int(22050 * seconds)) * 0.0157)).astype('f4')
 data = ogg_bytes(x, 22050)

@@ -118,7 +118,7 @@ def test_the_reports_audio_uses_the_jobs_griffin_lim_setting(monkeypatch):
     """The report and the grading sheet rebuild Parquet windows (true drums, bass) as audio with the
     job's --griffin-lim-iters, not a number of their own."""
     import pipelines.mel as mel
-    from infer.html_report import Media
+    from infer.media import Media
     from infer.score_summary import media_settings
 
     calls = []
