@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None, filter_stderr: bool = False) -> int:
     )
     try:
         result = args.func(args)
-    except UserError as err:
+    except (UserError, FileNotFoundError) as err:  # a missing input file is the user's to fix
         if args.verbose:
             traceback.print_exc()
         print(f"cycledrums {args.command}: error: {err}", file=sys.stderr)

@@ -125,10 +125,7 @@ def _parse_env(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _run_submit(args) -> int:
-    from cluster.errors import CliError
-
-    from cluster.submit import (DEFAULT_MAX_FILE_MB, SubmitError, SubmitRequest, run_submit,
-                                validate_job_args)
+    from cluster.submit import DEFAULT_MAX_FILE_MB, SubmitRequest, run_submit, validate_job_args
 
     job_args = _split_submit_options(args)
     req = SubmitRequest(
@@ -137,9 +134,6 @@ def _run_submit(args) -> int:
         env_vars=_parse_env(args.env), working_dir=args.working_dir,
         max_file_mb=args.max_file_mb or DEFAULT_MAX_FILE_MB, submission_id=args.submission_id,
         wait=args.wait is not False)
-    try:
-        if args.validate is not False:
-            validate_job_args(req.job, req.job_args)
-        return run_submit(req)
-    except SubmitError as err:
-        raise CliError(str(err)) from err
+    if args.validate is not False:
+        validate_job_args(req.job, req.job_args)
+    return run_submit(req)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from cluster.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -40,7 +42,7 @@ _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 _AGENT_WAIT_SECONDS = 60.0
 
 
-class SubmitError(Exception):
+class SubmitError(UserError):
     """Submission could not happen (bad address, auth, runtime env); a user-facing message."""
 
 

@@ -79,21 +79,15 @@ with --variation 0 (the default) the seed changes nothing.""",
 
 
 def _run_generate(args) -> int:
-    from cluster.errors import CliError
-
     from cluster.resources import ResourceRequest
-
-    from infer.generate import GenerateConfig, GenerateError, run_generate
+    from infer.generate import GenerateConfig, run_generate
 
     cfg = GenerateConfig(
         **options_from_args(GenerationOptions, args),
         checkpoint=args.checkpoint, inputs=list(args.inputs), output=args.output, seed=args.seed,
         s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args))
-    try:
-        summary = run_generate(cfg)
-    except (GenerateError, FileNotFoundError) as err:
-        raise CliError(str(err)) from err
+    summary = run_generate(cfg)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -275,22 +269,14 @@ Inception actor share each GPU (each reserves half of --gpus-per-actor).""",
 
 
 def _run_evaluate(args) -> int:
-    from cluster.errors import CliError
-
     from cluster.resources import ResourceRequest
-
     from infer.evaluate import EvaluateConfig, run_evaluate
-    from infer.grader import AnnotationError
-    from infer.score import ScoreError
 
     cfg = EvaluateConfig(
         **options_from_args(EvaluateConfig, args), checkpoint=args.checkpoint, test_set=args.test_set, output=args.output, also=list(args.also),
         keep_audio=args.keep_audio, seed=args.seed, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
         resources=ResourceRequest.from_args(args))
-    try:
-        summary = run_evaluate(cfg)
-    except (ScoreError, AnnotationError, FileNotFoundError) as err:
-        raise CliError(str(err)) from err
+    summary = run_evaluate(cfg)
     _print_grading(summary)
     if args.json:
         print(json.dumps(summary))

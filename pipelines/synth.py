@@ -18,8 +18,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from cluster.errors import UserError
+
 SAMPLE_RATE = 44100
 STEMS = ("bass", "drums", "other")
+
+
+class SynthError(UserError):
+    """Bad synth options, or an OUTPUT that cannot be a folder."""
 
 
 @dataclass
@@ -122,7 +128,7 @@ def _stereo(mono: np.ndarray, pan: float) -> np.ndarray:
 def plan_dataset(tracks: int, seed: int) -> list[SongPlan]:
     """Which songs to make: tempo, key and split per track (a third, at least one, go to test)."""
     if tracks < 1:
-        raise ValueError(f"--tracks must be at least 1, got {tracks}")
+        raise SynthError(f"--tracks must be at least 1, got {tracks}")
     rng = np.random.default_rng(seed)
     n_test = 0 if tracks == 1 else max(1, tracks // 3)
     return [
@@ -140,10 +146,10 @@ def plan_dataset(tracks: int, seed: int) -> list[SongPlan]:
 def write_dataset(out: str | Path, tracks: int = 8, seconds: float = 30.0, seed: int = 0) -> list[SongPlan]:
     """Write the data set under `out`; returns the plans (also in OUT/synth.json)."""
     if seconds < 1.0:
-        raise ValueError(f"--seconds must be at least 1, got {seconds}")
+        raise SynthError(f"--seconds must be at least 1, got {seconds}")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"OUT {out} is an existing file; give a folder")
+        raise SynthError(f"OUTPUT {out} is an existing file; give a folder")
     plans = plan_dataset(tracks, seed)
     for plan in plans:
         stems = render_song(plan, seconds)
