@@ -315,7 +315,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 DEMO_DESCRIPTION = """\
-The whole pipeline on built-in data, on one local Ray started once.
+Run the whole pipeline on built-in data, on one local Ray started once.
 
   cycledrums demo demo-output --quick      # a minute: every step runs, nothing is learnt
 

@@ -10,7 +10,7 @@ import os
 SUBMIT_DESCRIPTION = """\
 Run a cycledrums job on a Ray cluster through the Ray Jobs API.
 
-  cycledrums submit JOB [JOB ARGS...] [--address http://HOST:8265] [options]
+  cycledrums submit prepare s3://bucket/songs s3://bucket/windows --address http://HOST:8265
 
 JOB is any subcommand (synth, prepare, train, generate, score, demo, ...) and JOB
 ARGS are its arguments, exactly as on this machine; they are checked here with the

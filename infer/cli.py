@@ -31,7 +31,9 @@ def _register_generate(sub) -> None:
         help="generate drums for bass lines with a trained checkpoint (Ray Data batch job)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
-Generate drums for bass lines with a trained CycleGAN (or Pix2Pix) checkpoint.
+Generate drums for bass lines with a trained CycleGAN (or Pix2Pix) checkpoint (Ray Data).
+
+  cycledrums generate run/ bass-lines/ drums-out --variation 0.1 --seed 3
 
 INPUT is one or more bass audio files or folders of them (any length, any format
 soundfile reads: WAV, FLAC, OGG, MP3), or a Parquet window set written by
@@ -42,7 +44,8 @@ clip is named after its folder; otherwise every audio file is a clip named after
 its path without extension.
 
 Per clip, under OUTPUT/<clip id>/:
-  drums.wav     the generated drums, mono, level-matched to the bass
+  drums.wav     the generated drums, mono, at the level --drums-level says (by
+                default the one the generator drew), only their peaks limited
   mix.wav       the ORIGINAL bass (its channels, resampled only if --sample-rate
                 asks) plus the drums; scaled down only if it would clip
   drums_mel.png the stitched drum mel-spectrogram (low frequencies at the bottom)
@@ -54,16 +57,12 @@ For a Parquet input the bass in the mix is re-synthesised from its mel window
 (the Parquet holds no audio), and the output rate defaults to the mel rate.
 
 The job: decode + mel + 256-frame windows (CPU tasks) -> the generator (an actor
-pool: GPU actors with --device cuda, or auto on a cluster that has or can add
-GPUs; else CPU actors on half the cluster's CPUs minus one) -> windows stitched with a raised-cosine cross-fade over
-their 50-frame overlaps (overlap-add of mel power), Griffin-Lim, level match, mix,
-write (CPU tasks).
-
-Randomness: the generator is deterministic.  With --variation S > 0, Gaussian noise
-of standard deviation S (in the model's [-1, 1] input scale) is added to each bass
-window before the generator, drawn from --seed, the clip id and the window index:
-different seeds give different drums, the same seed gives the same drums, and
-with --variation 0 (the default) the seed changes nothing.""",
+pool, see --device and --actors) -> windows stitched with a raised-cosine cross-fade
+over their 50-frame overlaps, Griffin-Lim, level, mix, write (CPU tasks).  The
+generator is deterministic; with --variation S > 0 its input noise is drawn from
+--seed, the clip id and the window index: different seeds give different drums, the
+same seed the same drums, and with --variation 0 (the default) the seed changes
+nothing.""",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="a checkpoint folder, or a training run folder (its latest checkpoint is used); local or s3://")
@@ -110,7 +109,9 @@ def _register_score(sub) -> None:
         help="score generated drums against the true drums: STOI-like, Inception-density, rhythm; grader",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
-Score generated drums against the true drums of the same clips (Ray Data job).
+Score generated drums against the true drums of the same clips (Ray Data).
+
+  cycledrums score cyclegan=drums-out windows/ scores --also pix2pix=pix2pix-out
 
 GENERATED  the drums to score: a `cycledrums generate` OUTPUT folder (its manifest
            lists the clips), or a folder of drum audio (`<clip>/drums.wav` or
@@ -129,19 +130,17 @@ OUTPUT     folder (local or s3://) for clips.parquet/.csv (per clip: 256 STOI-li
            errors.parquet/.csv, summary.json (per set: means, Fréchet distance per
            Inception layer, bucket histograms; grader accuracy and confusion matrix),
            buckets.png / grades.png (like the paper's figures 4 / 3), features.png,
-           grader.json + grader.npz when a grader is trained (plain data, no pickle),
-           and grade.html with --grading-sheet (see below).
+           report.html, grader.json + grader.npz when a grader is trained (plain
+           data, no pickle), and grade.html with --grading-sheet (see below).
 
 Clips match when their ids are equal, or when one is the other with leading
 folders removed ("track-1" matches "test/track-1"), if exactly one reference clip
 fits; a set with no matching clip at all is an error (exit 2).
 
-Baselines (--baselines): for every reference clip, the true drums, another clip's
-true drums (seeded pairing), the bass, noise with the drums' long-term spectrum and
-silence are scored as sets of their own (flagged baseline).  The sanity ladder in
+Baselines (--baselines) are scored as sets of their own; the sanity ladder in
 summary.json says, per metric, whether it ranks them true > other clip > noise /
-silence / bass (set means and per-clip win rates); the grader is trained only on
-the metrics that pass.
+silence / bass (set means and per-clip win rates), and the grader is trained only
+on the metrics that pass.
 
 Annotations CSV (--annotations): header clip_id,rater,quality,contamination,
 credibility,time[,set]; one row per clip and rater; the four grades are integers
@@ -149,17 +148,15 @@ credibility,time[,set]; one row per clip and rater; the four grades are integers
 raters and dimensions, rounded; buckets 0-3, 4-5, 6-7, 8-9.  `set` is needed only
 when several GENERATED sets share clip ids.  Repeat --annotations for several raters.
 
-The grading loop: --grading-sheet N writes OUTPUT/grade.html, a blind listening test
-of N clips sampled (--seed) across the sets and the baselines, each shown only by an
-opaque id with its bass, drums and mix (audio under OUTPUT/grading/<id>/) and four 0-9
-inputs; answers stay in the browser and download as each rater's annotations CSV.
-The map from id to (set, clip) is OUTPUT/grading_key.csv, not linked from the page:
-give raters grade.html and grading/ only.  Then run score again with
---annotations A.csv --annotations B.csv (the ids are mapped back through
-OUTPUT/grading_key.csv, or --grading-key): summary.json's `human_grades` and
-report.html give the raters' Pearson agreement per dimension and overall, each set's
-grade distribution with the baselines as anchors, the grader's cross-validated
-accuracy and confusion matrix, and the grader's buckets for every clip.""",
+The grading loop: --grading-sheet N writes the blind listening test OUTPUT/grade.html
+(audio under OUTPUT/grading/<id>/); give raters grade.html and grading/ only, not
+OUTPUT/grading_key.csv, the map from id to (set, clip).  Each rater's answers
+download as an annotations CSV.  Then score again with --annotations A.csv
+--annotations B.csv (ids mapped back through OUTPUT/grading_key.csv, or
+--grading-key): summary.json's `human_grades` and report.html give the raters'
+Pearson agreement per dimension and overall, each set's grade distribution with the
+baselines as anchors, the grader's cross-validated accuracy and confusion matrix,
+and the grader's buckets for every clip.""",
     )
     p.add_argument("generated", metavar="GENERATED", help="[LABEL=]PATH of the generated drums (see above)")
     p.add_argument("reference", metavar="REFERENCE", help="Parquet window set or folder of true drums (see above)")
@@ -217,9 +214,13 @@ def _register_evaluate(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Generate drums for a test set with one or more checkpoints and score them, in one
-Ray Data job: the test clips stream through the generator into the scoring stages,
-with the same outputs as `cycledrums generate` then `cycledrums score` on the same
-clips, without writing every generated clip to storage and reading it back.
+Ray Data job.
+
+  cycledrums evaluate cyclegan=run/ data/test scores --also pix2pix=pix2pix-run/
+
+The test clips stream through the generator into the scoring stages, with the same
+outputs as `cycledrums generate` then `cycledrums score` on the same clips, without
+writing every generated clip to storage and reading it back.
 
 CHECKPOINT  [LABEL=]checkpoint folder or training run folder (its latest
             checkpoint), local or s3://.  Its set is labelled LABEL, default the
@@ -236,16 +237,16 @@ OUTPUT      folder, local or s3:// (created if missing): score's outputs,
             with media/ beside it; and the generated audio as generate lays it out,
             audio/<set>/<clip>/drums.wav, mix.wav, drums_mel.png.
 
-Audio is written only for the clips report.html shows (the worst, best and random
---report-clips per set; they are generated again once the scores pick them, with
-the same seed), or for every clip with --keep-audio.  The clips table's
-`generated` column names each clip's drums.wav ('' where none was written).
+Audio is written only for the clips report.html shows (--report-clips per set; they
+are generated again with the same seed once the scores pick them), or for every
+clip with --keep-audio.  The clips table's `generated` column names each clip's
+drums.wav ('' where none was written).
 
-The job: reference rows and the models' input (CPU tasks) -> per model, the
-generator (actors) and the drums rendered as generate renders them, then analysed
-as score analyses a drums.wav (CPU tasks) -> features and baselines (CPU tasks) ->
-Inception (actors).  --device / --actors apply to both actor pools: on CPU each pool
-gets half of what generate or score give their one pool; on GPU a generator and an
+The job: on a CPU cluster one actor per core does a clip's whole evaluation
+(generator, Griffin-Lim, features, Inception), so the job starts one process per
+core.  On GPUs each model gets a generator actor pool, with its drums rendered as
+generate renders them and analysed as score analyses a drums.wav (CPU tasks), and
+the features run in CPU tasks beside the Inception actors; a generator and an
 Inception actor share each GPU (each reserves half of --gpus-per-actor).""",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="[LABEL=]checkpoint or training run folder (see above)")

@@ -30,12 +30,17 @@ def _register_synth(sub) -> None:
     p = sub.add_parser(
         "synth",
         help="write the built-in synthetic multitrack data set",
-        description="Write a small multitrack data set of procedural songs in the musdb18-HQ layout: "
-        "OUTPUT/<split>/<track>/{mixture,bass,drums,other}.wav (44.1 kHz stereo, 16-bit), plus "
-        "OUTPUT/synth.json with each track's tempo, key and split. Every song has a tempo, a bass line "
-        "on a 16th-note grid and drums locked to it (kick on every bass note, snare on 2 and 4, hats "
-        "on 8ths). A third of the tracks (at least one, when there are two or more) go to the test "
-        "split. The same seed gives the same files.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Write the built-in data set: procedural songs in the musdb18-HQ layout.
+
+  cycledrums synth data --tracks 12 --seconds 30
+
+Writes OUTPUT/<split>/<track>/{mixture,bass,drums,other}.wav (44.1 kHz stereo,
+16-bit) and OUTPUT/synth.json (each track's tempo, key and split).  Every song has a
+tempo, a bass line on a 16th-note grid and drums locked to it (kick on every bass
+note, snare on 2 and 4, hats on 8ths).  A third of the tracks (at least one, when
+there are two or more) go to the test split.  The same seed gives the same files.""",
     )
     p.add_argument("out", metavar="OUTPUT", help="output folder (created if missing)")
     p.add_argument("--tracks", type=int, default=8, help="number of songs (default: 8)")
@@ -67,17 +72,26 @@ def _register_grooves(sub) -> None:
     p = sub.add_parser(
         "grooves",
         help="render the Groove MIDI Dataset to a multitrack corpus of human-played drums + bass (Ray Data)",
-        description="Render performances of the Groove MIDI Dataset (GROOVE_DIR: its folder with "
-        "info.csv and the drummer*/ MIDI files, local or s3://) to OUTPUT in the musdb18-HQ layout: "
-        "OUTPUT/<split>/<track>/{mixture,bass,drums}.wav (44.1 kHz stereo, 16-bit). Drums: the "
-        "performance rendered with a General MIDI SoundFont (pretty_midi's TimGM6mb by default). "
-        "Bass: a part composed for the performance, starting on its kicks (the drummer's timing "
-        "kept) and, by style, some snares or off-beats, on a seeded chord progression. Takes: long "
-        "'beat' performances (no fills) of at least --min-seconds. The dataset's split is kept; its "
-        "validation set is written as test. Also writes OUTPUT/grooves.json (style, bpm, drummer, split "
-        "per track; it lists every track folder OUTPUT holds, so a re-run with another selection adds "
-        "its tracks to the earlier ones; remove a folder to drop a track) and OUTPUT/_errors.csv (unreadable or empty MIDI files; the job goes on). One Ray "
-        "task per performance. The same seed gives the same files.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Render Groove MIDI Dataset performances, each with a bass part composed for it, to a
+multitrack data set in the musdb18-HQ layout (Ray Data).
+
+  cycledrums grooves groove/ grooves-data --max-tracks 160 --max-seconds 40
+
+GROOVE_DIR is the dataset's folder with info.csv and the drummer*/ MIDI files, local
+or s3://.  Writes OUTPUT/<split>/<track>/{mixture,bass,drums}.wav (44.1 kHz stereo,
+16-bit), OUTPUT/grooves.json (style, bpm, drummer, split per track; it lists every
+track folder OUTPUT holds, so a re-run with another selection adds its tracks to the
+earlier ones; remove a folder to drop a track) and OUTPUT/_errors.csv (unreadable or
+empty MIDI files; the job goes on).
+
+Drums: the performance rendered with a General MIDI SoundFont (pretty_midi's
+TimGM6mb by default).  Bass: a part composed for the performance, starting on its
+kicks (the drummer's timing kept) and, by style, some snares or off-beats, on a
+seeded chord progression.  Takes: long 'beat' performances (no fills) of at least
+--min-seconds.  The dataset's split is kept; its validation set is written as test.
+One Ray task per performance.  The same seed gives the same files.""",
     )
     p.add_argument("groove_dir", metavar="GROOVE_DIR", help="Groove MIDI folder (with info.csv) or s3:// prefix")
     p.add_argument("out", metavar="OUTPUT", help="output folder or s3:// prefix (created if missing)")
@@ -129,11 +143,17 @@ def _register_roundtrip(sub) -> None:
     p = sub.add_parser(
         "roundtrip",
         help="hear what the mel representation costs: audio -> mel/dB/uint8 -> audio",
-        description="Send INPUT through the model's representation (22,050 Hz mono, 256-bin mel power "
-        "spectrogram, dB over the fixed range, uint8) and back (pseudo-inverse of the mel filter bank, "
-        "Griffin-Lim), write the result to OUTPUT as a 22,050 Hz mono 16-bit WAV, and print the mel-domain "
-        "error: OUTPUT re-analysed vs INPUT, mean absolute dB difference over the fixed dB range. "
-        "INPUT may be any format soundfile reads (WAV, FLAC, OGG, MP3).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Send an audio file through the model's representation and back, to hear what it costs.
+
+  cycledrums roundtrip drums.wav drums-roundtrip.wav --griffin-lim-iters 32
+
+There: 22,050 Hz mono, 256-bin mel power spectrogram, dB over the fixed range, uint8.
+Back: the pseudo-inverse of the mel filter bank, then Griffin-Lim.  Writes OUTPUT as a
+22,050 Hz mono 16-bit WAV and prints the mel-domain error: OUTPUT re-analysed vs
+INPUT, mean absolute dB difference over the fixed dB range.  INPUT may be any format
+soundfile reads (WAV, FLAC, OGG, MP3).""",
     )
     p.add_argument("input", metavar="INPUT", help="input audio file")
     p.add_argument("output", metavar="OUTPUT", help="output WAV file")
@@ -163,17 +183,26 @@ def _register_prepare(sub) -> None:
     p = sub.add_parser(
         "prepare",
         help="turn a song catalog into Parquet training windows (Ray Data)",
-        description="Read a catalog of songs from INPUT and write paired bass/drums mel windows to "
-        "OUTPUT (local paths or s3:// URIs) with Ray Data. Layouts: 'stems' = musdb18-HQ folders "
-        "<split>/<track>/{bass,drums,...}.wav|.flac (the train/test folders give the split); "
-        "'mixes' = a tree of songs (MP3/OGG/WAV/FLAC), separated with Demucs, split by a hash of the "
-        "track id, optionally filtered with FMA's tracks.csv (albums with the word 'live' in the "
-        "title are dropped). Writes OUTPUT/{train,test}/<track>.parquet (one file per track, 256x256 uint8 "
-        "windows, 50 frames overlap, mel parameters in the file metadata), OUTPUT/_errors.csv "
-        "(track, path, stage, reason, outcome: failures, such as corrupt, truncated or silent files, and tracks kept with a warning) and "
-        "OUTPUT/_summary.json (this run, and what OUTPUT holds). Tracks already in OUTPUT are "
-        "skipped unless --overwrite. Exit status 1 when OUTPUT holds no window after the run, or "
-        "when tracks failed on storage faults (a re-run retries them). S3 credentials come from the standard AWS environment.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Turn a song catalog into paired bass/drums mel windows for training (Ray Data).
+
+  cycledrums prepare s3://bucket/musdb18hq s3://bucket/windows
+
+INPUT and OUTPUT are local folders or s3:// prefixes.  Two layouts (--layout; by
+default detected):
+  stems  musdb18-HQ folders <split>/<track>/{bass,drums,...}.wav|.flac (the train/test
+         folders give the split);
+  mixes  a tree of songs (MP3/OGG/WAV/FLAC), separated with Demucs, split by a hash of
+         the track id, optionally filtered with FMA's tracks.csv (albums with the
+         word 'live' in the title are dropped).
+Writes OUTPUT/{train,test}/<track>.parquet (one file per track, 256x256 uint8
+windows, 50 frames overlap, mel parameters in the file metadata), OUTPUT/_errors.csv
+(track, path, stage, reason, outcome: failures, such as corrupt, truncated or silent
+files, and tracks kept with a warning) and OUTPUT/_summary.json (this run, and what
+OUTPUT holds).  Tracks already in OUTPUT are skipped unless --overwrite.  Exit status
+1 when OUTPUT holds no window after the run, or when tracks failed on storage faults
+(a re-run retries them).  S3 credentials come from the standard AWS environment.""",
     )
     p.add_argument("input", metavar="INPUT", help="folder or s3:// prefix holding the catalog")
     p.add_argument("output", metavar="OUTPUT", help="folder or s3:// prefix for the window data set")

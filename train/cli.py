@@ -21,11 +21,17 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="train the CycleGAN (or the Pix2Pix baseline) on prepared windows with Ray Train",
-        description="Train bass->drums on a `prepare` window set (Parquet, local or s3://) with "
-        "Ray Train: data-parallel workers (DDP), checkpoints every K steps into RUN_DIR "
-        "(local or s3://), resumable with --resume, fine-tunable with --init-from.  Options "
-        "left unset take the paper's values.  Metrics go to RUN_DIR/logs/metrics.jsonl, "
-        "spectrogram previews to RUN_DIR/logs/*.png.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Train the CycleGAN (or the Pix2Pix baseline) on a `prepare` window set with Ray Train.
+
+  cycledrums train windows/ run/ --num-workers 2 --max-steps 3000 --checkpoint-every 500
+
+DATA is the window set (Parquet, local or s3://).  Data-parallel workers (DDP),
+checkpoints every --checkpoint-every steps into RUN_DIR (local or s3://), resumable
+with --resume, fine-tunable with --init-from.  Options left unset take the paper's
+values.  Metrics go to RUN_DIR/logs/metrics.jsonl, spectrogram previews to
+RUN_DIR/logs/*.png.""",
     )
     p.add_argument("data", metavar="DATA", help="window data set written by `cycledrums prepare`")
     p.add_argument("run_dir", metavar="RUN_DIR", help="where checkpoints and logs go")
