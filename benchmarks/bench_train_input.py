@@ -2,7 +2,7 @@
 
 Writes a synthetic window set (default 20,000 full-size windows, about 2.6 GB of bass + drums
 images, in files of `--windows-per-file` rows like `prepare`'s one file per track), then runs
-the real training input (`train.trainer.build_datasets` + the worker's `train.loop` streams)
+the real training input (`train.trainer.build_datasets` + the worker's `train.batches` streams)
 in a TorchTrainer with N workers that only iterate one epoch, for each shuffle mode:
 
 - full:  a cluster-wide `random_shuffle` per epoch and stream (the old default);
@@ -58,15 +58,15 @@ def iterate_epoch(loop_config: dict) -> None:
     import torch
 
     from train.config import TrainConfig
-    from train.loop import _window_stream
+    from train.batches import window_stream
 
     cfg = TrainConfig.from_dict(loop_config["config"])
     params = MelParams.from_dict(loop_config["mel_params"])
     rank = ray.train.get_context().get_world_rank()
     device = torch.device("cpu")
-    bass = _window_stream(ray.train.get_dataset_shard("bass"), "bass", cfg, params, device,
+    bass = window_stream(ray.train.get_dataset_shard("bass"), "bass", cfg, params, device,
                           False, seed=(0, 0, rank, 1))
-    drums = _window_stream(ray.train.get_dataset_shard("drums"), "drums", cfg, params, device,
+    drums = window_stream(ray.train.get_dataset_shard("drums"), "drums", cfg, params, device,
                            False, seed=(0, 0, rank, 2))
     start, n = time.perf_counter(), 0
     for b, d in zip(bass, drums):

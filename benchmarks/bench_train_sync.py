@@ -1,6 +1,6 @@
 """What data-parallel training costs without Ray: the gradient all-reduce apart from Ray's share.
 
-Runs the project's own CycleGAN update (`train.loop.cyclegan_step`, full-size networks,
+Runs the project's own CycleGAN update (`train.steps.cyclegan_step`, full-size networks,
 batch 1) in N plain processes started with torch.multiprocessing, one torch thread per
 process unless --threads, in two variants:
 
@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from train.config import TrainConfig
-from train.loop import cyclegan_step
+from train.steps import cyclegan_step
 from train.models import build_networks
 from train.pool import ImagePool
 

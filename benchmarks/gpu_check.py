@@ -62,7 +62,7 @@ def check_train(device: str, size: dict, steps: int, batch: int) -> dict:
     import random
 
     from train.config import TrainConfig
-    from train.loop import cyclegan_step
+    from train.steps import cyclegan_step
     from train.models import build_networks
     from train.pool import ImagePool
 

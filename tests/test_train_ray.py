@@ -203,7 +203,7 @@ def test_cyclegan_streams_are_unpaired(windows, ray_local, shuffle):
     reads its shard; full: a global shuffle per stream."""
     import pyarrow.parquet as pq
 
-    from train.loop import _iter_arrow
+    from train.batches import iter_arrow
     from train.trainer import build_datasets
 
     cfg = TrainConfig(shuffle=shuffle, shuffle_buffer=64).resolved()
@@ -212,7 +212,7 @@ def test_cyclegan_streams_are_unpaired(windows, ray_local, shuffle):
     assert set(datasets) == {"bass", "drums"}
 
     def stream(column: str, seed: tuple) -> list[bytes]:
-        return [v.as_py() for batch in _iter_arrow(datasets[column], cfg, seed)
+        return [v.as_py() for batch in iter_arrow(datasets[column], cfg, seed)
                 for v in batch.column(column)]
 
     bass, drums = stream("bass", (0, 0, 0, 1)), stream("drums", (0, 0, 0, 2))

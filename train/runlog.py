@@ -1,6 +1,6 @@
 """Per-step metrics (JSON lines) and spectrogram previews, written into RUN_DIR/logs.
 
-Rank 0 writes them.  A local RUN_DIR is appended to as training goes (tail -f
+Rank 0 writes them; `MetricsBuffer` holds a worker's per-step losses until a record is due.  A local RUN_DIR is appended to as training goes (tail -f
 works); for object storage (s3://) the log is kept in a local file and uploaded
 whole at every checkpoint and at the end, since objects cannot be appended to.
 """
@@ -10,14 +10,18 @@ import io
 import json
 import os
 import posixpath
+import sys
 import tempfile
+import time
 
 import numpy as np
 
+from cluster.console import format_duration
 from pipelines.storage import fsspec_filesystem, is_remote
 
 LOG_DIR = "logs"
 METRICS = "metrics.jsonl"
+LOG_INTERVAL_S = 30.0  # a progress line about this often when --log-every is not given
 
 
 def metrics_path(run_dir: str) -> str:
@@ -97,6 +101,77 @@ class RunLog:
     def close(self) -> None:
         self.sync()
         self.file.close()
+
+
+class MetricsBuffer:
+    """A worker's per-step losses, kept on its device until a progress line is due.
+
+    Reading losses back to the host waits for the device, so `flush` reads every pending
+    step in one go.  Only rank 0 has a log: other workers drop their steps unread.
+    """
+
+    def __init__(self, log: RunLog | None, loss_names: tuple[str, ...], *, samples_per_step: int,
+                 steps_per_epoch: int, total_steps: int, stop_at: int, log_every: int | None):
+        self.log, self.loss_names = log, loss_names
+        self.samples_per_step = samples_per_step  # batch size x workers
+        self.steps_per_epoch, self.total_steps, self.stop_at = steps_per_epoch, total_steps, stop_at
+        self.log_every = log_every
+        self.pending: list[tuple] = []  # (step, lr, stacked losses, end time) not yet logged
+        self.last_time = time.perf_counter()  # of the last flush that logged
+        self.last_losses: dict[str, float] = {}
+        self.samples_per_s = 0.0
+
+    def add(self, step: int, lr: float, losses: dict) -> None:
+        import torch  # here: readers of the log (read_metrics) need no torch
+
+        stacked = torch.stack([losses[k] for k in self.loss_names])
+        self.pending.append((step, lr, stacked, time.time()))
+
+    def due(self, step: int) -> bool:
+        if self.log_every is not None:
+            return step % self.log_every == 0
+        return time.perf_counter() - self.last_time >= LOG_INTERVAL_S
+
+    def flush(self) -> None:
+        """Log the pending steps (one record each) and print a progress line."""
+        if not self.pending:
+            return
+        if self.log is None:  # only rank 0 logs: other workers skip the host sync
+            self.pending.clear()
+            return
+        import torch
+
+        now = time.perf_counter()
+        samples_per_s = len(self.pending) * self.samples_per_step / max(now - self.last_time, 1e-9)
+        values = torch.stack([p[2] for p in self.pending]).float().cpu().tolist()  # one sync
+        self.log.write([{"step": s, "epoch": (s - 1) // self.steps_per_epoch, "lr": lr,
+                         **dict(zip(self.loss_names, v)), "samples_per_s": samples_per_s,
+                         "time": ended}
+                        for (s, lr, _, ended), v in zip(self.pending, values)])
+        self._say_progress(values[-1], samples_per_s)
+        self.last_time, self.samples_per_s = now, samples_per_s
+        self.last_losses = dict(zip(self.loss_names, values[-1]))
+        self.pending.clear()
+
+    def _say_progress(self, losses: list[float], samples_per_s: float) -> None:
+        done, lr = self.pending[-1][0], self.pending[-1][1]
+        summary = " ".join(f"{k} {x:.3f}" for k, x in zip(self.loss_names, losses))
+        steps_per_s = samples_per_s / self.samples_per_step
+        say(f"step {done}/{self.total_steps} epoch {(done - 1) // self.steps_per_epoch} {summary} "
+            f"lr {lr:.3g} {samples_per_s:.2f} samples/s "
+            f"ETA {format_duration((self.stop_at - done) / max(steps_per_s, 1e-9))}")
+
+    def report(self, step: int, lr: float) -> dict:
+        """The metrics a checkpoint reports: its step, and the last logged losses and rate."""
+        return {"step": step, "epoch": step // self.steps_per_epoch, "lr": lr,
+                "samples_per_s": self.samples_per_s, **self.last_losses}
+
+
+def say(message: str) -> None:
+    """A progress line on the worker's stdout."""
+    # Not print(): Ray Train patches print to also log, which shows every line twice.
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
 
 
 def _past(line: str, step: int) -> bool:
