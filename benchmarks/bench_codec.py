@@ -19,8 +19,9 @@ import torchaudio.transforms as T
 
 from pipelines.audio import load_audio
 from pipelines.codec_options import GRIFFIN_LIM_ITERS
-from pipelines.mel import (MelParams, audio_to_image, cut_windows, db_to_power, dequantize,
+from pipelines.mel import (MelParams, audio_to_image, db_to_power, dequantize,
                            image_to_audio, mel_mae_db, mel_to_linear_power)
+from pipelines.windowing import cut_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 DRUMS = ROOT / "tests/data/lithium_drums_8s.flac"  # real drums shipped with the repository (CC0)

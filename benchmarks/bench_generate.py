@@ -77,7 +77,9 @@ def write_clips(folder: Path, n: int, seconds: float) -> list[Path]:
 def baseline(checkpoint: str, clips: list[Path], out: Path, batch_size: int, iters: int) -> dict:
     """The job's stage functions, in this process, one clip at a time (the generator also
     inverts, as in the job, so the per-stage split is the same as the manifest's)."""
-    from infer.generate import GeneratorActor, decode_batch, render_batch
+    from infer.generate_actor import GeneratorActor
+    from infer.generate_decode import decode_batch
+    from infer.generate_render import render_batch
 
     params = MelParams()
     actor = GeneratorActor(checkpoint, "cpu", batch_size, 0.0, 0, n_iter=iters)

@@ -102,7 +102,9 @@ def check_train(device: str, size: dict, steps: int, batch: int) -> dict:
 def check_generate(device: str, clips: int, seconds: float, size: dict, tmp: str) -> dict:
     import soundfile as sf
 
-    from infer.generate import GeneratorActor, decode_batch, render_batch
+    from infer.generate_actor import GeneratorActor
+    from infer.generate_decode import decode_batch
+    from infer.generate_render import render_batch
     from pipelines.synth import SongPlan, render_song
     from train.checkpoint import write_checkpoint
     from train.config import TrainConfig

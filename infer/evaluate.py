@@ -9,7 +9,7 @@ clip to storage and reading it back.  One pipeline, one row per reference clip:
   (CPU tasks)             distinct mel parameters of the models
   per model:
     generator             generate's GeneratorActor: generator, stitch and Griffin-Lim
-    drums                 generate's level match and WAV encoding (infer.generate.
+    drums                 generate's level match and WAV encoding (infer.generate_render.
                           inverted_rows / render_clip), then the WAV bytes are analysed
                           exactly as score analyses a drums.wav file
   features, Inception     score's features and baselines (score_stages.clip_rows), then
@@ -81,7 +81,7 @@ class Model:
     label: str
     index: int
     gen_cfg: object       # GenerateConfig (output: OUTPUT/audio/<label>)
-    job: dict             # generate.preflight's plan: checkpoint, config, params, generator
+    job: dict             # generate_preflight.preflight's plan: checkpoint, config, params, generator
     write_all: bool       # write every clip's audio in the main job (--keep-audio, or all are shown)
 
 
@@ -169,7 +169,8 @@ def _bass_inputs(reference) -> dict[str, str]:
 
 def _model(cfg: EvaluateConfig, label: str | None, checkpoint: str, index: int, n_clips: int) -> Model:
     """generate's pre-flight of one checkpoint on TEST_SET (loads it; checks the Parquet's mel parameters)."""
-    from infer.generate import GenerateConfig, preflight as generate_preflight
+    from infer.generate import GenerateConfig
+    from infer.generate_preflight import preflight as generate_preflight
     from infer.runtime import join_uri
 
     gen_cfg = GenerateConfig(
@@ -309,7 +310,7 @@ def build_dataset(job: EvaluateJob, pools: dict):
     windows are read in the plan's light I/O tasks).  GPU: each model's generator actor pool
     with its decode and render tasks, then the features in 1-CPU tasks beside the Inception
     actors, as in score."""
-    from infer import generate
+    from infer import generate_stages as stages
     from infer.runtime import CLIPS_PER_BLOCK
     from infer.score import generated_lookup, inception_kwargs, inception_stage, reference_dataset
 
@@ -321,7 +322,7 @@ def build_dataset(job: EvaluateJob, pools: dict):
     plan, book = pools["Inception"]
     if plan.device == "cpu":
         ds, before = reference_dataset(job.reference, job.score_cfg, gen_plan.io, decode_in_actor=True)
-        models = [{"generator": generate.generator_kwargs(m.gen_cfg, m.job, "cpu", book, plan.torch_threads),
+        models = [{"generator": stages.generator_kwargs(m.gen_cfg, m.job, "cpu", book, plan.torch_threads),
                    "input": model_input, "drums": drums} for m, model_input, drums in steps]
         return ds.map_batches(EvaluateActor, fn_constructor_kwargs={
             "models": models, "features": features, "before": before,
@@ -334,7 +335,7 @@ def build_dataset(job: EvaluateJob, pools: dict):
         if i and model_input:
             ds = ds.map_batches(model_input_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK,
                                 **gen_plan.io.map_args(), fn_kwargs=model_input)
-        ds = generate.generator_stage(ds, m.gen_cfg, m.job, gen_plan, gen_book)
+        ds = stages.generator_stage(ds, m.gen_cfg, m.job, gen_plan, gen_book)
         ds = ds.map_batches(drums_batch, batch_format="numpy", batch_size=CLIPS_PER_BLOCK, **gen_plan.io.map_args(),
                             fn_kwargs=drums)
     ds = ds.map_batches(features_batch, batch_format="numpy", batch_size=8, num_cpus=1, fn_kwargs=features)
@@ -364,13 +365,14 @@ def _model_steps(job: EvaluateJob) -> list[tuple[Model, dict | None, dict]]:
 # ---------------------------------------------------------------- stages
 
 
-GENERATOR_SCRATCH = ("drum_windows", "drums_image", "drums_audio", "bass_audio")
+GENERATOR_SCRATCH = ("drums_image", "drums_audio", "bass_audio")
 
 
 def model_input_batch(batch: dict, inputs: dict, kind: str, params_dict: dict, s3_endpoint_url: str | None) -> dict:
     """Reference rows + generate's decode columns for each clip's bass (a row that cannot be
-    generated, no bass or no usable reference, gets `error` and no windows)."""
-    from infer import generate
+    generated, no bass or no usable reference, gets `error` and no input image)."""
+    from infer.generate_decode import decode_batch
+    from infer.generate_rows import new_row, to_columns, to_rows
 
     ids = [str(c) for c in batch["clip_id"]]
     if not ids:
@@ -379,15 +381,15 @@ def model_input_batch(batch: dict, inputs: dict, kind: str, params_dict: dict, s
         decoded = _parquet_model_input(batch, ids, inputs, params_dict)
     else:
         todo = [i for i, cid in enumerate(ids) if cid in inputs and not batch["ref_error"][i]]
-        got = generate.decode_batch({"clip_id": np.array([ids[i] for i in todo], dtype=object),
-                                     "uri": np.array([inputs[ids[i]] for i in todo], dtype=object)},
-                                    params_dict, s3_endpoint_url) if todo else {}
-        by_index = dict(zip(todo, generate._rows(got))) if todo else {}
+        got = decode_batch({"clip_id": np.array([ids[i] for i in todo], dtype=object),
+                            "uri": np.array([inputs[ids[i]] for i in todo], dtype=object)},
+                           params_dict, s3_endpoint_url) if todo else {}
+        by_index = dict(zip(todo, to_rows(got))) if todo else {}
         _stop_on_storage_fault(batch["ref_error"], by_index.values())
-        decoded = [by_index.get(i) or generate._row(clip_id=cid, input=inputs.get(cid, ""), stage="decode",
-                                                    error=_no_input(cid, inputs, batch["ref_error"][i]))
+        decoded = [by_index.get(i) or new_row(clip_id=cid, input=inputs.get(cid, ""), stage="decode",
+                                              error=_no_input(cid, inputs, batch["ref_error"][i]))
                    for i, cid in enumerate(ids)]
-    columns = generate._columns(decoded)
+    columns = to_columns(decoded)
     columns.pop("clip_id")
     return {**{k: v for k, v in batch.items() if k not in columns}, **columns}
 
@@ -416,13 +418,10 @@ def _parquet_model_input(batch: dict, ids: list[str], inputs: dict, params_dict:
     (generate's parquet_batch makes the same bytes from the same column)."""
     from pipelines.mel import MelParams
 
-    from infer import generate
+    from infer.generate_decode import window_row
 
     p = MelParams.from_dict(params_dict)
-    return [generate._row(clip_id=cid, input=inputs[cid], windows=bytes(batch["bass_image"][i]), n_windows=1,
-                          n_frames=p.window_frames, model_samples=p.window_samples, input_rate=p.sample_rate,
-                          input_samples=p.window_samples, channels=1, bass_from_mel=True)
-            for i, cid in enumerate(ids)]
+    return [window_row(p, cid, inputs[cid], bytes(batch["bass_image"][i])) for i, cid in enumerate(ids)]
 
 
 def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dict, sample_rate: int | None,
@@ -434,14 +433,15 @@ def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dic
     from pipelines.mel import MelParams
     from pipelines.storage import StorageError, write_bytes
 
-    from infer import generate
+    from infer import generate_render
+    from infer.generate_rows import to_rows
     from infer.runtime import join_uri, remove_quietly
     from infer.score_stages import image_bytes, mel_image_from_bytes
 
     params, ref_params = MelParams.from_dict(params_dict), MelParams.from_dict(ref_params_dict)
-    rows = generate._rows(batch)
+    rows = to_rows(batch)
     todo = [dict(r) for r in rows if not r["error"]]  # copies: a stitch error is this model's, not the row's
-    inverted = generate.inverted_rows(todo, params)
+    inverted = generate_render.inverted_rows(todo, params)
     made = {}
     for r in todo:
         cid = str(r["clip_id"])
@@ -449,16 +449,16 @@ def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dic
             made[cid] = (b"", f"{r['stage']}: {r['error']}")
             continue
         try:
-            contents, _ = generate.render_clip(r, inverted, params, sample_rate, drums_gain_db, drums_level,
-                                               s3_endpoint_url)
+            contents, _ = generate_render.render_clip(r, inverted, params, sample_rate, drums_gain_db,
+                                                      drums_level, s3_endpoint_url)
             image = mel_image_from_bytes(contents["drums"], f"{cid}/drums.wav", ref_params)
             for kind, data in contents.items() if output else ():
-                write_bytes(join_uri(output, cid, generate.OUTPUT_FILES[kind]), data, s3_endpoint_url)
+                write_bytes(join_uri(output, cid, generate_render.OUTPUT_FILES[kind]), data, s3_endpoint_url)
         except StorageError:
             raise  # stops the job with its one-line message (storage_faults_in_ray)
         except (AudioError, OSError, ValueError, RuntimeError) as err:
             if output:
-                for name in generate.OUTPUT_FILES.values():
+                for name in generate_render.OUTPUT_FILES.values():
                     remove_quietly(join_uri(output, cid, name), s3_endpoint_url)
             made[cid] = (b"", f"render: {type(err).__name__}: {err}")
             continue
@@ -502,7 +502,7 @@ class EvaluateActor:
     heavy crosses the object store."""
 
     def __init__(self, models: list[dict], features: dict, before=(), **inception):
-        from infer.generate import GeneratorActor
+        from infer.generate_actor import GeneratorActor
         from infer.score_stages import FeaturesInceptionActor
 
         self.scorer = FeaturesInceptionActor(features=features, features_fn=features_batch, **inception)
@@ -565,7 +565,7 @@ class ReportAudio:
 
     def generate_clips(self, m: Model, clip_ids: list[str]) -> set[str]:
         """generate's own stages on these clips only; returns the ids whose files were written."""
-        from infer import generate
+        from infer import generate_stages as stages
         from infer.sources import AudioClip
 
         if not clip_ids:
@@ -573,20 +573,20 @@ class ReportAudio:
         wanted = set(clip_ids)
         plan, _ = self.pools["generator"]  # its book has ended: the job's summary is taken
         if plan.device == "cpu":  # a handful of clips: the driver holds the model already
-            manifest, errors = generate.generate_in_process(m.gen_cfg, {**m.job, "kind": self.job.reference.kind,
-                                                                        "source": self.job.reference.uri},
-                                                            clip_ids, self.job.inputs)
+            manifest, errors = stages.generate_in_process(m.gen_cfg, {**m.job, "kind": self.job.reference.kind,
+                                                                      "source": self.job.reference.uri},
+                                                          clip_ids, self.job.inputs)
             return self._written(m, manifest, errors)
         if self.job.reference.kind == "parquet":
-            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "parquet", "source": self.job.reference.uri},
-                                          plan.io)
+            ds = stages.source_dataset(m.gen_cfg, {**m.job, "kind": "parquet", "source": self.job.reference.uri},
+                                       plan.io)
             ds = ds.filter(lambda row: row["clip_id"] in wanted, num_cpus=plan.io_task_cpus)
         else:
             clips = [AudioClip(cid, self.job.inputs[cid]) for cid in clip_ids]
-            ds = generate._source_dataset(m.gen_cfg, {**m.job, "kind": "audio", "clips": clips}, plan.io)
-        ds = generate.render_stage(generate.generator_stage(ds, m.gen_cfg, m.job, plan, None), m.gen_cfg,
-                                   m.job["params"], plan.io)
-        return self._written(m, *generate._collect_results(ds, len(clip_ids)))
+            ds = stages.source_dataset(m.gen_cfg, {**m.job, "kind": "audio", "clips": clips}, plan.io)
+        ds = stages.render_stage(stages.generator_stage(ds, m.gen_cfg, m.job, plan, None), m.gen_cfg,
+                                 m.job["params"], plan.io)
+        return self._written(m, *stages.collect_results(ds, len(clip_ids)))
 
     @staticmethod
     def _written(m: Model, manifest: list[dict], errors: list[dict]) -> set[str]:

@@ -131,7 +131,8 @@ def mel_windows_to_pictures(windows: torch.Tensor) -> torch.Tensor:
 def clip_activations(net: InceptionFeatures, images: list[np.ndarray], window_frames: int,
                      device: str = "cpu", batch_size: int = 16) -> dict[str, np.ndarray]:
     """Per-clip activation vectors {layer: [n_clips, channels]} for uint8 mel images of any length."""
-    from pipelines.mel import MelParams, cut_windows
+    from pipelines.mel import MelParams
+    from pipelines.windowing import cut_windows
 
     params = MelParams(window_frames=window_frames)
     windows, owner = [], []

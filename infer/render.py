@@ -1,15 +1,7 @@
-"""From generated drum windows to audio files: stitch, invert, level, limit, mix, encode.
+"""From generated drum images to audio files: invert, level, limit, mix, encode.
 
-Stitching: windows overlap by `overlap_frames` (50).  Each window is weighted by a
-raised-cosine fade over its overlapping edges (sin^2 in, cos^2 out: the two weights
-of an overlap sum to one), and the weighted windows are summed as mel *power*
-(the dB images converted back to power) and divided by the summed weights.  Two
-neighbouring windows that disagree in level therefore meet in a 50-frame (~1.2 s)
-cross-fade, not a step.  Power, not dB: the generator's output textures in an
-overlap are largely uncorrelated between the two windows, and a weighted mean of dB
-values is a geometric mean of powers, which dips (by ~3 dB in the mel, more after
-Griffin-Lim) in the middle of every overlap; the arithmetic mean of powers keeps
-the level.
+Stitching the generated windows into one image is pipelines/windowing.py's (overlap-add of
+mel power, cross-faded).
 
 Level (`DRUMS_LEVELS`): by default ("model") the drums keep the level the generator drew
 them at.  Its input is the bass's mel at the file's own level and its training windows hold
@@ -43,35 +35,6 @@ LOUDNESS_BLOCK_SECONDS = 0.4   # BS.1770's gating block: shorter signals have no
 PEAK_LIMIT = 0.999
 LIMITER_HOLD_SECONDS = 0.005    # the limiter's gain stays down this long either side of a peak
 LIMITER_SMOOTH_SECONDS = 0.010  # and eases in and out over this much, so gain changes do not click
-
-
-def crossfade_weights(n_windows: int, window_frames: int, overlap: int) -> torch.Tensor:
-    """[n_windows, window_frames] weights: 1 inside, raised-cosine fades over inner overlaps."""
-    weights = torch.ones(n_windows, window_frames, dtype=torch.float64)
-    if overlap <= 0 or n_windows < 2:
-        return weights
-    t = (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap
-    fade_in = torch.sin(0.5 * torch.pi * t) ** 2
-    weights[1:, :overlap] = fade_in
-    weights[:-1, window_frames - overlap:] = 1.0 - fade_in
-    return weights
-
-
-def stitch_windows(windows_db: torch.Tensor, starts: list[int], n_frames: int, overlap: int) -> torch.Tensor:
-    """[n, n_mels, W] dB windows at `starts` -> [n_mels, n_frames] dB, cross-faded overlap-add of power."""
-    n, n_mels, width = windows_db.shape
-    if n == 0:
-        raise ValueError("no windows to stitch")
-    total = max(starts[-1] + width, n_frames)
-    acc = torch.zeros(n_mels, total, dtype=torch.float64)
-    norm = torch.zeros(total, dtype=torch.float64)
-    weights = crossfade_weights(n, width, overlap)
-    power = torch.pow(10.0, windows_db.double() / 10.0)
-    for i, start in enumerate(starts):
-        acc[:, start:start + width] += power[i] * weights[i]
-        norm[start:start + width] += weights[i]
-    mixed = acc / norm.clamp_min(1e-12)
-    return (10.0 * torch.log10(mixed.clamp_min(1e-30)))[:, :n_frames].float()
 
 
 def invert_images(images: list[torch.Tensor], lengths: list[int], params, n_iter: int,

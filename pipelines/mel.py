@@ -1,7 +1,7 @@
 """The mel codec: audio <-> the 256x256 uint8 mel images the models see.
 
 Forward:  audio -> mel power spectrogram (torchaudio) -> dB -> clamp to one fixed
-          range -> uint8 -> 256x256 windows with 50 frames of overlap.
+          range -> uint8 (cut into 256-frame windows by pipelines/windowing.py).
 Backward: uint8 -> dB -> mel power -> linear power through a pseudo-inverse of the
           mel filter bank (computed once per device) -> magnitude -> Griffin-Lim.
 
@@ -147,41 +147,6 @@ def image_to_model(image: torch.Tensor) -> torch.Tensor:
 def model_to_image(x: torch.Tensor) -> torch.Tensor:
     """Network output in [-1, 1] -> uint8 image."""
     return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-
-
-# ---------------------------------------------------------------- windows
-
-
-def window_starts(n_frames: int, params: MelParams = MelParams(), pad_tail: bool = False) -> list[int]:
-    """Start frames of the 256-frame windows cut from `n_frames` frames.
-
-    Windows start every `stride_frames` (206) frames.  Without `pad_tail` only full
-    windows are cut and the tail after the last one (< 206 frames + overlap) is
-    dropped: that is what training data uses.  With `pad_tail` one more window
-    covers the tail (inference pads it with silence), so every frame is covered.
-    """
-    w, s = params.window_frames, params.stride_frames
-    if n_frames < w:
-        return [0] if (pad_tail and n_frames > 0) else []
-    starts = list(range(0, n_frames - w + 1, s))
-    if pad_tail and starts[-1] + w < n_frames:
-        starts.append(starts[-1] + s)
-    return starts
-
-
-def cut_windows(image: torch.Tensor, params: MelParams = MelParams(), pad_tail: bool = False,
-                pad_value: int = 0) -> tuple[torch.Tensor, list[int]]:
-    """[n_mels, frames] image -> ([n_windows, n_mels, window_frames], start frames)."""
-    n_frames = image.shape[-1]
-    starts = window_starts(n_frames, params, pad_tail)
-    w = params.window_frames
-    if not starts:
-        return image.new_zeros((0, image.shape[-2], w)), starts
-    needed = starts[-1] + w
-    if needed > n_frames:
-        image = torch.nn.functional.pad(image, (0, needed - n_frames), value=pad_value)
-    windows = torch.stack([image[..., s:s + w] for s in starts])
-    return windows, starts
 
 
 # ---------------------------------------------------------------- backward

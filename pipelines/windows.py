@@ -99,7 +99,8 @@ def track_windows(track_id: str, split: str, bass: torch.Tensor, drums: torch.Te
     shorter so bass and drums windows cover the same time span.  Only full
     windows are kept (see `window_starts`).
     """
-    from pipelines.mel import audio_to_image, cut_windows
+    from pipelines.mel import audio_to_image
+    from pipelines.windowing import cut_windows
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

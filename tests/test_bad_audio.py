@@ -123,7 +123,7 @@ def test_roundtrip_refuses_nan_and_truncated_input(tmp_path, capsys):
 
 @pytest.mark.timeout(120)
 def test_generate_decode_turns_nan_and_truncated_bass_into_error_rows(tmp_path):
-    from infer.generate import decode_batch
+    from infer.generate_decode import decode_batch
 
     good = tmp_path / "good.wav"
     sf.write(good, _tone(3.0), RATE, subtype="FLOAT")

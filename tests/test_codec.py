@@ -9,10 +9,11 @@ from conftest import DATA
 from cycledrums_cli import main
 from pipelines.audio import load_audio
 from pipelines.mel import (
-    MelParams, audio_to_image, cut_windows, db_to_power, dequantize, image_to_audio,
+    MelParams, audio_to_image, db_to_power, dequantize, image_to_audio,
     image_to_model, mel_power, mel_to_linear_power, model_to_image, num_frames, power_to_db,
-    quantize, window_starts,
+    quantize,
 )
+from pipelines.windowing import cut_windows, window_starts
 
 P = MelParams()
 DRUMS = DATA / "lithium_drums_8s.flac"

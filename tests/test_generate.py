@@ -78,8 +78,9 @@ def _envelope_db(x: np.ndarray, block: int) -> np.ndarray:
 
 def test_crossfaded_stitch_has_no_level_jump_where_a_hard_cut_would():
     """Windows that disagree by 25 dB: the stitched audio's envelope ramps instead of stepping."""
-    from pipelines.mel import dequantize, quantize, window_starts
-    from infer.render import invert_images, stitch_windows
+    from pipelines.mel import dequantize, quantize
+    from pipelines.windowing import stitch_windows, window_starts
+    from infer.render import invert_images
 
     n_frames = 4 * PARAMS.stride_frames + 100
     starts = window_starts(n_frames, PARAMS, pad_tail=True)
@@ -106,37 +107,48 @@ def test_crossfaded_stitch_has_no_level_jump_where_a_hard_cut_would():
     assert np.all(np.diff(column_db[seam]) > -0.3)
 
 
-def test_variation_noise_depends_on_seed_clip_and_window_only(checkpoint):
-    from infer.generate import GeneratorActor
+def _bass_image(n_frames: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (PARAMS.n_mels, n_frames), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
 
-    windows = torch.randint(0, 256, (3, PARAMS.n_mels, PARAMS.window_frames), dtype=torch.uint8)
-    off = [GeneratorActor(checkpoint, "cpu", 2, 0.0, seed) for seed in (1, 2)]
-    on = [GeneratorActor(checkpoint, "cpu", 2, 0.2, seed) for seed in (1, 1, 2)]
-    outs_off = [a.generate(a.model_input(windows, "clip")) for a in off]
-    outs_on = [a.generate(a.model_input(windows, "clip")) for a in on]
+
+def test_variation_noise_depends_on_seed_clip_and_window_only(checkpoint):
+    from infer.generate_actor import GeneratorActor
+
+    image = _bass_image(2 * PARAMS.stride_frames + 100)  # three windows, the last a padded tail
+
+    def drums(actor):
+        return actor.generate_images([image], ["clip"]).images[0]
+
+    outs_off = [drums(GeneratorActor(checkpoint, "cpu", 2, 0.0, seed)) for seed in (1, 2)]
+    outs_on = [drums(GeneratorActor(checkpoint, "cpu", 2, 0.2, seed)) for seed in (1, 1, 2)]
     assert torch.equal(outs_off[0], outs_off[1])
     assert torch.equal(outs_on[0], outs_on[1])            # same seed: same drums
     assert not torch.equal(outs_on[0], outs_on[2])        # other seed: other drums
     assert not torch.equal(outs_on[0], outs_off[0])
-    # Batching does not change the noise: one window alone gets what it got in the batch.
-    alone = on[0].generate(on[0].model_input(windows[:1], "clip"))
-    assert torch.equal(alone[0], outs_on[0][0])
+    # Batching does not change the noise: the clip's windows in other batches, behind another
+    # clip's, get what they got alone.
+    other = GeneratorActor(checkpoint, "cpu", 3, 0.2, 1).generate_images([_bass_image(300, 1), image],
+                                                                         ["other", "clip"])
+    assert torch.equal(other.images[1], outs_on[0])
 
 
 def test_pix2pix_checkpoints_generate_too(tmp_path):
-    from infer.generate import GeneratorActor
+    from infer.generate_actor import GeneratorActor
 
     actor = GeneratorActor(str(write_tiny_checkpoint(tmp_path / "p2p", model="pix2pix")), "cpu", 2, 0.0, 0)
-    windows = torch.randint(0, 256, (3, PARAMS.n_mels, PARAMS.window_frames), dtype=torch.uint8)
-    out = actor.generate(actor.model_input(windows, "clip"))
-    assert out.shape == windows.shape and out.dtype == torch.uint8
-    assert torch.equal(out, actor.generate(actor.model_input(windows, "clip")))  # eval mode: no dropout
+    image = _bass_image(2 * PARAMS.stride_frames + 100)
+    out = actor.generate_images([image], ["clip"]).images[0]
+    assert out.shape == image.shape and out.dtype == torch.uint8
+    assert torch.equal(out, actor.generate_images([image], ["clip"]).images[0])  # eval mode: no dropout
 
 
 def test_a_clip_that_cannot_be_written_leaves_an_error_row_and_no_partial_files(checkpoint, inputs, tmp_path):
     """The stage functions alone (no Ray): an output that cannot be written is reported, and the
     files already written for that clip are removed, so nothing half-written looks complete."""
-    from infer.generate import GeneratorActor, decode_batch, render_batch
+    from infer.generate_actor import GeneratorActor
+    from infer.generate_decode import decode_batch
+    from infer.generate_render import render_batch
 
     batch = decode_batch({"clip_id": np.array(["lithium"], dtype=object),
                           "uri": np.array([str(inputs / "lithium.flac")], dtype=object)}, PARAMS.to_dict(), None)
@@ -277,7 +289,7 @@ def test_a_job_leaves_no_actor_of_its_own_behind(ray_local, checkpoint, inputs, 
     # book must end with it, finished or failed, or every job leaves an idle process holding
     # memory and CPU.
     import cluster.resources as resources
-    import infer.generate as generate
+    import infer.generate_stages as stages
     from cycledrums_cli import main
 
     books, new_book = [], resources.new_placement_book
@@ -291,7 +303,7 @@ def test_a_job_leaves_no_actor_of_its_own_behind(ray_local, checkpoint, inputs, 
 
     monkeypatch.setattr(resources, "new_placement_book", recorded_book)
     if job_fails:
-        monkeypatch.setattr(generate, "_collect_results", collection_fails)
+        monkeypatch.setattr(stages, "collect_results", collection_fails)
     only = tmp_path / "in"
     only.mkdir()
     (only / "lithium.flac").write_bytes((inputs / "lithium.flac").read_bytes())
@@ -312,7 +324,9 @@ def _in_process_gives_the_jobs_drums(checkpoint: str, windows: str, job_output: 
     job's drums, read from the job's own window set on S3."""
     from pipelines.storage import fsspec_filesystem, read_bytes
 
-    from infer.generate import GenerateConfig, generate_in_process, preflight
+    from infer.generate import GenerateConfig
+    from infer.generate_preflight import preflight
+    from infer.generate_stages import generate_in_process
     from infer.runtime import join_uri
 
     again = join_uri(job_output, "again")

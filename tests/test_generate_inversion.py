@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from infer import render
-from infer.generate import GeneratorActor, _stitched_image, decode_batch, inverted_rows, render_batch
+from infer.generate_actor import GeneratorActor
+from infer.generate_decode import decode_batch
+from infer.generate_render import inverted_rows, render_batch
 from pipelines.audio import load_audio
 from pipelines.mel import MelParams
 from test_generate import write_tiny_checkpoint
@@ -30,7 +32,7 @@ def test_a_batch_of_clips_of_different_lengths_inverts_as_each_clip_alone(tmp_pa
     assert [r["error"] for r in rows] == ["", ""]
     inv = inverted_rows(rows, PARAMS)
     for r in rows:
-        alone = render.invert_images([_stitched_image(r, PARAMS)], [int(r["model_samples"])], PARAMS, N_ITER)[0]
+        alone = render.invert_images([inv.images[r["clip_id"]]], [int(r["model_samples"])], PARAMS, N_ITER)[0]
         batched = inv.audio[("drums", r["clip_id"])]
         assert batched.shape == alone.shape and inv.invert_seconds[r["clip_id"]] > 0
         torch.testing.assert_close(batched, alone.float(), atol=1e-4, rtol=1e-4)

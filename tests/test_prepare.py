@@ -23,7 +23,8 @@ import torch
 
 from pipelines.audio import load_audio, read_audio
 from pipelines.catalog import hash_split
-from pipelines.mel import MelParams, audio_to_image, cut_windows, num_frames, window_starts
+from pipelines.mel import MelParams, audio_to_image, num_frames
+from pipelines.windowing import cut_windows, window_starts
 from pipelines.prepare import ERRORS_FILE, SUMMARY_FILE, PrepareConfig, run_prepare
 from pipelines.prepare_stages import window_file_name
 from pipelines.windows import binary_to_images, mel_params_from_schema, window_schema
