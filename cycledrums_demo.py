@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cluster.errors import UserError
+from cluster.job_options import add_job_parser, add_json_option
 from pipelines.codec_options import GRIFFIN_LIM_ITERS
 
 # Sub-folders (and files) of OUT that the demo writes; --force removes only these.
@@ -333,11 +334,10 @@ then be a path every node can reach (or run the demo itself through `submit`).""
 
 
 def _register_demo(sub) -> None:
-    p = sub.add_parser(
-        "demo",
+    p = add_job_parser(
+        sub, "demo",
         help="the whole pipeline on built-in data: synth -> prepare -> train -> evaluate",
         description=DEMO_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("out", metavar="OUTPUT", nargs="?", default="demo-output",
                    help="output folder (default: demo-output)")
@@ -368,7 +368,7 @@ def _register_demo(sub) -> None:
                         "for the demo)")
     p.add_argument("--force", action="store_true",
                    help="clear OUTPUT first when it holds an earlier demo (default: refuse)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_json_option(p)
     p.set_defaults(func=_run_demo)
 
 

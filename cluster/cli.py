@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from cluster.job_options import add_job_parser
+
 SUBMIT_DESCRIPTION = """\
 Run a cycledrums job on a Ray cluster through the Ray Jobs API.
 
@@ -77,12 +79,11 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
 
 
 def _register_submit(sub) -> None:
-    p = sub.add_parser(
-        "submit",
+    p = add_job_parser(
+        sub, "submit",
         help="run any job on a Ray cluster through the Ray Jobs API "
              "(streams logs, exits with the job's status)",
         description=SUBMIT_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", metavar="JOB", help="the subcommand to run on the cluster, e.g. prepare")
     p.add_argument("job_args", metavar="ARGS", nargs=argparse.REMAINDER,

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from cluster.job_options import add_job_options
+from cluster.job_options import add_job_options, add_job_parser
 from cluster.options import add_option_flags, option_fields, options_from_args
 from cluster.resources import add_resource_options
 from infer.options import (EVALUATE_OLD_NAMES, GENERATE_OLD_NAMES, SCORE_OLD_NAMES, GenerationOptions,
@@ -26,10 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_generate(sub) -> None:
-    p = sub.add_parser(
-        "generate",
+    p = add_job_parser(
+        sub, "generate",
         help="generate drums for bass lines with a trained checkpoint (Ray Data batch job)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Generate drums for bass lines with a trained CycleGAN (or Pix2Pix) checkpoint (Ray Data).
 
@@ -73,7 +72,6 @@ nothing.""",
     add_generation_options(p, GENERATE_OLD_NAMES)
     add_resource_options(p, what="generator")
     add_job_options(p)
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_generate)
 
 
@@ -104,10 +102,9 @@ def _run_generate(args) -> int:
 
 
 def _register_score(sub) -> None:
-    p = sub.add_parser(
-        "score",
+    p = add_job_parser(
+        sub, "score",
         help="score generated drums against the true drums: STOI-like, Inception-density, rhythm; grader",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Score generated drums against the true drums of the same clips (Ray Data).
 
@@ -169,7 +166,6 @@ and the grader's buckets for every clip.""",
     add_scoring_options(p, SCORE_OLD_NAMES)
     add_resource_options(p, what="Inception")
     add_job_options(p)
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_score)
 
 
@@ -208,10 +204,9 @@ def _run_score(args) -> int:
 
 
 def _register_evaluate(sub) -> None:
-    p = sub.add_parser(
-        "evaluate",
+    p = add_job_parser(
+        sub, "evaluate",
         help="generate drums for a test set and score them, in one Ray Data job (= generate + score)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Generate drums for a test set with one or more checkpoints and score them, in one
 Ray Data job.
@@ -265,7 +260,6 @@ Inception actor share each GPU (each reserves half of --gpus-per-actor).""",
     add_scoring_options(p, EVALUATE_OLD_NAMES, after_generation=True)
     add_resource_options(p, what="generator and Inception")
     add_job_options(p)
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_evaluate)
 
 

@@ -8,7 +8,7 @@ import sys
 
 from dataclasses import dataclass
 
-from cluster.job_options import add_job_options
+from cluster.job_options import add_job_options, add_job_parser, add_json_option
 from cluster.options import add_old_flag, add_option_flags, options_from_args
 from cluster.resources import add_resource_options, parse_actors
 from pipelines.codec_options import griffin_lim_option
@@ -27,10 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_synth(sub) -> None:
-    p = sub.add_parser(
-        "synth",
+    p = add_job_parser(
+        sub, "synth",
         help="write the built-in synthetic multitrack data set",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Write the built-in data set: procedural songs in the musdb18-HQ layout.
 
@@ -46,7 +45,7 @@ there are two or more) go to the test split.  The same seed gives the same files
     p.add_argument("--tracks", type=int, default=8, help="number of songs (default: 8)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each song in seconds (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_json_option(p)
     p.set_defaults(func=_run_synth)
 
 
@@ -69,10 +68,9 @@ def _run_synth(args) -> int:
 
 
 def _register_grooves(sub) -> None:
-    p = sub.add_parser(
-        "grooves",
+    p = add_job_parser(
+        sub, "grooves",
         help="render the Groove MIDI Dataset to a multitrack corpus of human-played drums + bass (Ray Data)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Render Groove MIDI Dataset performances, each with a bass part composed for it, to a
 multitrack data set in the musdb18-HQ layout (Ray Data).
@@ -113,7 +111,6 @@ One Ray task per performance.  The same seed gives the same files.""",
     p.add_argument("--in-process", action="store_true",
                    help="render in this process instead of Ray tasks (small corpora, debugging)")
     add_job_options(p)
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_grooves)
 
 
@@ -140,10 +137,9 @@ def _run_grooves(args) -> int:
 
 
 def _register_roundtrip(sub) -> None:
-    p = sub.add_parser(
-        "roundtrip",
+    p = add_job_parser(
+        sub, "roundtrip",
         help="hear what the mel representation costs: audio -> mel/dB/uint8 -> audio",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Send an audio file through the model's representation and back, to hear what it costs.
 
@@ -180,10 +176,9 @@ def _run_roundtrip(args) -> int:
 
 
 def _register_prepare(sub) -> None:
-    p = sub.add_parser(
-        "prepare",
+    p = add_job_parser(
+        sub, "prepare",
         help="turn a song catalog into Parquet training windows (Ray Data)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Turn a song catalog into paired bass/drums mel windows for training (Ray Data).
 
@@ -235,7 +230,6 @@ OUTPUT holds).  Tracks already in OUTPUT are skipped unless --overwrite.  Exit s
                          cpu_default="1 actor using all the CPUs but one as torch threads")
     add_old_flag(p, "--separators", "--actors", dest="actors", type=parse_actors)  # the same, said twice
     add_job_options(p)
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_prepare)
 
 

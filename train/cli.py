@@ -1,13 +1,12 @@
 """`cycledrums train`: CycleGAN / Pix2Pix on Ray Train.  No heavy imports at parse time."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 
 from cluster.resources import add_device_option
-from cluster.job_options import add_job_options
+from cluster.job_options import add_job_options, add_job_parser
 
 from cluster.options import add_option_flags, options_from_args
 from train.config import TrainConfig, option_fields
@@ -18,10 +17,9 @@ _GROUPS = ("model", "cluster", "run length and checkpoints", "architecture",
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
+    p = add_job_parser(
+        subparsers, "train",
         help="train the CycleGAN (or the Pix2Pix baseline) on prepared windows with Ray Train",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Train the CycleGAN (or the Pix2Pix baseline) on a `prepare` window set with Ray Train.
 
@@ -49,7 +47,6 @@ RUN_DIR/logs/*.png.""",
         help="continue the run in RUN_DIR from its latest checkpoint (same step, lr, optimizer "
         "state); only run-length, logging and speed options may change (default: off)")
     add_option_flags(p, TrainConfig, groups=groups)
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run_train)
 
 
