@@ -49,6 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's packages, as the jobs below run them
+
 UNTRAINED = "untrained"
 # The baselines each model is compared with, and the ceiling, in column order.
 COMPARED = ("bass-copy", "other-clip", "true-drums")
@@ -187,7 +190,9 @@ def cycledrums(*argv: str, log: Path) -> None:
     """Run one `cycledrums` job as a user does (its own process); its output goes to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        done = subprocess.run([sys.executable, "-m", "cycledrums_cli", *argv], stdout=f, stderr=subprocess.STDOUT)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        done = subprocess.run([sys.executable, "-m", "cycledrums_cli", *argv], stdout=f, stderr=subprocess.STDOUT,
+                              env=env)
     if done.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"cycledrums {argv[0]} exited {done.returncode} (log: {log}):\n  " + "\n  ".join(tail))
@@ -316,6 +321,23 @@ def evaluate_fold(fold: Fold, untrained: str, args, weights: str, out: Path) -> 
                "--griffin-lim-iters", str(args.griffin_lim_iters), log=out / fold.song.name / "evaluate.log")
 
 
+def cut_songs(songs: list[Song], out: Path, args, skipped: dict) -> list[Fold]:
+    """Every song's clips, cut before any job runs; the folds with the 2 clips the baselines need."""
+    folds = []
+    for song in songs:
+        fold = Fold(song)
+        fold.clips, fold.windows = cut_clips(song, out / song.name / "testset", args.max_clips_per_song, args.seed)
+        print(f"{song.name}: {fold.clips} clips of the {fold.windows} windows prepare keeps", flush=True)
+        if fold.clips < 2:
+            skipped[song.name] = f"{fold.clips} window(s) with bass and drums playing; the baselines need 2"
+            print(f"skipping {song.name}: {skipped[song.name]}", flush=True)
+        else:
+            folds.append(fold)
+    if not folds:
+        raise BenchmarkError("no song had 2 clips to evaluate: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return folds
+
+
 def run(args) -> dict:
     out = Path(args.out).resolve()
     models, per_song = parse_models(args.model, "--model", False), parse_models(args.per_song_model,
@@ -323,41 +345,32 @@ def run(args) -> dict:
     if not models and not per_song:
         raise BenchmarkError("give at least one model: --model NAME=RUN_DIR or --per-song-model NAME=TEMPLATE")
     songs, skipped = find_songs([Path(p).resolve() for p in args.stems_dirs])
-    folds = [Fold(song, models=fold_models(song.name, models, per_song)) for song in songs]
     for song, why in skipped.items():
         print(f"skipping {song}: {why}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
+    folds = cut_songs(songs, out, args, skipped)
+    for fold in folds:
+        fold.models = fold_models(fold.song.name, models, per_song)
     weights, weights_note = inception_weights(args.inception_weights, out)
     untrained = os.path.abspath(args.untrained) if args.untrained else None
     if untrained is None:
         print("making the untrained baseline (train --max-steps 1 --lr 0) ...", flush=True)
-        untrained = make_untrained(next(iter(folds[0].models.values())), songs[0], out)
+        untrained = make_untrained(next(iter(folds[0].models.values())), folds[0].song, out)
     tables = []
     for i, fold in enumerate(folds, 1):
         start = time.monotonic()
-        fold.clips, fold.windows = cut_clips(fold.song, out / fold.song.name / "testset",
-                                             args.max_clips_per_song, args.seed)
-        print(f"[{i}/{len(folds)}] {fold.song.name}: {fold.clips} clips of {fold.windows} windows; evaluate ...",
-              flush=True)
-        if fold.clips < 2:
-            skipped[fold.song.name] = f"{fold.clips} window(s) with bass and drums playing; the baselines need 2"
-            print(f"  skipping {fold.song.name}: {skipped[fold.song.name]}", flush=True)
-            continue
+        print(f"[{i}/{len(folds)}] held out {fold.song.name}: evaluate on {fold.clips} clips ...", flush=True)
         evaluate_fold(fold, untrained, args, weights, out)
         tables.append(load_clips(fold.output))
-        print(f"  done in {time.monotonic() - start:.0f} s ({fold.output / 'report.html'})", flush=True)
+        print(f"  done in {time.monotonic() - start:.0f} s: {fold.output}", flush=True)
     return summarize(folds, tables, skipped, models | per_song, untrained, weights_note)
 
 
 def summarize(folds: list[Fold], tables: list, skipped: dict, models: dict, untrained: str, weights: str) -> dict:
     import pandas as pd
 
-    if not tables:
-        raise BenchmarkError("no song had 2 clips to evaluate: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     labels = list(models)
-    evaluated = [f for f in folds if f.output is not None]
     songs = {}
-    for fold, table in zip(evaluated, tables):
+    for fold, table in zip(folds, tables):
         songs[fold.song.name] = dict(judge(table, labels), windows=fold.windows, models=fold.models,
                                      evaluate_output=str(fold.output))
     return {"models": models, "untrained": untrained, "inception": weights, "skipped": skipped,
