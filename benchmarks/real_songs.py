@@ -272,7 +272,10 @@ def judge(table, model_labels: list[str]) -> dict:
             for label in model_labels if label in means}}
     clips = int(table.loc[table["baseline"], "clip_id"].nunique())
     return {"clips": clips, "ladder_clips": next(iter(ladder.values()))["clips"] if ladder else 0,
-            "ladder": {metric: record["passes"] for metric, record in ladder.items()}, "compared": compared}
+            "ladder": {metric: record["passes"] for metric, record in ladder.items()},
+            "failed_rungs": {metric: [f"{r['higher']} > {r['lower']}" for r in record["rungs"] if not r["passes"]]
+                             for metric, record in ladder.items() if not record["passes"]},
+            "compared": compared}
 
 
 # ---------------------------------------------------------------- printing
@@ -280,7 +283,7 @@ def judge(table, model_labels: list[str]) -> dict:
 
 def markdown(title: str, result: dict, model_labels: list[str]) -> str:
     passing = [m for m, ok in result["ladder"].items() if ok]
-    failing = [m for m, ok in result["ladder"].items() if not ok]
+    failing = [f"{m} (not {', '.join(rungs)})" for m, rungs in result["failed_rungs"].items()]
     lines = [f"### {title}: {result['clips']} clips ({result['ladder_clips']} with drums playing)", "",
              f"Ladder passes: {', '.join(passing) or 'none'}; fails: {', '.join(failing) or 'none'}.", ""]
     if not passing:
