@@ -139,3 +139,20 @@ def test_bad_stems_folders_are_one_line_errors(tmp_path, runs):
                           timeout=60)
     assert template.returncode == 2 and "must hold {song}" in template.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_without_untrained_it_trains_one_step_at_lr_0_with_the_model_s_architecture(stems, runs, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_songs import Song, make_untrained
+
+    from train.checkpoint import read_config, resolve_checkpoint
+
+    song = Song("lithium-a", stems / "lithium-a" / "bass.wav", stems / "lithium-a" / "drums.wav")
+    run = make_untrained(str(runs["shared"]), song, tmp_path)
+    checkpoint = resolve_checkpoint(run)
+    config, model = read_config(checkpoint), read_config(resolve_checkpoint(str(runs["shared"])))
+    assert {k: config[k] for k in ("model", "ngf", "ndf", "n_blocks")} == \
+        {k: model[k] for k in ("model", "ngf", "ndf", "n_blocks")} and config["lr"] == 0
+    assert checkpoint.endswith("checkpoint_000000001")
