@@ -1,0 +1,158 @@
+"""benchmarks/real_songs.py: `evaluate` leave-one-song-out over a stems folder, end to end on the Lithium excerpt."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.test_generate import write_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+SCRIPT = ROOT / "benchmarks" / "real_songs.py"
+SHIFT_S = 2.4  # the second "song" is the excerpt from 2.4 s: other windows than the first's
+
+
+def _benchmark(*argv: str, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def stems(tmp_path_factory) -> Path:
+    """lithium-a (the 31 s excerpt), lithium-b (the same from 2.4 s), lithium-8s (one window only),
+    drums-only (no bass stem)."""
+    root = tmp_path_factory.mktemp("stems")
+    for name, offset in (("lithium-a", 0.0), ("lithium-b", SHIFT_S)):
+        (root / name).mkdir()
+        for stem in ("bass", "drums"):
+            audio, rate = sf.read(DATA / f"lithium_{stem}_31s.ogg")
+            sf.write(root / name / f"{stem}.wav", audio[int(offset * rate):], rate)
+    (root / "lithium-8s").mkdir()
+    for stem in ("bass", "drums"):
+        (root / "lithium-8s" / f"{stem}.flac").write_bytes((DATA / f"lithium_{stem}_8s.flac").read_bytes())
+    (root / "drums-only").mkdir()
+    (root / "drums-only" / "drums.flac").write_bytes((DATA / "lithium_drums_8s.flac").read_bytes())
+    (root / "drums-only" / "other.flac").write_bytes((DATA / "lithium_bass_8s.flac").read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A shared model, a per-song model for each held-out song ({song} in the path) and an untrained one."""
+    root = tmp_path_factory.mktemp("runs")
+    for seed, song in enumerate(("lithium-a", "lithium-b")):
+        write_tiny_checkpoint(root / f"without-{song}", seed=10 + seed)
+    return {"shared": write_tiny_checkpoint(root / "shared", seed=1), "per_song": root / "without-{song}",
+            "untrained": write_tiny_checkpoint(root / "untrained", seed=2)}
+
+
+@pytest.fixture(scope="module")
+def benchmarked(stems, runs, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("out")
+    done = _benchmark(str(stems), str(out), "--model", f"shared={runs['shared']}",
+                      "--per-song-model", f"loso={runs['per_song']}", "--untrained", str(runs["untrained"]),
+                      "--max-clips-per-song", "2", "--griffin-lim-iters", "4", "--report-clips", "0", timeout=420)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, done
+
+
+@pytest.mark.timeout(480)
+def test_every_song_with_bass_is_held_out_once_and_the_others_are_skipped_saying_why(benchmarked, runs):
+    out, done = benchmarked
+    results = json.loads((out / "real_songs.json").read_text())
+    assert sorted(results["songs"]) == ["lithium-a", "lithium-b"]
+    assert "no bass stem" in results["skipped"]["drums-only"]
+    assert "the baselines need 2" in results["skipped"]["lithium-8s"]
+    assert "skipping drums-only: no bass stem" in done.stdout and "skipping lithium-8s" in done.stdout
+    for song, result in results["songs"].items():
+        # Leave-one-song-out: the fold's per-song model is the one trained without that song.
+        assert result["models"] == {"shared": str(runs["shared"]), "loso": str(runs["per_song"]).format(song=song)}
+        assert result["clips"] == 2 and result["windows"] == 4  # a seeded sample of the 4 windows kept
+        summary = json.loads((Path(result["evaluate_output"]) / "summary.json").read_text())
+        assert set(summary["sets"]) == {"shared", "loso", "untrained"}
+        # The benchmark's ladder is evaluate's, on the same clips.
+        assert result["ladder"] == {m: r["passes"] for m, r in summary["sanity_ladder"].items()}
+    overall = results["overall"]
+    assert overall["clips"] == sum(r["clips"] for r in results["songs"].values())
+
+
+@pytest.mark.timeout(60)
+def test_each_passing_metric_compares_the_models_with_the_baselines(benchmarked):
+    out, done = benchmarked
+    results = json.loads((out / "real_songs.json").read_text())
+    markdown = (out / "real_songs.md").read_text()
+    for title, result in [(f"held out: {s}", r) for s, r in results["songs"].items()] + \
+            [("all 2 songs pooled", results["overall"])]:
+        assert f"### {title}: {result['clips']} clips" in markdown and f"### {title}" in done.stdout
+        passing = [m for m, ok in result["ladder"].items() if ok]
+        assert sorted(result["compared"]) == sorted(passing)
+        for metric in passing:
+            means = result["compared"][metric]["means"]
+            assert set(means) == {"shared", "loso", "untrained", "bass-copy", "other-clip", "true-drums"}
+            beats = result["compared"][metric]["beats"]["shared"]
+            lower = metric == "level_diff_db"
+            assert beats["other-clip"] == (means["shared"] < means["other-clip"] if lower
+                                           else means["shared"] > means["other-clip"])
+            if metric == "level_diff_db":
+                assert means["true-drums"] == 0.0  # the ceiling: mean |dB| off
+    assert "| metric | shared | loso | untrained | bass-copy | other-clip | true-drums |" in markdown
+
+
+@pytest.mark.timeout(60)
+def test_clips_are_prepare_s_windows_of_the_song(benchmarked, stems):
+    from pipelines.audio import load_audio
+    from pipelines.mel import MelParams
+    from pipelines.windows import track_windows
+
+    out, _ = benchmarked
+    params = MelParams()
+    bass, drums = (load_audio(str(stems / "lithium-a" / f"{s}.wav"), params.sample_rate) for s in ("bass", "drums"))
+    table, _ = track_windows("lithium-a", "test", bass, drums, params)
+    starts = dict(zip(table.column("window").to_pylist(), table.column("start_frame").to_pylist()))
+    clips = sorted((out / "lithium-a" / "testset" / "lithium-a").iterdir())
+    assert len(clips) == 2 and {c.name for c in clips} <= {f"w{w:04d}" for w in starts}
+    for clip in clips:
+        audio, rate = sf.read(clip / "drums.wav", dtype="float32")
+        first = starts[int(clip.name[1:])] * params.hop_length
+        assert rate == params.sample_rate and len(audio) == params.window_samples
+        np.testing.assert_array_equal(audio, drums.numpy()[first:first + params.window_samples])
+
+
+@pytest.mark.timeout(60)
+def test_bad_stems_folders_are_one_line_errors(tmp_path, runs):
+    missing = _benchmark(str(tmp_path / "nowhere"), str(tmp_path / "out"), "--model", f"m={runs['shared']}",
+                         timeout=60)
+    assert missing.returncode == 2 and "stems folder not found" in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0, missing.stderr
+    (tmp_path / "no-bass" / "song").mkdir(parents=True)
+    (tmp_path / "no-bass" / "song" / "drums.flac").write_bytes((DATA / "lithium_drums_8s.flac").read_bytes())
+    no_bass = _benchmark(str(tmp_path / "no-bass"), str(tmp_path / "out"), "--model", f"m={runs['shared']}",
+                         timeout=60)
+    assert no_bass.returncode == 2 and "no song folder with both a bass" in no_bass.stderr
+    template = _benchmark(str(tmp_path / "no-bass"), str(tmp_path / "out"), "--per-song-model", "m=/x/run",
+                          timeout=60)
+    assert template.returncode == 2 and "must hold {song}" in template.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_without_untrained_it_trains_one_step_at_lr_0_with_the_model_s_architecture(stems, runs, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_songs import Song, make_untrained
+
+    from train.checkpoint import read_config, resolve_checkpoint
+
+    song = Song("lithium-a", stems / "lithium-a" / "bass.wav", stems / "lithium-a" / "drums.wav")
+    run = make_untrained(str(runs["shared"]), song, tmp_path)
+    checkpoint = resolve_checkpoint(run)
+    config, model = read_config(checkpoint), read_config(resolve_checkpoint(str(runs["shared"])))
+    assert {k: config[k] for k in ("model", "ngf", "ndf", "n_blocks")} == \
+        {k: model[k] for k in ("model", "ngf", "ndf", "n_blocks")} and config["lr"] == 0
+    assert checkpoint.endswith("checkpoint_000000001")
