@@ -20,9 +20,9 @@ still read in tasks).
      audio path on the GPU there, and on CPU it keeps a clip's compute in one
      process: nothing heavy waits in the object store for a free task.
   3. write (CPU tasks; infer/generate_render.py): resampled to the output rate,
-     level-matched to the bass, mixed with the ORIGINAL bass audio (re-read from the input; for Parquet input the bass is
-     re-synthesised from its mel window), written as drums.wav, mix.wav and
-     drums_mel.png.
+     level-matched to the bass, mixed with the ORIGINAL bass audio (re-read from the
+     input; for Parquet input the bass is re-synthesised from its mel window), written as
+     drums.wav, mix.wav and drums_mel.png.
 Then the driver (here) writes manifest.parquet/.csv, errors.parquet/.csv and summary.json.
 The stages are put together in infer/generate_stages.py; the checks before Ray starts are
 infer/generate_preflight.py's.

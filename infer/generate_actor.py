@@ -71,7 +71,7 @@ class GeneratorActor:
         noise (None at variation 0)."""
         import torch
 
-        if not self.variation > 0:
+        if self.variation <= 0:
             return None
 
         def add_noise(i: int, x):

@@ -49,7 +49,7 @@ class Inverted:
 
 
 def inverted_rows(todo: list[dict], params) -> Inverted:
-    """The audio, stitched image and timings GeneratorActor.invert_rows put in the rows."""
+    """The audio, stitched image and timings GeneratorActor put in the rows."""
     import torch
 
     audio, images, stitch_seconds, invert_seconds = {}, {}, {}, {}
