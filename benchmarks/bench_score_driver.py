@@ -55,8 +55,9 @@ class SyntheticJob:
         return job_batches(self.n_reference)
 
 
-def driver_side(n_reference: int) -> dict:
-    """Collect the rows, then the densities and distances, as score's driver does; peak MB added."""
+def driver_side(n_reference: int, collect_only: bool) -> dict:
+    """Collect the rows, then (unless `collect_only`) the densities and distances, as score's driver
+    does; peak MB added."""
     import resource
 
     import pandas as pd
@@ -67,12 +68,14 @@ def driver_side(n_reference: int) -> dict:
 
     start_mb = psutil.Process().memory_info().rss / 2 ** 20
     rows = collect(SyntheticJob(n_reference), n_reference, seed=0)
-    table = pd.DataFrame({"set": rows.scored["set"]})
-    frechet = _densities_and_distances(table, rows, ["model"])
+    fid = None
+    if not collect_only:
+        table = pd.DataFrame({"set": rows.scored["set"]})
+        fid = _densities_and_distances(table, rows, ["model"])["model"]["pool3"]["value"]
     rows.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"reference_clips": n_reference, "rows": 2 * n_reference, "peak_mb": round(peak_mb),
-            "added_mb": round(peak_mb - start_mb), "fid_pool3": frechet["model"]["pool3"]["value"]}
+            "added_mb": round(peak_mb - start_mb), "fid_pool3": fid}
 
 
 def main() -> None:
@@ -80,14 +83,17 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=2100, help="reference clips at 1x (default 2100: above pool3's "
                                                             "2,048 dimensions, where the statistics stop growing)")
     ap.add_argument("--growth", type=int, default=4, help="the larger run's multiple of --clips (default 4)")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="only the rows coming back (no densities and distances: their fits dominate the time)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(driver_side(args.child)))
+        print(json.dumps(driver_side(args.child, args.collect_only)))
         return
     runs = []
     for n in (args.clips, args.clips * args.growth):
-        out = subprocess.run([sys.executable, __file__, "--child", str(n)], check=True, capture_output=True,
+        out = subprocess.run([sys.executable, __file__, "--child", str(n)] +
+                             (["--collect-only"] if args.collect_only else []), check=True, capture_output=True,
                              text=True).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
         print(f"{n} reference clips ({2 * n} rows): driver peak RSS {runs[-1]['peak_mb']} MB, "
