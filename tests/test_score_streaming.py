@@ -14,9 +14,10 @@ from infer.density import fit_gaussian
 
 # Small layers, so that a CI-sized job has many more clips than dimensions (the paper's 14,000
 # clips against 2,048 for pool3): the statistics must then stop growing.
-DIMS = {"mixed_5d": 24, "mixed_6e": 48, "pool3": 96}
+DIMS = {"mixed_5d": 48, "mixed_6e": 96, "pool3": 192}
 PER_BATCH = 32  # reference clips per batch
 N_FEATURES = 4
+ONE = 16  # batches at 1x: every group (a fold of the real clips, a set) has more clips than any layer's dims
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +72,10 @@ def _stats_bytes(rows) -> int:
 
 
 def test_the_driver_keeps_no_activations_and_statistics_that_do_not_grow_with_the_clips():
-    one, four = score_rows.collect(_Job(10), 320, seed=0), score_rows.collect(_Job(40), 1280, seed=0)
+    one = score_rows.collect(_Job(ONE), ONE * PER_BATCH, seed=0)
+    four = score_rows.collect(_Job(4 * ONE), 4 * ONE * PER_BATCH, seed=0)
     try:
-        for rows, n_ref in ((one, 320), (four, 1280)):
+        for rows, n_ref in ((one, ONE * PER_BATCH), (four, 4 * ONE * PER_BATCH)):
             assert not [k for k in rows.scored if k.startswith("act_")]
             assert len(rows.scored["kind"]) == 3 * n_ref - n_ref // PER_BATCH      # all but the failed rows
             assert list(rows.errors["error"]) == ["unreadable"] * (n_ref // PER_BATCH)
@@ -101,8 +103,9 @@ def test_driver_memory_grows_by_a_small_fraction_of_the_activations():
     """All rows in memory (the old collect) grows by twice the activations from 1x to 4x (kept, then
     concatenated); streaming grows by the few scalars kept per scored row."""
     act_bytes_per_batch = 4 * PER_BATCH * 4 * sum(DIMS.values())
-    one, four = _collect_peak(10), _collect_peak(40)
-    assert four - one < 0.25 * 30 * act_bytes_per_batch, (one, four)
+    _collect_peak(1)  # the first call's imports are not the rows' memory
+    one, four = _collect_peak(ONE), _collect_peak(4 * ONE)
+    assert four - one < 0.25 * 3 * ONE * act_bytes_per_batch, (one, four)
 
 
 def test_streamed_densities_equal_the_gaussian_of_the_other_folds_real_clips():
