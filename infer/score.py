@@ -62,8 +62,10 @@ grades.png (annotated grades, like figure 3), features.png.
 Modules: infer.score_inputs (options, inputs, matching, pre-flight checks, all
 before Ray starts), infer.score_stages (the Ray Data stages: references, features
 and baselines on CPU tasks, Inception on an actor pool: one actor per GPU when the
-cluster has GPUs, else CPU actors), infer.score_summary (Gaussians, distances,
-ladder, grader, tables and plots on the driver).
+cluster has GPUs, else CPU actors), infer.score_rows (the rows as they come back: what
+the driver keeps of them, bounded Gaussian statistics, the spilled activations for the
+densities), infer.score_summary (densities, distances, ladder, grader, tables and plots
+on the driver).
 """
 from __future__ import annotations
 
