@@ -93,20 +93,26 @@ def fit_gaussian(x: np.ndarray, svd=None, shrink: bool = True) -> Gaussian:
     x = np.asarray(x, np.float64)
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"need at least 2 clips to fit a Gaussian, got {len(x)}")
-    n, d = x.shape
     mean, s, vt = svd if svd is not None else centred_svd(x)
-    if not shrink:
-        return Gaussian(mean=mean, basis=vt, span_vars=s ** 2 / (n - 1), floor_var=0.0, n=n, covariance=SAMPLE)
-    emp_vars = s ** 2 / n                          # eigenvalues of the empirical (MLE) covariance
+    delta = float(ledoit_wolf_shrinkage(x, assume_centered=False)) if shrink else None
+    return _gaussian(mean, vt, s ** 2, len(x), delta)
+
+
+def _gaussian(mean: np.ndarray, basis: np.ndarray, scatter: np.ndarray, n: int, delta: float | None) -> Gaussian:
+    """The Gaussian of n samples from their centred scatter's eigenvalues [k] along `basis` [k, d]:
+    the sample covariance (delta None), else Ledoit-Wolf's shrinkage by `delta`."""
+    d = len(mean)
+    if delta is None:
+        return Gaussian(mean=mean, basis=basis, span_vars=scatter / (n - 1), floor_var=0.0, n=n, covariance=SAMPLE)
+    emp_vars = scatter / n                         # eigenvalues of the empirical (MLE) covariance
     mu = emp_vars.sum() / d
-    delta = float(ledoit_wolf_shrinkage(x, assume_centered=False))
     if delta == 0.0 and n <= d:
         # From 2 samples Ledoit-Wolf's estimate of the covariance's sampling spread is 0 and
         # it would not shrink a rank-1 covariance at all: take the isotropic mu * I instead.
         delta = 1.0
     floor = max(delta * mu, 1e-12 * max(mu, 1e-300))  # keeps the inverse finite when delta is 0
     span_vars = np.maximum((1.0 - delta) * emp_vars + delta * mu, floor)
-    return Gaussian(mean=mean, basis=vt, span_vars=span_vars, floor_var=floor, n=n, covariance=LEDOIT_WOLF)
+    return Gaussian(mean=mean, basis=basis, span_vars=span_vars, floor_var=floor, n=n, covariance=LEDOIT_WOLF)
 
 
 def covariance_method(n_clips: list[int], dims: int) -> str:
@@ -169,22 +175,125 @@ def frechet_distance(real: np.ndarray, generated: np.ndarray, covariance: str | 
     return gaussian_frechet(fit_gaussian(real, shrink=shrink), fit_gaussian(generated, shrink=shrink))
 
 
-def frechet_record(real: np.ndarray, generated: np.ndarray, real_fits: dict | None = None) -> dict:
+def frechet_record(real, generated, real_fits: dict | None = None) -> dict:
     """The distance with what it rests on: {value, clips, reference_clips, dims, covariance}.
 
-    `real_fits`: a cache {covariance: Gaussian of `real`} shared by the sets scored against it.
+    `real`, `generated`: [n, d] activations, or the ActivationStats of a set's.  `real_fits`: a
+    cache {covariance: Gaussian of `real`} shared by the sets scored against it.
     """
-    real = np.asarray(real, np.float64)
-    generated = np.asarray(generated, np.float64)
-    d = real.shape[1]
-    record = {"value": None, "clips": int(len(generated)), "reference_clips": int(len(real)), "dims": int(d),
+    real, generated = as_stats(real), as_stats(generated)
+    d = real.dim
+    record = {"value": None, "clips": int(generated.n), "reference_clips": int(real.n), "dims": int(d),
               "covariance": None}
-    if len(real) < 2 or len(generated) < 2:
+    if real.n < 2 or generated.n < 2:
         return record
-    method = covariance_method([len(real), len(generated)], d)
+    method = covariance_method([real.n, generated.n], d)
     cache = real_fits if real_fits is not None else {}
     if method not in cache:
-        cache[method] = fit_gaussian(real, shrink=method == LEDOIT_WOLF)
-    value = gaussian_frechet(cache[method], fit_gaussian(generated, shrink=method == LEDOIT_WOLF))
+        cache[method] = real.fit(shrink=method == LEDOIT_WOLF)
+    value = gaussian_frechet(cache[method], generated.fit(shrink=method == LEDOIT_WOLF))
     record.update(value=value, covariance=method)
     return record
+
+
+# ---------------------------------------------------------------- streaming
+
+class ActivationStats:
+    """One group's activations at one layer, arriving in batches, in memory bounded by d x d.
+
+    While there are at most `cap` clips (default d) they are kept as they are, and the fit is
+    `fit_gaussian`'s, in their span.  Past that they fold into float64 moments about `shift`
+    (a point near the data, the same for every group of a layer so groups merge by adding):
+    the sums of y, y y^T, |y|^2, |y|^2 y and |y|^4 (y = x - shift), from which the covariance
+    and Ledoit-Wolf's shrinkage follow exactly; the fit is then a d x d eigendecomposition.
+    """
+
+    def __init__(self, dim: int, shift: np.ndarray | None = None, cap: int | None = None):
+        self.dim = dim
+        self.shift = np.zeros(dim) if shift is None else np.asarray(shift, np.float64)
+        self.cap = dim if cap is None else cap
+        self.n = 0
+        self.rows: list[np.ndarray] = []
+        self.moments: dict | None = None
+
+    def add(self, x: np.ndarray) -> None:
+        if not len(x):
+            return
+        self.n += len(x)
+        if self.moments is None and self.n <= self.cap:
+            self.rows.append(x)
+            return
+        self._fold_rows()
+        self._accumulate(x)
+
+    def merged(self, other: "ActivationStats") -> "ActivationStats":
+        """The statistics of both groups' clips (same layer, same shift)."""
+        out = ActivationStats(self.dim, self.shift, self.cap)
+        for part in (self, other):
+            for x in part.rows:
+                out.add(x)
+        for part in (self, other):
+            if part.moments is not None:
+                out._fold_rows()
+                out.moments = {k: out.moments[k] + v for k, v in part.moments.items()}
+                out.n += part.n
+        return out
+
+    def _fold_rows(self) -> None:
+        """From kept rows to moments (once)."""
+        if self.moments is not None:
+            return
+        self.moments = {"s1": np.zeros(self.dim), "s2": np.zeros((self.dim, self.dim)), "q": 0.0,
+                        "qy": np.zeros(self.dim), "q2": 0.0}
+        rows, self.rows = self.rows, []
+        for x in rows:
+            self._accumulate(x)
+
+    def _accumulate(self, x: np.ndarray) -> None:
+        y = np.asarray(x, np.float64) - self.shift
+        norms = (y * y).sum(axis=1)
+        m = self.moments
+        m["s1"] += y.sum(axis=0)
+        m["s2"] += y.T @ y
+        m["q"] += float(norms.sum())
+        m["qy"] += norms @ y
+        m["q2"] += float((norms ** 2).sum())
+
+    def fit(self, shrink: bool = True) -> Gaussian:
+        if self.n < 2:
+            raise ValueError(f"need at least 2 clips to fit a Gaussian, got {self.n}")
+        if self.moments is None:
+            return fit_gaussian(np.concatenate(self.rows), shrink=shrink)
+        m, n, d = self.moments, self.n, self.dim
+        centre = m["s1"] / n                              # the mean of y
+        scatter = m["s2"] - n * np.outer(centre, centre)  # sum of (y - centre)(y - centre)^T
+        scatter = (scatter + scatter.T) / 2.0
+        values, vectors = np.linalg.eigh(scatter)
+        values, basis = np.clip(values[::-1], 0.0, None), vectors[:, ::-1].T
+        return _gaussian(self.shift + centre, basis, values, n, _ledoit_wolf_delta(m, centre, scatter, n, d)
+                         if shrink else None)
+
+
+def _ledoit_wolf_delta(m: dict, centre: np.ndarray, scatter: np.ndarray, n: int, d: int) -> float:
+    """sklearn's `ledoit_wolf_shrinkage` of the centred clips, from the moments alone."""
+    c2 = float(centre @ centre)
+    # sum over clips of |y - centre|^4, expanded in the moments
+    beta_ = (m["q2"] + 2.0 * c2 * m["q"] + n * c2 ** 2 - 4.0 * float(centre @ m["qy"])
+             - 4.0 * c2 * float(centre @ m["s1"]) + 4.0 * float(centre @ m["s2"] @ centre))
+    trace = float(np.trace(scatter)) / n
+    mu = trace / d
+    delta_ = float((scatter ** 2).sum()) / n ** 2
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2.0 * mu * trace + d * mu ** 2) / d
+    beta = min(beta, delta)
+    return 0.0 if beta == 0 else beta / delta
+
+
+def as_stats(x) -> ActivationStats:
+    """[n, d] activations as ActivationStats (kept as rows); ActivationStats as they are."""
+    if isinstance(x, ActivationStats):
+        return x
+    x = np.asarray(x, np.float64)
+    stats = ActivationStats(x.shape[1], cap=len(x))
+    stats.add(x)
+    return stats

@@ -229,7 +229,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     with ending_placement_books(*(book for _, book in pools.values())):
         ds = build_dataset(job, pools)
         with storage_faults_in_ray(), broken_gpu_node_as(EvaluateError), watching_nodes("evaluate") as watch:
-            collected = collect(ds, len(job.reference.clip_ids))
+            rows = collect(ds, len(job.reference.clip_ids), job.score_cfg.seed)
         resources = _pool_summaries(pools)
     info = {"test_set": job.reference.uri, "models": {}, "generator_resources": resources["generator"],
             "nodes_lost": watch.summary()}
@@ -237,7 +237,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     if not any(m.write_all for m in job.models):
         results.begin()
     try:
-        summary = finish(collected, job.sets, job.reference, job.score_cfg, job.grader, job.annotations,
+        summary = finish(rows, job.sets, job.reference, job.score_cfg, job.grader, job.annotations,
                          time.perf_counter() - start, resources["Inception"],
                          before_write=writer, extra={"evaluate": info})
     except ScoreError as err:

@@ -62,22 +62,23 @@ grades.png (annotated grades, like figure 3), features.png.
 Modules: infer.score_inputs (options, inputs, matching, pre-flight checks, all
 before Ray starts), infer.score_stages (the Ray Data stages: references, features
 and baselines on CPU tasks, Inception on an actor pool: one actor per GPU when the
-cluster has GPUs, else CPU actors), infer.score_summary (Gaussians, distances,
-ladder, grader, tables and plots on the driver).
+cluster has GPUs, else CPU actors), infer.score_rows (the rows as they come back: what
+the driver keeps of them, bounded Gaussian statistics, the spilled activations for the
+densities), infer.score_summary (densities, distances, ladder, grader, tables and plots
+on the driver).
 """
 from __future__ import annotations
 
 import logging
 import time
 
-import numpy as np
-
 from infer.score_inputs import (  # noqa: F401  (the public names of the job)
     GeneratedSet, ReferenceSet, ScoreConfig, ScoreError, attach_matches, check_inception_weights,
     check_output, load_generated_sets, load_reference, parse_generated)
 from infer.score_stages import DENSITY_FEATURES, REFERENCE_LABEL, SCALAR_FEATURES, mel_feature_names  # noqa: F401
 from infer.runtime import CLIPS_PER_BLOCK
-from infer.score_summary import Collected, finish, grader_feature_names  # noqa: F401
+from infer.score_rows import collect  # noqa: F401  (evaluate's too)
+from infer.score_summary import finish, grader_feature_names  # noqa: F401
 
 log = logging.getLogger(__name__)
 # CPUs the reference-decoding tasks share on a CPU cluster; the actors that compute the
@@ -103,12 +104,12 @@ def run_score(cfg: ScoreConfig) -> dict:
              "on" if cfg.baselines else "off", plan.device, plan.size)
     with ending_placement_books(book):
         with broken_gpu_node_as(ScoreError), watching_nodes("score"):
-            collected = collect(ds, len(reference.clip_ids))
+            rows = collect(ds, len(reference.clip_ids), cfg.seed)
         resources = placement_summary(plan, read_placements(book))
     # The previous run's set goes aside; OUTPUT is marked incomplete until the commit (infer/results.py).
     results = ResultSet(cfg.output, SCORE_RESULTS, "score", cfg.s3_endpoint_url)
     results.begin()
-    summary = finish(collected, sets, reference, cfg, grader, annotations, time.perf_counter() - start,
+    summary = finish(rows, sets, reference, cfg, grader, annotations, time.perf_counter() - start,
                      resources)
     results.commit()
     return summary
@@ -319,19 +320,3 @@ def inception_stage(ds, params, cfg: ScoreConfig, weights: str, plan, book):
     return ds.map_batches(stages.InceptionActor, fn_constructor_kwargs=inception_kwargs(params, cfg, weights, plan, book),
                           batch_format="numpy", batch_size=cfg.inception_batch, compute=plan.compute(),
                           **plan.remote_args())
-
-
-def collect(ds, n_reference: int) -> Collected:
-    """Pull every row back to the driver, logging progress per reference clip."""
-    from infer.runtime import Progress
-
-    progress = Progress("score (reference clips)", n_reference)
-    parts: dict[str, list] = {}
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes: progress stays current
-        for k, v in batch.items():
-            parts.setdefault(k, []).append(v)
-        real = batch["kind"] == "real"
-        progress.update(int(real.sum()), int((real & (batch["error"] != "")).sum()))
-    if not parts:
-        raise ScoreError("the job returned no rows")
-    return Collected({k: np.concatenate(v) for k, v in parts.items()})

@@ -1,31 +1,21 @@
 """After the `cycledrums score` job: density features, Fréchet distances, sanity ladder, grader, outputs.
 
-Runs on the driver over the collected rows (see infer.score_stages for their columns).
+Runs on the driver over what it kept of the job's rows (infer.score_rows; their columns:
+infer.score_stages).
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-
 import numpy as np
 
 from infer.inception import LAYERS
 from infer.score_inputs import GeneratedSet, ReferenceSet, ScoreConfig, ScoreError
+from infer.score_rows import StreamedRows
 from infer.score_stages import DENSITY_FEATURES, SCALAR_FEATURES, mel_feature_names
 from pipelines.storage import write_bytes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Collected:
-    """Everything that came back from the Ray job, as columns."""
-
-    columns: dict
-
-    def select(self, mask: np.ndarray) -> dict:
-        return {k: v[mask] for k, v in self.columns.items()}
 
 
 def ladder_metrics() -> list[str]:
@@ -44,17 +34,36 @@ def grader_feature_names(n_mels: int, passing: list[str] | None) -> list[str]:
     return [n for n in names if n in keep or (n.startswith("stoi_") and n != "stoi_mean" and "stoi_mean" in keep)]
 
 
-def _copy_true_drums_activations(cols: dict) -> None:
-    """The true-drums baseline is the real clip itself: its activations are the real row's."""
-    from infer.baselines import TRUE
+def _densities_and_distances(table, rows: StreamedRows, labels: list[str]) -> dict:
+    """Adds density_<layer> columns; returns {set: {layer: Fréchet record}}."""
+    from infer.density import frechet_record
+    from infer.score_rows import densities
 
-    real = np.flatnonzero((cols["kind"] == "real") & (cols["error"] == ""))
-    where = {str(cols["clip_id"][i]): i for i in real}
-    for i in np.flatnonzero((cols["kind"] == "baseline") & (cols["set"] == TRUE)):
-        j = where.get(str(cols["clip_id"][i]))
-        if j is not None:
-            for layer in LAYERS:
-                cols[f"act_{layer}"][i] = cols[f"act_{layer}"][j]
+    real_fits = {layer: {} for layer in LAYERS}  # {layer: {covariance: Gaussian of the real clips}}
+    for layer, values in densities(rows, real_fits).items():
+        table[f"density_{layer}"] = values
+    frechet: dict[str, dict[str, dict]] = {label: {} for label in labels}
+    for layer in LAYERS:
+        real = rows.real(layer)
+        for label in labels:
+            frechet[label][layer] = frechet_record(real, rows.group(layer, label), real_fits[layer])
+    return frechet
+
+
+def _scored_table(rows: StreamedRows, sets: list[GeneratedSet], n_mels: int):
+    """(the clips table with its densities, the baselines' labels, {set: {layer: Fréchet record}})."""
+    try:
+        if rows.usable_real < 2:
+            raise ScoreError(f"need at least 2 usable reference clips for the real-drum Gaussians, "
+                             f"got {rows.usable_real}")
+        table = _clips_table(rows.scored, n_mels)
+        baseline_labels = sorted(set(table.loc[table["baseline"], "set"]))
+        frechet = _densities_and_distances(table, rows, [s.label for s in sets] + baseline_labels)
+    finally:
+        rows.close()  # the spilled activations: read back, no longer needed
+    table["seconds_features"] = rows.scored["seconds_features"]
+    table["seconds_inception"] = rows.scored["seconds_inception"]
+    return table, baseline_labels, frechet
 
 
 def _clips_table(scored: dict, n_mels: int):
@@ -69,69 +78,8 @@ def _clips_table(scored: dict, n_mels: int):
     return pd.concat([table, features], axis=1)
 
 
-def density_folds(clip_ids, seed: int) -> np.ndarray:
-    """[n] fold 0 / 1 of each reference clip id: a seeded hash, so the same clip is always in the same fold."""
-    from infer.baselines import stable_seed
-
-    return np.array([stable_seed(seed, "density-fold", c) % 2 for c in clip_ids], dtype=int)
-
-
-MIN_FOLD_CLIPS = 4
-
-
-def can_cross_fit(real_ids, seed: int) -> bool:
-    folds = density_folds(real_ids, seed)
-    return bool(min((folds == 0).sum(), (folds == 1).sum()) >= MIN_FOLD_CLIPS)
-
-
-def cross_fitted_density(real_acts: np.ndarray, real_ids, acts: np.ndarray, ref_ids, seed: int) -> np.ndarray:
-    """Log-density per dimension of each row under the Gaussian of the real clips of the OTHER fold.
-
-    A clip is never scored by a Gaussian fitted on its own reference clip: in-sample, the
-    true drums (and anything close to them) would get an inflated density with few clips
-    in many dimensions.  With fewer than MIN_FOLD_CLIPS real clips in a fold, one Gaussian
-    of all of them (the summary says which: `density_cross_fitted`).
-    """
-    from infer.density import fit_gaussian
-
-    real_fold = density_folds(real_ids, seed)
-    if not can_cross_fit(real_ids, seed):
-        return fit_gaussian(real_acts).log_likelihood(acts) if len(acts) else np.zeros(0)
-    row_fold = density_folds(ref_ids, seed)
-    out = np.zeros(len(acts))
-    for fold in (0, 1):
-        rows = row_fold == fold
-        if rows.any():
-            out[rows] = fit_gaussian(real_acts[real_fold != fold]).log_likelihood(acts[rows])
-    return out
-
-
-def _drums_source(scored: dict) -> np.ndarray:
-    """The reference clip whose drums a row's image comes from: the partner for other-clip, else its own."""
-    from infer.baselines import OTHER
-
-    other = (scored["kind"] == "baseline") & (scored["set"] == OTHER)
-    return np.where(other, scored["generated"], scored["reference_id"])
-
-
-def _densities_and_distances(table, real: dict, scored: dict, labels: list[str], seed: int) -> dict:
-    """Adds density_<layer> columns; returns {set: {layer: Fréchet record}}."""
-    from infer.density import centred_svd, fit_gaussian, frechet_record
-
-    frechet: dict[str, dict[str, dict]] = {label: {} for label in labels}
-    for layer in LAYERS:
-        real_acts = real[f"act_{layer}"].astype(np.float64)
-        acts = scored[f"act_{layer}"].astype(np.float64)
-        table[f"density_{layer}"] = cross_fitted_density(real_acts, real["clip_id"], acts,
-                                                         _drums_source(scored), seed)
-        gaussian = fit_gaussian(real_acts, centred_svd(real_acts))
-        real_fits = {gaussian.covariance: gaussian}  # shared by every set's distance
-        for label in labels:
-            frechet[label][layer] = frechet_record(real_acts, acts[scored["set"] == label], real_fits)
-    return frechet
-
-
 def _error_rows(cols: dict, sets: list[GeneratedSet], reference: ReferenceSet) -> list[dict]:
+    """The clips that could not be scored: unmatched ones, and the job's rows with an error (`cols`)."""
     errors = [{"set": s.label, "clip_id": c.clip_id, "input": c.uri,
                "reason": f"no reference clip matches id {c.clip_id!r} in {reference.uri}"}
               for s in sets for c in s.clips if c.clip_id not in s.matches]
@@ -143,7 +91,7 @@ def _error_rows(cols: dict, sets: list[GeneratedSet], reference: ReferenceSet) -
     return errors
 
 
-def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceSet, cfg: ScoreConfig,
+def finish(rows: StreamedRows, sets: list[GeneratedSet], reference: ReferenceSet, cfg: ScoreConfig,
            grader, annotations, job_seconds: float, resources: dict | None = None,
            before_write=None, extra: dict | None = None) -> dict:
     """Tables, summary, plots and report from the job's rows.  `before_write(table, ladder)` runs
@@ -154,26 +102,14 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
     from infer.ladder import passing_metrics, sanity_ladder
     from infer.runtime import join_uri, write_table
 
-    cols = collected.columns
     params = reference.params
-    _copy_true_drums_activations(cols)
-    real_ok = (cols["kind"] == "real") & (cols["error"] == "")
-    scored_ok = (cols["kind"] != "real") & (cols["error"] == "")
-    if real_ok.sum() < 2:
-        raise ScoreError(f"need at least 2 usable reference clips for the real-drum Gaussians, "
-                         f"got {int(real_ok.sum())}")
-    scored = collected.select(scored_ok)
-    table = _clips_table(scored, params.n_mels)
-    baseline_labels = sorted(set(table.loc[table["baseline"], "set"]))
+    table, baseline_labels, frechet = _scored_table(rows, sets, params.n_mels)
     labels = [s.label for s in sets] + baseline_labels
-    frechet = _densities_and_distances(table, collected.select(real_ok), scored, labels, cfg.seed)
-    table["seconds_features"] = scored["seconds_features"]
-    table["seconds_inception"] = scored["seconds_inception"]
     ladder = sanity_ladder(table, ladder_metrics())
 
     names = grader_feature_names(params.n_mels, passing_metrics(ladder))
     grader_summary, grader = _apply_grader(table, sets, grader, annotations, cfg, names)
-    errors = _error_rows(cols, sets, reference)
+    errors = _error_rows(rows.errors, sets, reference)
     errors_table = pa.Table.from_pylist(errors, schema=pa.schema(
         [("set", pa.string()), ("clip_id", pa.string()), ("input", pa.string()), ("reason", pa.string())]))
 
@@ -197,8 +133,7 @@ def finish(collected: Collected, sets: list[GeneratedSet], reference: ReferenceS
 
     summary = {
         "reference": {"uri": reference.uri, "kind": reference.kind, "clips": len(reference.clip_ids),
-                      "usable": int(real_ok.sum()),
-                      "density_cross_fitted": can_cross_fit(cols["clip_id"][real_ok], cfg.seed)},
+                      "usable": rows.usable_real, "density_cross_fitted": rows.cross_fitted},
         "sets": {s.label: _set_summary(table, s.label, frechet[s.label], errors, uri=s.uri, clips=len(s.clips),
                                        matched=len(s.matches))
                  for s in sets},

@@ -1,0 +1,107 @@
+"""Peak memory of `score`'s driver as the clips grow: does it hold every row's activations?
+
+The driver's part of a score / evaluate job (infer.score_rows and the densities and
+Fréchet distances of infer.score_summary) on synthetic rows of the job's shape: per
+reference clip a real row and a generated row, each with Inception activations of the
+real layer sizes (288 + 768 + 2,048 float32) and 256 + 9 mel features; no Ray, no
+Inception (the rows are what the Ray job would hand back).  Each size runs in a fresh
+process; its peak RSS (ru_maxrss) over its RSS after the imports is what the driver
+added.  With more clips than dimensions (pool3: 2,048) the activation statistics stop
+growing; what still grows is the per-clip table (the mel features, ids, timings).
+
+    .venv/bin/python benchmarks/bench_score_driver.py [--clips 2100 --growth 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+PER_BATCH = 64  # reference clips per batch (a block of the job's output)
+N_FEATURES = 265
+
+
+def job_batches(n_reference: int):
+    """The job's output, batch by batch, made as it is asked for."""
+    from infer.inception import LAYERS
+
+    for start in range(0, n_reference, PER_BATCH):
+        rng = np.random.default_rng(start)
+        ids = [f"c{i:06d}" for i in range(start, min(n_reference, start + PER_BATCH))]
+        n = 2 * len(ids)
+        batch = {"kind": np.array(["real", "generated"] * len(ids), dtype=object),
+                 "set": np.array(["reference", "model"] * len(ids), dtype=object),
+                 "clip_id": np.repeat(np.array(ids, dtype=object), 2),
+                 "reference_id": np.repeat(np.array(ids, dtype=object), 2),
+                 "generated": np.array([""] * n, dtype=object), "error": np.array([""] * n, dtype=object),
+                 "features": rng.standard_normal((n, N_FEATURES)).astype(np.float32),
+                 "seconds_features": np.zeros(n), "seconds_inception": np.zeros(n),
+                 "drums_active": np.ones(n, bool)}
+        for layer, d in LAYERS.items():
+            batch[f"act_{layer}"] = rng.gamma(2.0, 0.5, (n, d)).astype(np.float32)
+        yield batch
+
+
+class SyntheticJob:
+    """What collect needs of the Ray dataset."""
+
+    def __init__(self, n_reference: int):
+        self.n_reference = n_reference
+
+    def iter_batches(self, batch_format: str, batch_size=None):
+        return job_batches(self.n_reference)
+
+
+def driver_side(n_reference: int, collect_only: bool) -> dict:
+    """Collect the rows, then (unless `collect_only`) the densities and distances, as score's driver
+    does; peak MB added."""
+    import resource
+
+    import pandas as pd
+    import psutil
+
+    from infer.score_rows import collect
+    from infer.score_summary import _densities_and_distances
+
+    start_mb = psutil.Process().memory_info().rss / 2 ** 20
+    rows = collect(SyntheticJob(n_reference), n_reference, seed=0)
+    fid = None
+    if not collect_only:
+        table = pd.DataFrame({"set": rows.scored["set"]})
+        fid = _densities_and_distances(table, rows, ["model"])["model"]["pool3"]["value"]
+    rows.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"reference_clips": n_reference, "rows": 2 * n_reference, "peak_mb": round(peak_mb),
+            "added_mb": round(peak_mb - start_mb), "fid_pool3": fid}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=2100, help="reference clips at 1x (default 2100: above pool3's "
+                                                            "2,048 dimensions, where the statistics stop growing)")
+    ap.add_argument("--growth", type=int, default=4, help="the larger run's multiple of --clips (default 4)")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="only the rows coming back (no densities and distances: their fits dominate the time)")
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(driver_side(args.child, args.collect_only)))
+        return
+    runs = []
+    for n in (args.clips, args.clips * args.growth):
+        out = subprocess.run([sys.executable, __file__, "--child", str(n)] +
+                             (["--collect-only"] if args.collect_only else []), check=True, capture_output=True,
+                             text=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"{n} reference clips ({2 * n} rows): driver peak RSS {runs[-1]['peak_mb']} MB, "
+              f"{runs[-1]['added_mb']} MB added by the job's rows and summary")
+    small, big = runs
+    print(f"x{args.growth} the clips: driver memory added x{big['added_mb'] / max(1, small['added_mb']):.2f}, "
+          f"peak RSS x{big['peak_mb'] / small['peak_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

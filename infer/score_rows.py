@@ -1,0 +1,229 @@
+"""The `score` / `evaluate` job's rows as they stream back to the driver, kept in memory that does
+not grow with the clips' activations.
+
+Each row carries about 3,100 Inception activations (infer.score_stages); at the paper's 14,000
+clips x 7 sets that is over a gigabyte.  So the driver keeps, per row, only what the summary
+and the clips table need (ids, the mel features, timings), and for the activations:
+  - per layer and group (each set, each baseline, the real clips of each cross-fitting fold)
+    an ActivationStats (infer.density): bounded by d x d, whatever the number of clips;
+  - a spill file (local Parquet, deleted when done) of the activations of the scored and the
+    real clips, read back in chunks for the per-clip densities, which need the real clips'
+    Gaussians and so can only be computed once every row is in.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from infer.density import ActivationStats
+from infer.inception import LAYERS
+
+# Cross-fitting: with fewer real clips than this in a fold, one Gaussian of all of them.
+MIN_FOLD_CLIPS = 4
+# Rows per chunk when the spilled activations are read back (about 12 MB a chunk).
+SPILL_CHUNK = 1024
+_FOLDS = ("fold0", "fold1")
+
+
+def density_folds(clip_ids, seed: int) -> np.ndarray:
+    """[n] fold 0 / 1 of each reference clip id: a seeded hash, so the same clip is always in the same fold."""
+    from infer.baselines import stable_seed
+
+    return np.array([stable_seed(seed, "density-fold", c) % 2 for c in clip_ids], dtype=int)
+
+
+def drums_source(batch: dict) -> np.ndarray:
+    """The reference clip whose drums a row's image comes from: the partner for other-clip, else its own."""
+    from infer.baselines import OTHER
+
+    other = (batch["kind"] == "baseline") & (batch["set"] == OTHER)
+    return np.where(other, batch["generated"], batch["reference_id"])
+
+
+@dataclass
+class StreamedRows:
+    """What the driver keeps of the job's rows (see the module doc)."""
+
+    seed: int
+    scored: dict = field(default_factory=dict)    # columns of the scored rows, no activations
+    errors: dict = field(default_factory=dict)    # columns of the rows that could not be scored
+    stats: dict = field(default_factory=dict)     # {layer: {group: ActivationStats}}
+    true_ids: list = field(default_factory=list)  # the true-drums rows' clip ids (their activations: the real row's)
+    spill_dir: tempfile.TemporaryDirectory | None = None
+    n_spilled: int = 0
+
+    @property
+    def spill_path(self) -> str:
+        return os.path.join(self.spill_dir.name, "activations.parquet")
+
+    def fold_counts(self) -> list[int]:
+        layer = next(iter(LAYERS))
+        return [self.stats[layer][f].n if self.stats else 0 for f in _FOLDS]
+
+    @property
+    def usable_real(self) -> int:
+        return sum(self.fold_counts())
+
+    @property
+    def cross_fitted(self) -> bool:
+        return min(self.fold_counts()) >= MIN_FOLD_CLIPS
+
+    def real(self, layer: str) -> ActivationStats:
+        fold0, fold1 = (self.stats[layer][f] for f in _FOLDS)
+        return fold0.merged(fold1)
+
+    def group(self, layer: str, label: str) -> ActivationStats:
+        """A set's statistics; the true-drums baseline's are the real clips' (its rows are theirs)."""
+        from infer.baselines import TRUE
+
+        if label == TRUE and self.true_ids:
+            return self.real(layer)
+        return self.stats[layer].get(label) or ActivationStats(LAYERS[layer])
+
+    def close(self) -> None:
+        if self.spill_dir is not None:
+            self.spill_dir.cleanup()
+
+
+class RowCollector:
+    """Takes the job's batches one at a time into a StreamedRows."""
+
+    def __init__(self, seed: int):
+        import pyarrow as pa
+
+        self.rows = StreamedRows(seed, spill_dir=tempfile.TemporaryDirectory(prefix="cycledrums-acts-"))
+        self.parts: dict[str, list] = {}
+        self.errors: dict[str, list] = {}
+        self.schema = pa.schema([("position", pa.int64()), ("source", pa.string())] +
+                                [(f"act_{layer}", pa.list_(pa.float32(), d)) for layer, d in LAYERS.items()])
+        self.writer = None
+
+    def add(self, batch: dict) -> None:
+        from infer.baselines import TRUE
+
+        ok = batch["error"] == ""
+        for k in ("kind", "set", "clip_id", "generated", "error"):
+            self.errors.setdefault(k, []).append(batch[k][~ok])
+        real = ok & (batch["kind"] == "real")
+        scored = ok & ~real
+        true = scored & (batch["kind"] == "baseline") & (batch["set"] == TRUE)
+        position = np.full(len(ok), -1, np.int64)
+        n_before = sum(len(p) for p in self.parts.get("kind", []))
+        position[scored] = n_before + np.arange(int(scored.sum()))
+        for k, v in batch.items():
+            if not k.startswith("act_"):
+                self.parts.setdefault(k, []).append(v[scored])
+        self.rows.true_ids.extend(str(c) for c in batch["clip_id"][true])
+        spill = real | (scored & ~true)   # the true-drums rows' activations are their real row's
+        self._update_stats(batch, real, scored & ~true)
+        self._spill(batch, spill, position, drums_source(batch))
+
+    def _update_stats(self, batch: dict, real: np.ndarray, scored: np.ndarray) -> None:
+        folds = density_folds(batch["clip_id"][real], self.rows.seed)
+        labels = batch["set"][scored]
+        for layer, d in LAYERS.items():
+            acts = batch[f"act_{layer}"]
+            if layer not in self.rows.stats:
+                if not (real | scored).any():
+                    continue
+                shift = acts[real | scored].astype(np.float64).mean(axis=0)  # shared by every group of the layer
+                self.rows.stats[layer] = {f: ActivationStats(d, shift) for f in _FOLDS}
+            groups = self.rows.stats[layer]
+            for fold, name in enumerate(_FOLDS):
+                groups[name].add(acts[real][folds == fold])
+            for label in np.unique(labels):
+                group = groups.setdefault(str(label), ActivationStats(d, groups[_FOLDS[0]].shift))
+                group.add(acts[scored][labels == label])
+
+    def _spill(self, batch: dict, spill: np.ndarray, position: np.ndarray, source: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not spill.any():
+            return
+        columns = [pa.array(position[spill]), pa.array(source[spill].astype(str))]
+        for layer, d in LAYERS.items():
+            flat = np.ascontiguousarray(batch[f"act_{layer}"][spill], np.float32).reshape(-1)
+            columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), d))
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.rows.spill_path, self.schema)
+        self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        self.rows.n_spilled += int(spill.sum())
+
+    def finish(self) -> StreamedRows:
+        if self.writer is not None:
+            self.writer.close()
+        self.rows.scored = {k: np.concatenate(v) for k, v in self.parts.items()}
+        self.rows.errors = {k: np.concatenate(v) for k, v in self.errors.items()}
+        self.parts = self.errors = {}
+        return self.rows
+
+
+def collect(ds, n_reference: int, seed: int) -> StreamedRows:
+    """The job's rows, batch by batch as they come (progress logged per reference clip), into a StreamedRows."""
+    from infer.runtime import Progress
+    from infer.score_inputs import ScoreError
+
+    progress = Progress("score (reference clips)", n_reference)
+    collector = RowCollector(seed)
+    seen = False
+    try:
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes
+            seen = True
+            collector.add(batch)
+            real = batch["kind"] == "real"
+            progress.update(int(real.sum()), int((real & (batch["error"] != "")).sum()))
+        if not seen:
+            raise ScoreError("the job returned no rows")
+        return collector.finish()
+    except BaseException:
+        collector.rows.close()
+        raise
+
+
+def densities(rows: StreamedRows, real_fits: dict) -> dict[str, np.ndarray]:
+    """{layer: [n scored] log-density per dimension} of each scored row's activations under the
+    Gaussian of the real clips of the OTHER fold (one Gaussian of all real clips when a fold has
+    fewer than MIN_FOLD_CLIPS).  A clip is never scored by a Gaussian fitted on its own reference
+    clip: in-sample, the true drums (and anything close to them) would get an inflated density with
+    few clips in many dimensions.  `real_fits`: {layer: {covariance: Gaussian of all real clips}}."""
+    import pyarrow.parquet as pq
+
+    from infer.density import LEDOIT_WOLF
+
+    n = len(rows.scored.get("kind", ()))
+    out = {layer: np.zeros(n) for layer in LAYERS}
+    by_clip: dict[str, dict[str, float]] = {layer: {} for layer in LAYERS}
+    if rows.cross_fitted:  # fold k's rows are judged by the other fold's Gaussian
+        fits = {layer: [rows.stats[layer][_FOLDS[1 - k]].fit() for k in (0, 1)] for layer in LAYERS}
+    else:
+        fits = {layer: [real_fits[layer].setdefault(LEDOIT_WOLF, rows.real(layer).fit())] * 2 for layer in LAYERS}
+    for chunk in pq.ParquetFile(rows.spill_path).iter_batches(batch_size=SPILL_CHUNK) if rows.n_spilled else ():
+        position = chunk.column("position").to_numpy()
+        source = chunk.column("source").to_numpy(zero_copy_only=False)
+        fold = density_folds(source, rows.seed) if rows.cross_fitted else np.zeros(len(source), int)
+        for layer, d in LAYERS.items():
+            acts = chunk.column(f"act_{layer}").values.to_numpy().reshape(-1, d)
+            ll = np.zeros(len(acts))
+            for k in (0, 1):
+                if (fold == k).any():
+                    ll[fold == k] = fits[layer][k].log_likelihood(acts[fold == k])
+            scored = position >= 0
+            out[layer][position[scored]] = ll[scored]
+            by_clip[layer].update(zip(source[~scored], ll[~scored]))
+    _true_drums_densities(rows, out, by_clip)
+    return out
+
+
+def _true_drums_densities(rows: StreamedRows, out: dict, by_clip: dict) -> None:
+    """The true-drums rows are their real rows: the same densities."""
+    from infer.baselines import TRUE
+
+    if not rows.true_ids:
+        return
+    true = np.flatnonzero((rows.scored["kind"] == "baseline") & (rows.scored["set"] == TRUE))
+    for layer in LAYERS:
+        out[layer][true] = [by_clip[layer][str(c)] for c in rows.scored["clip_id"][true]]

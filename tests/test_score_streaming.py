@@ -1,0 +1,136 @@
+"""score / evaluate's driver keeps what the summary needs of the job's rows, not every row's
+activations: bounded Gaussian statistics per set, and a spill file read back in chunks for the
+per-clip densities (infer.score_rows).  No Ray: a stand-in dataset yields the job's batches."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from infer import score_rows
+from infer.baselines import OTHER, TRUE
+from infer.density import fit_gaussian
+
+# Small layers, so that a CI-sized job has many more clips than dimensions (the paper's 14,000
+# clips against 2,048 for pool3): the statistics must then stop growing.
+DIMS = {"mixed_5d": 48, "mixed_6e": 96, "pool3": 192}
+PER_BATCH = 32  # reference clips per batch
+N_FEATURES = 4
+ONE = 16  # batches at 1x: every group (a fold of the real clips, a set) has more clips than any layer's dims
+
+
+@pytest.fixture(autouse=True)
+def small_layers(monkeypatch):
+    monkeypatch.setattr(score_rows, "LAYERS", DIMS)
+
+
+def _batch(b: int) -> dict:
+    """Batch b of a job: per reference clip a real row, a generated row and two baselines (true
+    drums: zero activations, as the Inception stage leaves them; other clip); the first clip's
+    generated row failed."""
+    rng = np.random.default_rng(b)
+    ids = [f"c{b:04d}-{i:02d}" for i in range(PER_BATCH)]
+    rows = []
+    for i, cid in enumerate(ids):
+        partner = ids[(i + 1) % PER_BATCH]
+        rows += [("real", "reference", cid, cid, "", ""), ("generated", "model", cid, cid, f"/g/{cid}.wav",
+                                                           "unreadable" if i == 0 else ""),
+                 ("baseline", TRUE, cid, cid, "", ""), ("baseline", OTHER, cid, cid, partner, "")]
+    cols = {k: np.array(v, dtype=object) for k, v in zip(
+        ("kind", "set", "clip_id", "reference_id", "generated", "error"), zip(*rows))}
+    n = len(rows)
+    cols["features"] = rng.standard_normal((n, N_FEATURES)).astype(np.float32)
+    cols["seconds_features"] = np.full(n, 0.01)
+    cols["seconds_inception"] = np.full(n, 0.02)
+    cols["drums_active"] = np.ones(n, bool)
+    for layer, d in DIMS.items():
+        acts = (rng.standard_normal((n, d)) + 3.0).astype(np.float32)
+        acts[(cols["set"] == TRUE) | (cols["error"] != "")] = 0.0
+        cols[f"act_{layer}"] = acts
+    return cols
+
+
+class _Job:
+    """What collect needs of a Ray dataset: its batches, one at a time, made as they are asked for."""
+
+    def __init__(self, n_batches: int):
+        self.n_batches = n_batches
+
+    def iter_batches(self, batch_format: str, batch_size=None):
+        for b in range(self.n_batches):
+            yield _batch(b)
+
+
+def _stats_bytes(rows) -> int:
+    total = 0
+    for groups in rows.stats.values():
+        for stats in groups.values():
+            total += sum(x.nbytes for x in stats.rows)
+            total += sum(v.nbytes for v in (stats.moments or {}).values() if isinstance(v, np.ndarray))
+    return total
+
+
+def test_the_driver_keeps_no_activations_and_statistics_that_do_not_grow_with_the_clips():
+    one = score_rows.collect(_Job(ONE), ONE * PER_BATCH, seed=0)
+    four = score_rows.collect(_Job(4 * ONE), 4 * ONE * PER_BATCH, seed=0)
+    try:
+        for rows, n_ref in ((one, ONE * PER_BATCH), (four, 4 * ONE * PER_BATCH)):
+            assert not [k for k in rows.scored if k.startswith("act_")]
+            assert len(rows.scored["kind"]) == 3 * n_ref - n_ref // PER_BATCH      # all but the failed rows
+            assert list(rows.errors["error"]) == ["unreadable"] * (n_ref // PER_BATCH)
+            assert rows.usable_real == n_ref and rows.cross_fitted
+            assert rows.n_spilled == 3 * n_ref - n_ref // PER_BATCH  # real + generated + other-clip rows
+            assert rows.group("pool3", TRUE).n == n_ref
+        assert set(four.stats["pool3"]) == {"fold0", "fold1", "model", OTHER}
+        assert _stats_bytes(four) == _stats_bytes(one)
+    finally:
+        one.close()
+        four.close()
+
+
+def _collect_peak(n_batches: int) -> int:
+    """Peak bytes allocated while collecting, with the result kept alive (as run_score keeps it)."""
+    tracemalloc.start()
+    rows = score_rows.collect(_Job(n_batches), n_batches * PER_BATCH, seed=0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rows.close()
+    return peak
+
+
+def test_driver_memory_grows_by_a_small_fraction_of_the_activations():
+    """All rows in memory (the old collect) grows by twice the activations from 1x to 4x (kept, then
+    concatenated); streaming grows by the few scalars kept per scored row."""
+    act_bytes_per_batch = 4 * PER_BATCH * 4 * sum(DIMS.values())
+    _collect_peak(1)  # the first call's imports are not the rows' memory
+    one, four = _collect_peak(ONE), _collect_peak(4 * ONE)
+    assert four - one < 0.25 * 3 * ONE * act_bytes_per_batch, (one, four)
+
+
+def test_streamed_densities_equal_the_gaussian_of_the_other_folds_real_clips():
+    """The second pass over the spill file gives what fitting every row at once gives."""
+    rows = score_rows.collect(_Job(12), 384, seed=3)
+    try:
+        fits = {layer: {} for layer in DIMS}
+        densities = score_rows.densities(rows, fits)
+    finally:
+        rows.close()
+    batches = [_batch(b) for b in range(12)]
+    cols = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    ok = cols["error"] == ""
+    real, scored = ok & (cols["kind"] == "real"), ok & (cols["kind"] != "real")
+    real_fold = score_rows.density_folds(cols["clip_id"][real], 3)
+    source = score_rows.drums_source(cols)[scored]
+    row_fold = score_rows.density_folds(source, 3)
+    is_true = cols["set"][scored] == TRUE
+    for layer in DIMS:
+        acts = cols[f"act_{layer}"].astype(np.float64)
+        by_clip = dict(zip(cols["clip_id"][real], acts[real]))
+        scored_acts = acts[scored].copy()
+        scored_acts[is_true] = [by_clip[c] for c in cols["clip_id"][scored][is_true]]  # its real row
+        expected = np.zeros(scored.sum())
+        for fold in (0, 1):
+            gaussian = fit_gaussian(acts[real][real_fold != fold])
+            expected[row_fold == fold] = gaussian.log_likelihood(scored_acts[row_fold == fold])
+        np.testing.assert_allclose(densities[layer], expected, rtol=1e-9, atol=1e-9)
