@@ -170,7 +170,7 @@ def _model(cfg: EvaluateConfig, label: str | None, checkpoint: str, index: int, 
     """generate's pre-flight of one checkpoint on TEST_SET (loads it; checks the Parquet's mel parameters)."""
     from infer.generate import GenerateConfig
     from infer.generate_preflight import preflight as generate_preflight
-    from infer.runtime import join_uri
+    from infer.job_io import join_uri
 
     gen_cfg = GenerateConfig(
         **options_of(GenerationOptions, cfg), checkpoint=checkpoint, inputs=[cfg.test_set], output=cfg.output,
@@ -310,7 +310,7 @@ def build_dataset(job: EvaluateJob, pools: dict):
     with its decode and render tasks, then the features in 1-CPU tasks beside the Inception
     actors, as in score."""
     from infer import generate_stages as stages
-    from infer.runtime import CLIPS_PER_BLOCK
+    from infer.job_io import CLIPS_PER_BLOCK
     from infer.score import generated_lookup, inception_kwargs, inception_stage, reference_dataset
 
     params = job.reference.params

@@ -90,7 +90,7 @@ def drums_batch(batch: dict, index: int, params_dict: dict, ref_params_dict: dic
 
     from infer import generate_render
     from infer.generate_rows import to_rows
-    from infer.runtime import join_uri, remove_quietly
+    from infer.job_io import join_uri, remove_quietly
     from infer.score_stages import image_bytes, mel_image_from_bytes
 
     params, ref_params = MelParams.from_dict(params_dict), MelParams.from_dict(ref_params_dict)
@@ -188,7 +188,7 @@ class ReportAudio:
 
     def __call__(self, table, ladder) -> None:
         from infer.html_report import report_clips
-        from infer.runtime import join_uri
+        from infer.job_io import join_uri
 
         job = self.job
         n = job.score_cfg.report_clips

@@ -77,7 +77,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
 
     from infer.generate_stages import clip_stage, collect_results, generator_stage, render_stage, source_dataset
     from infer.results import generate_results
-    from infer.runtime import join_uri, write_table
+    from infer.job_io import join_uri, write_table
 
     cfg, job = preflight(cfg)
     checkpoint, config, params = job["checkpoint"], job["config"], job["params"]

@@ -72,7 +72,7 @@ def parquet_batch(batch, params_dict: dict, source: str) -> dict:
     from pipelines.mel import MelParams
     from pipelines.windows import binary_to_images
 
-    from infer.sources import window_clip_id
+    from pipelines.clip_ids import window_clip_id
 
     params = MelParams.from_dict(params_dict)
     batch = batch.filter([s == "test" for s in batch.column("split").to_pylist()])
@@ -97,7 +97,7 @@ def parquet_clips(uri: str, clip_ids: list[str], params, s3_endpoint_url: str | 
 
     from pipelines.storage import arrow_filesystem
 
-    from infer.sources import window_clip_id
+    from pipelines.clip_ids import window_clip_id
 
     fs, path = arrow_filesystem(uri, s3_endpoint_url)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")

@@ -96,7 +96,7 @@ def render_batch(batch: dict, params_dict: dict, output: str, sample_rate: int |
 
     from pipelines.storage import is_transient
 
-    from infer.runtime import join_uri, remove_quietly
+    from infer.job_io import join_uri, remove_quietly
 
     params = MelParams.from_dict(params_dict)
     rows = to_rows(batch)

@@ -56,7 +56,7 @@ def generator_stage(ds, cfg: GenerateConfig, job: dict, plan, book):
 
     A GPU actor takes `batch_size` clips per call (their windows fill the GPU's batches);
     a CPU actor a few, so every core's actor gets a share of a small job."""
-    from infer.runtime import CLIPS_PER_BLOCK
+    from infer.job_io import CLIPS_PER_BLOCK
 
     return ds.map_batches(
         GeneratorActor, batch_size=cfg.generator_batch if plan.device == "cuda" else CLIPS_PER_BLOCK,
@@ -86,7 +86,7 @@ def clip_stage(cfg: GenerateConfig, job: dict, plan, book):
     the light tasks of plan.io, audio files decoded in the actors)."""
     import ray.data
 
-    from infer.runtime import CLIPS_PER_BLOCK
+    from infer.job_io import CLIPS_PER_BLOCK
 
     params = job["params"]
     if job["kind"] == "parquet":
@@ -139,7 +139,7 @@ def collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
     from cluster.placement import broken_gpu_node_as
     from pipelines.storage import storage_faults_in_ray
 
-    from infer.runtime import Progress
+    from cluster.console import Progress
 
     progress = Progress("generate", n_clips)
     manifest, errors = [], []

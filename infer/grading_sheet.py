@@ -96,7 +96,7 @@ def _opaque_ids(n: int, seed: int) -> list[str]:
 
 def write_grading_sheet(table, labels: list[str], reference, settings, n: int) -> dict:
     """Write grade.html, grading/<id>/*.ogg and grading_key.csv; returns the summary's `grading_sheet` part."""
-    from infer.runtime import join_uri
+    from infer.job_io import join_uri
     from pipelines.storage import write_bytes
 
     start = time.perf_counter()
@@ -155,7 +155,7 @@ def _media(items, reference, settings):
 def clip_audio(reference, clip_id: str, entries: list, settings) -> tuple[dict, list[str]]:
     """The bass, drums and mix Ogg files of each (token, set label, generated) of one reference clip."""
     from infer.media import Media, ogg_bytes
-    from infer.runtime import join_uri
+    from infer.job_io import join_uri
     from pipelines.storage import write_bytes
 
     media = Media(reference, settings)

@@ -223,7 +223,7 @@ def _audio(path: str, label: str) -> str:
 
 def write_report(table, summary: dict, reference, sets: list, settings: MediaSettings, n_clips: int) -> list[str]:
     """Write report.html and its media under `settings.output`; returns the URIs written."""
-    from infer.runtime import join_uri
+    from infer.job_io import join_uri
     from pipelines.storage import write_bytes
 
     how, scores = ranking(table, summary.get("sanity_ladder"))
@@ -298,7 +298,7 @@ def clip_media(reference, clip_id: str, entries: list, settings: MediaSettings,
     mix and spectrogram figure, and with `shared` the clip's bass and true drums (the
     players of every set link those).  Returns ({set index: (players HTML, spectrogram
     path) or an error text}, URIs written)."""
-    from infer.runtime import join_uri
+    from infer.job_io import join_uri
     from infer.sources import safe_clip_id
     from pipelines.storage import write_bytes
 

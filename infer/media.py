@@ -171,7 +171,7 @@ def _parquet_window(uri: str, clip_id: str, params, s3_endpoint_url: str | None)
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
         columns=["track_id", "window", "drums", "bass"],
         filter=(pc.field("split") == "test") & (pc.field("window") == int(window)))
-    from infer.sources import window_clip_id
+    from pipelines.clip_ids import window_clip_id
 
     ids = [window_clip_id(t, w) for t, w in zip(table.column("track_id").to_pylist(),
                                                 table.column("window").to_pylist())]

@@ -76,7 +76,7 @@ from infer.score_inputs import (  # noqa: F401  (the public names of the job)
     GeneratedSet, ReferenceSet, ScoreConfig, ScoreError, attach_matches, check_inception_weights,
     check_output, load_generated_sets, load_reference, parse_generated)
 from infer.score_stages import DENSITY_FEATURES, REFERENCE_LABEL, SCALAR_FEATURES, mel_feature_names  # noqa: F401
-from infer.runtime import CLIPS_PER_BLOCK
+from infer.job_io import CLIPS_PER_BLOCK
 from infer.score_rows import collect  # noqa: F401  (evaluate's too)
 from infer.score_summary import finish, grader_feature_names  # noqa: F401
 
@@ -212,7 +212,7 @@ def _read_annotations_if_any(cfg: ScoreConfig):
 
     from infer.grader import AnnotationError, read_annotations
     from infer.grading_sheet import KEY, is_sheet_annotations, map_sheet_ids
-    from infer.runtime import join_uri
+    from infer.job_io import join_uri
 
     frames = [read_annotations(p, cfg.s3_endpoint_url) for p in paths]
     from_sheet = [is_sheet_annotations(f) for f in frames]

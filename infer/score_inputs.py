@@ -106,7 +106,7 @@ def _parquet_reference(uri: str, s3_endpoint_url: str | None) -> ReferenceSet:
     from pipelines.storage import arrow_filesystem
     from pipelines.windows import mel_params_from_schema
 
-    from infer.sources import window_clip_id
+    from pipelines.clip_ids import window_clip_id
 
     fs, path = arrow_filesystem(uri, s3_endpoint_url)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")

@@ -164,7 +164,7 @@ class RowCollector:
 
 def collect(ds, n_reference: int, seed: int) -> StreamedRows:
     """The job's rows, batch by batch as they come (progress logged per reference clip), into a StreamedRows."""
-    from infer.runtime import Progress
+    from cluster.console import Progress
     from infer.score_inputs import ScoreError
 
     progress = Progress("score (reference clips)", n_reference)

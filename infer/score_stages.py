@@ -73,7 +73,7 @@ def parquet_reference_batch(batch, params_dict: dict, baselines: bool, seed: int
     from pipelines.windows import binary_to_images
 
     from infer.baselines import derangement, stable_seed
-    from infer.sources import window_clip_id
+    from pipelines.clip_ids import window_clip_id
 
     params = MelParams.from_dict(params_dict)
     start = time.perf_counter()

@@ -100,7 +100,7 @@ def finish(rows: StreamedRows, sets: list[GeneratedSet], reference: ReferenceSet
     import pyarrow as pa
 
     from infer.ladder import passing_metrics, sanity_ladder
-    from infer.runtime import join_uri, write_table
+    from infer.job_io import join_uri, write_table
 
     params = reference.params
     table, baseline_labels, frechet = _scored_table(rows, sets, params.n_mels)
@@ -364,8 +364,8 @@ def predict_clips(grader, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_plots(table, labels: list[str], cfg: ScoreConfig) -> list[str]:
-    from infer.report import bucket_histogram_png, feature_histograms_png, grade_histogram_png
-    from infer.runtime import join_uri
+    from infer.plots import bucket_histogram_png, feature_histograms_png, grade_histogram_png
+    from infer.job_io import join_uri
 
     written = []
     if "bucket_pred" in table:

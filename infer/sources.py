@@ -72,12 +72,6 @@ def safe_clip_id(text: str) -> str:
         raise SourceError(str(err)) from err
 
 
-def window_clip_id(track_id: str, window: int) -> str:
-    from pipelines.clip_ids import window_clip_id as clip_of_window
-
-    return clip_of_window(track_id, window)
-
-
 def is_audio_name(name: str) -> bool:
     return name.lower().endswith(AUDIO_EXTENSIONS)
 

@@ -327,7 +327,7 @@ def _in_process_gives_the_jobs_drums(checkpoint: str, windows: str, job_output: 
     from infer.generate import GenerateConfig
     from infer.generate_preflight import preflight
     from infer.generate_stages import generate_in_process
-    from infer.runtime import join_uri
+    from infer.job_io import join_uri
 
     again = join_uri(job_output, "again")
     cfg, job = preflight(GenerateConfig(checkpoint=checkpoint, inputs=[windows], output=again,

@@ -1,4 +1,5 @@
-"""Shared bits of the Ray Data jobs in infer/: progress lines, file writes.
+"""Shared bits of the Ray Data jobs in infer/: the block size in front of actor pools, output paths
+and table writes.
 
 Where model actors run is cluster/resources.py's policy, shared with prepare and train.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 
-from cluster.console import Progress  # noqa: F401  (the jobs' progress lines live there)
 from pipelines.storage import write_bytes
 
 log = logging.getLogger(__name__)
