@@ -115,8 +115,8 @@ def test_generate_results_cover_the_clip_folders_of_both_runs(tmp_path):
 
 KILLER = """
 import os, signal, sys
-import infer.runtime
-original = infer.runtime.write_table
+import infer.job_io
+original = infer.job_io.write_table
 
 def write_then_die(table, root, name, *args, **kwargs):
     uris = original(table, root, name, *args, **kwargs)
@@ -124,7 +124,7 @@ def write_then_die(table, root, name, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return uris
 
-infer.runtime.write_table = write_then_die
+infer.job_io.write_table = write_then_die
 from cycledrums_cli import main
 sys.exit(main(sys.argv[1:]))
 """
