@@ -14,7 +14,7 @@ def add_job_parser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
 
 
 def add_json_option(parser) -> None:
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object (default: off)")
 
 
 def add_job_options(parser) -> None:
