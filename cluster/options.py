@@ -90,7 +90,7 @@ def _flag_kwargs(f: dataclasses.Field, hint) -> dict:
 
 def _value_kwargs(f: dataclasses.Field, hint) -> dict:
     base = _base_type(hint)
-    kwargs = {"type": str if base in (list, bool) else _TYPES[base]}
+    kwargs = {"type": str if base is list else _TYPES[base]}
     if f.metadata["choices"]:
         kwargs["choices"] = f.metadata["choices"]
     if f.metadata["metavar"]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from cluster.errors import UserError
 from cluster.options import option as shared_option
+from cluster.options import option_fields as shared_option_fields
 
 MODELS = ("cyclegan", "pix2pix")
 NORMS = ("instance", "batch")
@@ -206,7 +207,7 @@ def options_where(**metadata) -> tuple[str, ...]:
 
 
 def option_fields() -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(TrainConfig)
+    return shared_option_fields(TrainConfig)
 
 
 def uses_bf16(precision: str, device_type: str) -> bool:
