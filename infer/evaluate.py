@@ -211,7 +211,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from pipelines.storage import storage_faults_in_ray
 
     from infer.results import EVALUATE_RESULTS, ResultSet
-    from infer.score import ScoreError, collect
+    from infer.score import ScoreError
+    from infer.score_rows import collect
     from infer.score_summary import finish
 
     job = preflight(cfg)

@@ -77,7 +77,7 @@ from infer.score_inputs import (  # noqa: F401  (the public names of the job)
     check_output, load_generated_sets, load_reference, parse_generated)
 from infer.score_stages import DENSITY_FEATURES, REFERENCE_LABEL, SCALAR_FEATURES, mel_feature_names  # noqa: F401
 from infer.job_io import CLIPS_PER_BLOCK
-from infer.score_rows import collect  # noqa: F401  (evaluate's too)
+from infer.score_rows import collect
 from infer.score_summary import finish, grader_feature_names  # noqa: F401
 
 log = logging.getLogger(__name__)
