@@ -3,11 +3,14 @@
 The driver's part of a score / evaluate job (infer.score_rows and the densities and
 Fréchet distances of infer.score_summary) on synthetic rows of the job's shape: per
 reference clip a real row and a generated row, each with Inception activations of the
-real layer sizes (288 + 768 + 2,048 float32) and 256 + 9 mel features; no Ray, no
-Inception (the rows are what the Ray job would hand back).  Each size runs in a fresh
-process; its peak RSS (ru_maxrss) over its RSS after the imports is what the driver
-added.  With more clips than dimensions (pool3: 2,048) the activation statistics stop
-growing; what still grows is the per-clip table (the mel features, ids, timings).
+real layer sizes (288 + 768 + 2,048 float32) and 256 + 6 mel features; no Ray, no
+Inception (the rows are what the Ray job would hand back).  After the rows come in:
+the densities and Fréchet distances, a grader (trained on 200 clips, over every
+feature) applied to every clip, and clips.parquet / .csv written to a temp folder, as
+score's driver does.  Each size runs in a fresh process; its peak RSS (ru_maxrss) over
+its RSS after the imports is what the driver added.  With more clips than dimensions
+(pool3: 2,048) the activation statistics stop growing; what still grows is the light
+per-clip table (ids, the 6 scalar features, densities, predictions, timings).
 
     .venv/bin/python benchmarks/bench_score_driver.py [--clips 2100 --growth 4]
 """
@@ -21,7 +24,8 @@ import sys
 import numpy as np
 
 PER_BATCH = 64  # reference clips per batch (a block of the job's output)
-N_FEATURES = 265
+N_MELS = 256
+N_FEATURES = N_MELS + 6  # the STOI-like vector, then the scalar features (infer.features)
 
 
 def job_batches(n_reference: int):
@@ -60,22 +64,48 @@ def driver_side(n_reference: int, collect_only: bool) -> dict:
     does; peak MB added."""
     import resource
 
-    import pandas as pd
     import psutil
 
     from infer.score_rows import collect
-    from infer.score_summary import _densities_and_distances
 
     start_mb = psutil.Process().memory_info().rss / 2 ** 20
     rows = collect(SyntheticJob(n_reference), n_reference, seed=0)
     fid = None
-    if not collect_only:
-        table = pd.DataFrame({"set": rows.scored["set"]})
-        fid = _densities_and_distances(table, rows, ["model"])["model"]["pool3"]["value"]
-    rows.close()
+    try:
+        if not collect_only:
+            fid = summary_side(rows)
+    finally:
+        rows.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"reference_clips": n_reference, "rows": 2 * n_reference, "peak_mb": round(peak_mb),
             "added_mb": round(peak_mb - start_mb), "fid_pool3": fid}
+
+
+def summary_side(rows) -> float:
+    """Densities, distances, the grader on every clip and the clips table, as score's finish; FID pool3."""
+    import tempfile
+
+    import pandas as pd
+
+    from infer.clips_table import grader_matrix, write_clips_table
+    from infer.features import SCALAR_FEATURES
+    from infer.grader import train_grader
+    from infer.score_stages import mel_feature_names
+    from infer.score_summary import _densities_and_distances, predict_rows
+
+    table = pd.DataFrame({"set": rows.scored["set"].astype(str), "clip_id": rows.scored["clip_id"].astype(str)})
+    table = pd.concat([table, pd.DataFrame(rows.scored["scalars"], columns=list(SCALAR_FEATURES))], axis=1)
+    fid = _densities_and_distances(table, rows, ["model"])["model"]["pool3"]["value"]
+    names = mel_feature_names(N_MELS) + [c for c in table.columns if c.startswith("density_")]
+    graded = np.arange(200)
+    x = grader_matrix(table.iloc[graded], rows.features_of(graded), names, N_MELS)
+    grader = train_grader(x, graded % 4, names)
+    table["bucket_pred"], probs = predict_rows(grader, table, rows, names, N_MELS)
+    for b in range(probs.shape[1]):
+        table[f"prob_{b}"] = probs[:, b]
+    with tempfile.TemporaryDirectory() as out:
+        write_clips_table(table, rows, N_MELS, out, None)
+    return fid
 
 
 def main() -> None:
@@ -84,7 +114,8 @@ def main() -> None:
                                                             "2,048 dimensions, where the statistics stop growing)")
     ap.add_argument("--growth", type=int, default=4, help="the larger run's multiple of --clips (default 4)")
     ap.add_argument("--collect-only", action="store_true",
-                    help="only the rows coming back (no densities and distances: their fits dominate the time)")
+                    help="only the rows coming back (no densities, distances, grader or clips table: the "
+                         "density fits dominate the time)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

@@ -39,6 +39,8 @@ ONSET_MAX_LAG = 2  # frames: ~46 ms at hop 512 / 22,050 Hz
 ONSET_RANGE_DB = 35.0
 BEAT_PERIOD_S = (0.3, 1.5)
 RHYTHM_FEATURES = ("rhythm_true_onsets", "rhythm_pattern", "rhythm_bass_tempo")
+# Per clip, after the STOI-like vector: the figures the sanity ladder and the summary use.
+SCALAR_FEATURES = ("stoi_mean", "level_diff_db", "spectrum_match") + RHYTHM_FEATURES
 BAND_EDGES_HZ = (0.0, 150.0, 500.0, 1500.0, 4000.0, float("inf"))
 PATTERN_LAGS_S = 2.5
 _EPS = 1e-8

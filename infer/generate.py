@@ -99,28 +99,27 @@ def run_generate(cfg: GenerateConfig) -> dict:
         else:
             ds = render_stage(generator_stage(source_dataset(cfg, job, plan.io), cfg, job, plan, book),
                               cfg, params, plan.io)
-        manifest, errors = collect_results(ds, n_clips)
+        sink = collect_results(ds, n_clips)
         placements = read_placements(book)
     seconds = time.perf_counter() - start
-
-    manifest.sort(key=lambda r: r["clip_id"])
-    errors.sort(key=lambda r: r["clip_id"])
-    outputs = write_table(pa.Table.from_pylist(manifest, schema=_manifest_schema()), cfg.output, "manifest",
-                          cfg.s3_endpoint_url)
-    outputs += write_table(pa.Table.from_pylist(errors, schema=_errors_schema()), cfg.output, "errors",
-                           cfg.s3_endpoint_url)
-    stage_totals = {k[len("seconds_"):]: round(sum(r[k] for r in manifest), 3)
-                    for k in ("seconds_decode", "seconds_generate", "seconds_stitch", "seconds_invert",
-                              "seconds_mix_write")}
-    audio_seconds = sum(r["duration_s"] for r in manifest)
+    try:
+        manifest = sink.sorted_table()
+        errors = sorted(sink.errors, key=lambda r: r["clip_id"])
+        outputs = write_table(manifest, cfg.output, "manifest", cfg.s3_endpoint_url)
+        outputs += write_table(pa.Table.from_pylist(errors, schema=_errors_schema()), cfg.output, "errors",
+                               cfg.s3_endpoint_url)
+    finally:
+        sink.close()
+    stage_totals = {k[len("seconds_"):]: round(v, 3) for k, v in sink.stage_seconds.items()}
+    audio_seconds = sink.audio_seconds
     summary = {
         "checkpoint": checkpoint, "model": config.get("model"), "input_kind": kind, "inputs": cfg.inputs,
-        "clips": len(manifest), "errors": len(errors),
+        "clips": sink.clips, "errors": len(errors),
         "errors_transient": sum(e["transient"] for e in errors),  # storage faults: a re-run retries
         "audio_seconds": round(audio_seconds, 3),
-        "windows": sum(r["windows"] for r in manifest),
+        "windows": sink.windows,
         "seconds": {"job": round(seconds, 3), **stage_totals},
-        "clips_per_second": round(len(manifest) / seconds, 4) if seconds > 0 else None,
+        "clips_per_second": round(sink.clips / seconds, 4) if seconds > 0 else None,
         "realtime_factor": round(audio_seconds / seconds, 3) if seconds > 0 else None,
         "device": plan.device, "generator_actors": plan.size,
         "inversion": f"generator actor ({plan.device})",
@@ -131,23 +130,9 @@ def run_generate(cfg: GenerateConfig) -> dict:
     summary_path = join_uri(cfg.output, "summary.json")
     write_bytes(summary_path, json.dumps(summary, indent=2).encode(), cfg.s3_endpoint_url)
     results.commit()
-    log.info("generate: %d clip(s) done, %d error(s), %.1f s of audio in %.1f s", len(manifest), len(errors),
+    log.info("generate: %d clip(s) done, %d error(s), %.1f s of audio in %.1f s", sink.clips, len(errors),
              audio_seconds, seconds)
     return summary
-
-
-def _manifest_schema():
-    import pyarrow as pa
-
-    return pa.schema([
-        ("clip_id", pa.string()), ("input", pa.string()), ("duration_s", pa.float64()),
-        ("input_sample_rate", pa.int64()), ("sample_rate", pa.int64()), ("channels", pa.int64()),
-        ("samples", pa.int64()), ("windows", pa.int64()), ("bass_source", pa.string()),
-        ("drums_gain_db", pa.float64()), ("drums_trim_db", pa.float64()), ("mix_trim_db", pa.float64()),
-        ("drums_path", pa.string()), ("mix_path", pa.string()), ("mel_path", pa.string()),
-        ("seconds_decode", pa.float64()), ("seconds_generate", pa.float64()), ("seconds_stitch", pa.float64()),
-        ("seconds_invert", pa.float64()), ("seconds_mix_write", pa.float64()),
-    ])
 
 
 def _errors_schema():

@@ -133,20 +133,27 @@ def split_results(batch: dict, manifest: list[dict], errors: list[dict]) -> tupl
     return len(rows), len(bad)
 
 
-def collect_results(ds, n_clips: int) -> tuple[list[dict], list[dict]]:
-    """(manifest rows, error rows) as the job's batches come back."""
+def collect_results(ds, n_clips: int):
+    """The job's result rows, as its batches come back, into a ManifestSink (infer.generate_manifest)."""
     from cluster.node_watch import watching_nodes
     from cluster.placement import broken_gpu_node_as
     from pipelines.storage import storage_faults_in_ray
 
     from cluster.console import Progress
+    from infer.generate_manifest import ManifestSink
 
     progress = Progress("generate", n_clips)
-    manifest, errors = [], []
-    with storage_faults_in_ray(), broken_gpu_node_as(GenerateError), watching_nodes("generate"):
-        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes: progress stays current
-            progress.update(*split_results(batch, manifest, errors))
-    return manifest, errors
+    sink = ManifestSink()
+    try:
+        with storage_faults_in_ray(), broken_gpu_node_as(GenerateError), watching_nodes("generate"):
+            for batch in ds.iter_batches(batch_format="numpy", batch_size=None):  # each block as it comes
+                manifest, errors = [], []
+                progress.update(*split_results(batch, manifest, errors))
+                sink.add(manifest, errors)
+    except BaseException:
+        sink.close()
+        raise
+    return sink
 
 
 def generate_in_process(cfg: GenerateConfig, job: dict, clip_ids: list[str], inputs: dict,

@@ -1,14 +1,19 @@
 """The `score` / `evaluate` job's rows as they stream back to the driver, kept in memory that does
 not grow with the clips' activations.
 
-Each row carries about 3,100 Inception activations (infer.score_stages); at the paper's 14,000
-clips x 7 sets that is over a gigabyte.  So the driver keeps, per row, only what the summary
-and the clips table need (ids, the mel features, timings), and for the activations:
+Each row carries about 3,100 Inception activations and 265 mel features (infer.score_stages);
+at the paper's 14,000 clips x 7 sets that is over a gigabyte.  So the driver keeps, per scored
+row, only what the summary needs: its ids, timings and the few scalar features (the sanity
+ladder's per-clip pairs, the report's ranking), and:
   - per layer and group (each set, each baseline, the real clips of each cross-fitting fold)
     an ActivationStats (infer.density): bounded by d x d, whatever the number of clips;
-  - a spill file (local Parquet, deleted when done) of the activations of the scored and the
-    real clips, read back in chunks for the per-clip densities, which need the real clips'
-    Gaussians and so can only be computed once every row is in.
+  - two spill files (local Parquet, deleted when done), each read back in chunks:
+      activations.parquet  the activations of the scored and the real clips, for the per-clip
+                           densities, which need the real clips' Gaussians and so can only be
+                           computed once every row is in;
+      features.parquet     every scored row's whole mel feature vector (the 256 STOI-like
+                           correlations), in row order: the grader's inputs and the clips
+                           table's columns, written out chunk by chunk (infer.clips_table).
 """
 from __future__ import annotations
 
@@ -19,12 +24,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from infer.density import ActivationStats
+from infer.features import SCALAR_FEATURES
 from infer.inception import LAYERS
 
 # Cross-fitting: with fewer real clips than this in a fold, one Gaussian of all of them.
 MIN_FOLD_CLIPS = 4
 # Rows per chunk when the spilled activations are read back (about 12 MB a chunk).
 SPILL_CHUNK = 1024
+# The scalar features are the last columns of a row's mel features (score_stages.mel_feature_names).
+N_SCALARS = len(SCALAR_FEATURES)
 _FOLDS = ("fold0", "fold1")
 
 
@@ -48,16 +56,43 @@ class StreamedRows:
     """What the driver keeps of the job's rows (see the module doc)."""
 
     seed: int
-    scored: dict = field(default_factory=dict)    # columns of the scored rows, no activations
+    scored: dict = field(default_factory=dict)    # columns of the scored rows: no activations, and of
+                                                  # the features only "scalars" [n, N_SCALARS]
     errors: dict = field(default_factory=dict)    # columns of the rows that could not be scored
     stats: dict = field(default_factory=dict)     # {layer: {group: ActivationStats}}
     true_ids: list = field(default_factory=list)  # the true-drums rows' clip ids (their activations: the real row's)
     spill_dir: tempfile.TemporaryDirectory | None = None
     n_spilled: int = 0
+    n_scored: int = 0
 
     @property
     def spill_path(self) -> str:
         return os.path.join(self.spill_dir.name, "activations.parquet")
+
+    @property
+    def features_path(self) -> str:
+        return os.path.join(self.spill_dir.name, "features.parquet")
+
+    def feature_chunks(self, chunk: int = SPILL_CHUNK):
+        """(first row, [m, n features] float32) of the scored rows' mel features, in row order."""
+        import pyarrow.parquet as pq
+
+        if not self.n_scored:
+            return
+        start = 0
+        for batch in pq.ParquetFile(self.features_path).iter_batches(batch_size=chunk):
+            column = batch.column("features")
+            values = column.values.to_numpy().reshape(len(column), -1)
+            yield start, values
+            start += len(values)
+
+    def features_of(self, positions: np.ndarray) -> np.ndarray:
+        """The mel features of the scored rows at `positions` (ascending), read from the spill."""
+        wanted, parts = np.asarray(positions, np.int64), []
+        for start, values in self.feature_chunks():
+            inside = wanted[(wanted >= start) & (wanted < start + len(values))]
+            parts.append(values[inside - start])
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     def fold_counts(self) -> list[int]:
         layer = next(iter(LAYERS))
@@ -100,6 +135,7 @@ class RowCollector:
         self.schema = pa.schema([("position", pa.int64()), ("source", pa.string())] +
                                 [(f"act_{layer}", pa.list_(pa.float32(), d)) for layer, d in LAYERS.items()])
         self.writer = None
+        self.features_writer = None
 
     def add(self, batch: dict) -> None:
         from infer.baselines import TRUE
@@ -111,11 +147,13 @@ class RowCollector:
         scored = ok & ~real
         true = scored & (batch["kind"] == "baseline") & (batch["set"] == TRUE)
         position = np.full(len(ok), -1, np.int64)
-        n_before = sum(len(p) for p in self.parts.get("kind", []))
-        position[scored] = n_before + np.arange(int(scored.sum()))
+        position[scored] = self.rows.n_scored + np.arange(int(scored.sum()))
         for k, v in batch.items():
-            if not k.startswith("act_"):
+            if k == "features":   # the ladder's per-clip figures stay; the whole vector is spilled
+                self.parts.setdefault("scalars", []).append(v[scored][:, -N_SCALARS:])
+            elif not k.startswith("act_"):
                 self.parts.setdefault(k, []).append(v[scored])
+        self._spill_features(batch["features"][scored])
         self.rows.true_ids.extend(str(c) for c in batch["clip_id"][true])
         spill = real | (scored & ~true)   # the true-drums rows' activations are their real row's
         self._update_stats(batch, real, scored & ~true)
@@ -153,9 +191,23 @@ class RowCollector:
         self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
         self.rows.n_spilled += int(spill.sum())
 
+    def _spill_features(self, features: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not len(features):
+            return
+        flat = np.ascontiguousarray(features, np.float32)
+        table = pa.table({"features": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])})
+        if self.features_writer is None:
+            self.features_writer = pq.ParquetWriter(self.rows.features_path, table.schema)
+        self.features_writer.write_table(table)
+        self.rows.n_scored += len(features)
+
     def finish(self) -> StreamedRows:
-        if self.writer is not None:
-            self.writer.close()
+        for writer in (self.writer, self.features_writer):
+            if writer is not None:
+                writer.close()
         self.rows.scored = {k: np.concatenate(v) for k, v in self.parts.items()}
         self.rows.errors = {k: np.concatenate(v) for k, v in self.errors.items()}
         self.parts = self.errors = {}

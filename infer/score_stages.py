@@ -15,12 +15,11 @@ import time
 
 import numpy as np
 
-from infer.features import RHYTHM_FEATURES, stoi_names
+from infer.features import RHYTHM_FEATURES, SCALAR_FEATURES, stoi_names
 from infer.inception import LAYERS
 from pipelines.storage import read_bytes
 
 REFERENCE_LABEL = "reference"
-SCALAR_FEATURES = ("stoi_mean", "level_diff_db", "spectrum_match") + RHYTHM_FEATURES
 DENSITY_FEATURES = tuple(f"density_{layer}" for layer in LAYERS)
 REF_COLUMNS = ("clip_id", "ref_image", "bass_image", "other_image", "other_id", "ref_error", "ref_seconds")
 

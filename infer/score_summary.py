@@ -12,6 +12,7 @@ import numpy as np
 from infer.inception import LAYERS
 from infer.score_inputs import GeneratedSet, ReferenceSet, ScoreConfig, ScoreError
 from infer.score_rows import StreamedRows
+from infer.features import stoi_names
 from infer.score_stages import DENSITY_FEATURES, SCALAR_FEATURES, mel_feature_names
 from pipelines.storage import write_bytes
 
@@ -50,23 +51,21 @@ def _densities_and_distances(table, rows: StreamedRows, labels: list[str]) -> di
     return frechet
 
 
-def _scored_table(rows: StreamedRows, sets: list[GeneratedSet], n_mels: int):
-    """(the clips table with its densities, the baselines' labels, {set: {layer: Fréchet record}})."""
-    try:
-        if rows.usable_real < 2:
-            raise ScoreError(f"need at least 2 usable reference clips for the real-drum Gaussians, "
-                             f"got {rows.usable_real}")
-        table = _clips_table(rows.scored, n_mels)
-        baseline_labels = sorted(set(table.loc[table["baseline"], "set"]))
-        frechet = _densities_and_distances(table, rows, [s.label for s in sets] + baseline_labels)
-    finally:
-        rows.close()  # the spilled activations: read back, no longer needed
+def _scored_table(rows: StreamedRows, sets: list[GeneratedSet]):
+    """(the light clips table with its densities, the baselines' labels, {set: {layer: Fréchet record}});
+    the STOI-like vectors stay in the features spill (infer.clips_table)."""
+    if rows.usable_real < 2:
+        raise ScoreError(f"need at least 2 usable reference clips for the real-drum Gaussians, "
+                         f"got {rows.usable_real}")
+    table = _clips_table(rows.scored)
+    baseline_labels = sorted(set(table.loc[table["baseline"], "set"]))
+    frechet = _densities_and_distances(table, rows, [s.label for s in sets] + baseline_labels)
     table["seconds_features"] = rows.scored["seconds_features"]
     table["seconds_inception"] = rows.scored["seconds_inception"]
     return table, baseline_labels, frechet
 
 
-def _clips_table(scored: dict, n_mels: int):
+def _clips_table(scored: dict):
     import pandas as pd
 
     table = pd.DataFrame({"set": scored["set"].astype(str), "clip_id": scored["clip_id"].astype(str),
@@ -74,8 +73,8 @@ def _clips_table(scored: dict, n_mels: int):
                           "baseline": scored["kind"] == "baseline",
                           "generated": scored["generated"].astype(str),
                           "drums_active": scored["drums_active"].astype(bool)})
-    features = pd.DataFrame(scored["features"], columns=mel_feature_names(n_mels))
-    return pd.concat([table, features], axis=1)
+    scalars = pd.DataFrame(scored["scalars"], columns=list(SCALAR_FEATURES))
+    return pd.concat([table, scalars], axis=1)
 
 
 def _error_rows(cols: dict, sets: list[GeneratedSet], reference: ReferenceSet) -> list[dict]:
@@ -94,29 +93,38 @@ def _error_rows(cols: dict, sets: list[GeneratedSet], reference: ReferenceSet) -
 def finish(rows: StreamedRows, sets: list[GeneratedSet], reference: ReferenceSet, cfg: ScoreConfig,
            grader, annotations, job_seconds: float, resources: dict | None = None,
            before_write=None, extra: dict | None = None) -> dict:
-    """Tables, summary, plots and report from the job's rows.  `before_write(table, ladder)` runs
-    once the clips table is final but not yet written (evaluate writes the report clips' audio
-    there); `extra` is added to the summary."""
+    """Tables, summary, plots and report from the job's rows (their spill files deleted at the
+    end).  `before_write(table, ladder)` runs once the clips table is final but not yet written
+    (evaluate writes the report clips' audio there); `extra` is added to the summary."""
+    try:
+        return _finish(rows, sets, reference, cfg, grader, annotations, job_seconds, resources, before_write,
+                       extra)
+    finally:
+        rows.close()
+
+
+def _finish(rows: StreamedRows, sets: list[GeneratedSet], reference: ReferenceSet, cfg: ScoreConfig,
+            grader, annotations, job_seconds: float, resources: dict | None, before_write, extra: dict | None) -> dict:
     import pyarrow as pa
 
+    from infer.clips_table import write_clips_table
     from infer.ladder import passing_metrics, sanity_ladder
     from infer.job_io import join_uri, write_table
 
     params = reference.params
-    table, baseline_labels, frechet = _scored_table(rows, sets, params.n_mels)
+    table, baseline_labels, frechet = _scored_table(rows, sets)
     labels = [s.label for s in sets] + baseline_labels
     ladder = sanity_ladder(table, ladder_metrics())
 
     names = grader_feature_names(params.n_mels, passing_metrics(ladder))
-    grader_summary, grader = _apply_grader(table, sets, grader, annotations, cfg, names)
+    grader_summary, grader = _apply_grader(table, rows, sets, grader, annotations, cfg, names, params.n_mels)
     errors = _error_rows(rows.errors, sets, reference)
     errors_table = pa.Table.from_pylist(errors, schema=pa.schema(
         [("set", pa.string()), ("clip_id", pa.string()), ("input", pa.string()), ("reason", pa.string())]))
 
     if before_write is not None:
         before_write(table, ladder)
-    outputs = write_table(pa.Table.from_pandas(table, preserve_index=False), cfg.output, "clips",
-                          cfg.s3_endpoint_url)
+    outputs = write_clips_table(table, rows, params.n_mels, cfg.output, cfg.s3_endpoint_url)
     outputs += write_table(errors_table, cfg.output, "errors", cfg.s3_endpoint_url)
     if grader is not None and cfg.annotations and not cfg.grader:
         path = join_uri(cfg.output, "grader.json")
@@ -270,8 +278,11 @@ def _join_annotations(table, sets, annotations):
     return merged, unmatched
 
 
-def _apply_grader(table, sets, grader, annotations, cfg: ScoreConfig, names: list[str]):
-    """Train (annotations), or load (--grader) and evaluate, then predict every clip in place."""
+def _apply_grader(table, rows: StreamedRows, sets, grader, annotations, cfg: ScoreConfig, names: list[str],
+                  n_mels: int):
+    """Train (annotations), or load (--grader) and evaluate, then predict every clip in place.
+    The grader's STOI-like inputs are read from the features spill (infer.clips_table)."""
+    from infer.clips_table import grader_matrix
     from infer.grader import AnnotationError, train_grader
 
     summary: dict = {"source": None, "features": len(names)}
@@ -285,10 +296,11 @@ def _apply_grader(table, sets, grader, annotations, cfg: ScoreConfig, names: lis
         summary["annotated_clips"] = int(table["bucket"].notna().sum())
         summary["annotations_unmatched"] = unmatched
     if grader is None and annotations is not None:
-        annotated = table["bucket"].notna()
+        annotated = np.flatnonzero(table["bucket"].notna().to_numpy())
+        x = grader_matrix(table.iloc[annotated], rows.features_of(annotated), names, n_mels)
         try:
-            grader = train_grader(table.loc[annotated, names].to_numpy(), table.loc[annotated, "bucket"]
-                                  .astype(int).to_numpy(), names, c=cfg.grader_c, seed=cfg.seed)
+            grader = train_grader(x, table["bucket"].iloc[annotated].astype(int).to_numpy(), names,
+                                  c=cfg.grader_c, seed=cfg.seed)
         except AnnotationError as err:
             raise ScoreError(str(err)) from err
         counts = np.asarray(grader.class_counts)
@@ -301,14 +313,14 @@ def _apply_grader(table, sets, grader, annotations, cfg: ScoreConfig, names: lis
         from infer.grader import GraderError
 
         try:
-            grader.check_features([str(c) for c in table.columns], "computed by this job")
+            grader.check_features([str(c) for c in table.columns] + stoi_names(n_mels), "computed by this job")
         except GraderError as err:
             raise ScoreError(f"--grader {cfg.grader}: {err}") from err
         names = grader.feature_names
         summary.update(source=cfg.grader, cv_accuracy_at_training=grader.cv_accuracy, features=len(names))
     if grader is None:
         return summary, None
-    buckets, probs = predict_clips(grader, table[names].to_numpy(np.float64))
+    buckets, probs = predict_rows(grader, table, rows, names, n_mels)
     table["bucket_pred"] = buckets
     for b in range(probs.shape[1]):
         table[f"prob_{b}"] = probs[:, b]
@@ -333,6 +345,21 @@ def _predict_block(batch: dict, grader) -> dict:
     x = np.stack([batch[f"f{i}"] for i in range(len(grader.feature_names))], axis=1)
     buckets, probs = grader.predict(x)
     return {"row": batch["row"], "bucket": buckets, "probs": probs}
+
+
+def predict_rows(grader, table, rows: StreamedRows, names: list[str], n_mels: int):
+    """(bucket, probabilities) of every scored row, its inputs read a group of rows at a time: a group
+    of RAY_PREDICT_CLIPS or more goes to Ray tasks (predict_clips), so the driver never holds them all."""
+    from infer.clips_table import grader_chunks
+
+    from infer.grader import N_BUCKETS
+
+    buckets, probs = [np.zeros(0, int)], [np.zeros((0, N_BUCKETS))]
+    for _, x in grader_chunks(table, rows, names, n_mels, chunk=max(RAY_PREDICT_CLIPS, PREDICT_BLOCK)):
+        b, p = predict_clips(grader, x)
+        buckets.append(b)
+        probs.append(p)
+    return np.concatenate(buckets), np.concatenate(probs)
 
 
 def predict_clips(grader, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

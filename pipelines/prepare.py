@@ -39,6 +39,7 @@ from pipelines.mel import MelParams
 from pipelines.separation import DEFAULT_MODEL
 from pipelines.prepare_stages import (DemucsSeparator, decode_mix, decode_stems, existing_outputs, fail_row,
                                       remove_stale_temp_files, window_file_name, write_windows)
+from pipelines.prepare_tally import PrepareTally
 from pipelines.storage import fsspec_filesystem, is_local_filesystem, storage_errors, write_bytes_atomic
 from pipelines.windows import DEFAULT_MIN_LEVEL_DB, SPLITS
 
@@ -151,8 +152,8 @@ def build_dataset(rows: list[dict], cfg: PrepareConfig, layout: str, plan: dict,
                                      "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
-def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[list[dict], dict]:
-    """(one result row per track, the resources summary)."""
+def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str, tally: PrepareTally) -> dict:
+    """Runs the pending tracks, each one's result row into `tally`; returns the resources summary."""
     from ray.data import DataContext, ExecutionResources
 
     from cluster.ray_runtime import init_ray
@@ -179,7 +180,6 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
     from cluster.console import Progress
     from cluster.node_watch import watching_nodes
 
-    results = []
     progress = Progress("prepare", len(rows), unit="tracks")
     with watching_nodes("prepare") as watch, ending_placement_books(book), broken_gpu_node_as(PrepareError):
         try:
@@ -188,51 +188,46 @@ def _run_pipeline(rows: list[dict], cfg: PrepareConfig, layout: str) -> tuple[li
                     log.warning("%s: failed in %s: %s", row["track_id"], row["stage"], row["reason"])
                 elif row["warning"]:
                     log.warning("%s: %s", row["track_id"], row["warning"])
-                results.append(dict(row))
+                tally.add(row)
                 progress.update(1, errors=int(row["status"] == "failed"))
         finally:
             (ctx.execution_options.resource_limits, ctx.max_errored_blocks,
              ctx.op_resource_reservation_enabled) = saved
         placements = read_placements(book)
-    returned = {r["track_id"] for r in results}
     for row in rows:
-        if row["track_id"] not in returned:
+        if row["track_id"] not in tally.returned:
             lost = dict(row, windows=0, dropped=0)
             fail_row(lost, "pipeline", "the Ray task for this track failed (worker crashed or ran out "
                   "of memory?); see the Ray Data logs; a re-run retries it")
             lost["transient"] = True
-            results.append(lost)
+            tally.add(lost)
     resources = {"device": "cpu", "cpus": plan["cpus"], "gpus": plan["gpus"]}
     if plan["actors"]:
         resources = placement_summary(plan["actors"], placements)
     resources["nodes_lost"] = watch.summary()
-    return results, resources
+    return resources
 
 
-def summarize(cfg: PrepareConfig, catalog: Catalog, results: list[dict], skipped: int,
+def summarize(cfg: PrepareConfig, catalog: Catalog, tally: PrepareTally, skipped: int,
               wall_seconds: float, resources: dict | None = None) -> dict:
-    ok = [r for r in results if r["status"] == "ok"]
-    audio_seconds = sum(r["seconds"] for r in ok)
-    splits = {s: {"tracks": sum(r["split"] == s for r in ok),
-                  "windows": sum(r["windows"] for r in ok if r["split"] == s)} for s in SPLITS}
+    audio_seconds = tally.audio_seconds
     return {
         "input": cfg.input,
         "output": cfg.output,
         "layout": catalog.layout,
         "tracks_in_catalog": len(catalog.tracks),
         "tracks_filtered": len(catalog.filtered),
-        "tracks_ok": len(ok),
-        "tracks_failed": len(results) - len(ok),
-        "tracks_failed_transient": sum(bool(r.get("transient")) for r in results
-                                       if r["status"] == "failed"),
-        "tracks_with_warnings": sum(bool(r.get("warning")) for r in ok),
+        "tracks_ok": tally.ok,
+        "tracks_failed": tally.failed,
+        "tracks_failed_transient": tally.failed_transient,
+        "tracks_with_warnings": tally.warned,
         "tracks_skipped": skipped,
-        "windows_written": sum(r["windows"] for r in ok),
-        "windows_dropped": sum(r["dropped"] for r in results),
+        "windows_written": tally.windows_written,
+        "windows_dropped": tally.windows_dropped,
         "audio_hours": audio_seconds / 3600.0,
         "wall_seconds": wall_seconds,
         "audio_seconds_per_second": audio_seconds / wall_seconds if wall_seconds > 0 else 0.0,
-        "splits": splits,
+        "splits": tally.splits,
         "min_level_db": cfg.min_level_db,
         "test_fraction": cfg.test_fraction,
         "mel_params": cfg.params.to_dict(),
@@ -242,11 +237,12 @@ def summarize(cfg: PrepareConfig, catalog: Catalog, results: list[dict], skipped
     }
 
 
-def errors_csv(results: list[dict]) -> bytes:
+def errors_csv(reported: list[dict]) -> bytes:
+    """_errors.csv from the failed and warned tracks' rows."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(ERROR_COLUMNS)
-    for r in results:
+    for r in reported:
         if r["status"] == "failed":
             outcome = "failed (transient: a re-run retries)" if r.get("transient") else "failed"
             writer.writerow([r["track_id"], r["path"], r["stage"], r["reason"], outcome])
@@ -319,16 +315,16 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         todo = todo[: cfg.limit]
     log.info("catalog: %d tracks (%s), %d filtered out, %d already done, %d to do",
              len(catalog.tracks), catalog.layout, len(catalog.filtered), skipped, len(todo))
-    results = [_catalog_failure(t) for t in todo if t.error]
+    tally = PrepareTally()
+    for track in todo:
+        if track.error:
+            tally.add(_catalog_failure(track))
     pending = [_pending_row(t) for t in todo if not t.error]
-    resources = None
-    if pending:
-        done_rows, resources = _run_pipeline(pending, cfg, catalog.layout)
-        results += done_rows
-    summary = summarize(cfg, catalog, results, skipped, time.perf_counter() - started, resources)
+    resources = _run_pipeline(pending, cfg, catalog.layout, tally) if pending else None
+    summary = summarize(cfg, catalog, tally, skipped, time.perf_counter() - started, resources)
     # The counts above are this run's; `dataset` is what OUTPUT holds after it (all runs).
     summary["dataset"] = dataset_totals(cfg.output, cfg.s3_endpoint_url)
-    write_bytes_atomic(out_fs, posixpath.join(out_root, ERRORS_FILE), errors_csv(results))
+    write_bytes_atomic(out_fs, posixpath.join(out_root, ERRORS_FILE), errors_csv(tally.reported))
     write_bytes_atomic(out_fs, posixpath.join(out_root, SUMMARY_FILE),
                        json.dumps(summary, indent=2).encode("utf-8"))
     return summary

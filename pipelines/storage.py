@@ -277,24 +277,29 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     already atomic, so the object is written in place.  An interrupted local write leaves
     only a hidden `.NAME.tmp-*` file, which Parquet readers ignore.
     """
-    import posixpath
-    import uuid
-
     if not is_local_filesystem(fs):
         with storage_errors("writing", fs.unstrip_protocol(path)):
             fs.pipe_file(path, data)
         return
+    _replace_locally(fs, path, lambda temp: fs.pipe_file(temp, data))
+
+
+def _replace_locally(fs: fsspec.AbstractFileSystem, path: str, write: Callable[[str], None]) -> None:
+    """`write(temp)` a hidden temp file beside local `path`, then rename it onto `path`."""
+    import posixpath
+    import uuid
+
     folder, name = posixpath.split(path)
     fs.makedirs(folder, exist_ok=True)
     temp = posixpath.join(folder, f".{name}{TEMP_MARK}{uuid.uuid4().hex[:12]}")
     try:
-        fs.pipe_file(temp, data)
+        write(temp)
         # os.replace, not fs.mv: it is atomic, and it fails when `path` is a folder
         # instead of moving the file into it.
         os.replace(temp, path)
     except BaseException:
-        if fs.exists(temp):
-            fs.rm(temp)
+        if os.path.exists(temp):
+            os.remove(temp)
         raise
 
 
@@ -314,3 +319,16 @@ def write_bytes(uri: str, data: bytes, s3_endpoint_url: str | None = None) -> No
     """Write a local file or object atomically (see `write_bytes_atomic`)."""
     fs, path = fsspec_filesystem(uri, s3_endpoint_url)
     write_bytes_atomic(fs, path, data)
+
+
+def write_file(uri: str, local_path: str, s3_endpoint_url: str | None = None) -> None:
+    """Copy a local file to a local path or object, atomically (as `write_bytes_atomic`) and without
+    reading it into memory: S3 gets a multipart upload, completed only at the end."""
+    import shutil
+
+    fs, path = fsspec_filesystem(uri, s3_endpoint_url)
+    if not is_local_filesystem(fs):
+        with storage_errors("writing", uri):
+            fs.put_file(local_path, path)
+        return
+    _replace_locally(fs, path, lambda temp: shutil.copyfile(local_path, temp))

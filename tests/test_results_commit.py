@@ -115,16 +115,15 @@ def test_generate_results_cover_the_clip_folders_of_both_runs(tmp_path):
 
 KILLER = """
 import os, signal, sys
-import infer.job_io
-original = infer.job_io.write_table
+import infer.clips_table
+original = infer.clips_table.write_clips_table
 
-def write_then_die(table, root, name, *args, **kwargs):
-    uris = original(table, root, name, *args, **kwargs)
-    if name == "clips":  # kill -9 while the results are being written
-        os.kill(os.getpid(), signal.SIGKILL)
+def write_then_die(*args, **kwargs):
+    uris = original(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 while the results are being written
     return uris
 
-infer.job_io.write_table = write_then_die
+infer.clips_table.write_clips_table = write_then_die
 from cycledrums_cli import main
 sys.exit(main(sys.argv[1:]))
 """
