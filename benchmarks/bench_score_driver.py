@@ -20,6 +20,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -69,16 +70,19 @@ def driver_side(n_reference: int, collect_only: bool) -> dict:
     from infer.score_rows import collect
 
     start_mb = psutil.Process().memory_info().rss / 2 ** 20
+    t0 = time.perf_counter()
     rows = collect(SyntheticJob(n_reference), n_reference, seed=0)
+    t1 = time.perf_counter()
     fid = None
     try:
         if not collect_only:
             fid = summary_side(rows)
     finally:
         rows.close()
+    seconds = {"collect": round(t1 - t0, 1), "summary": round(time.perf_counter() - t1, 1)}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"reference_clips": n_reference, "rows": 2 * n_reference, "peak_mb": round(peak_mb),
-            "added_mb": round(peak_mb - start_mb), "fid_pool3": fid}
+            "added_mb": round(peak_mb - start_mb), "fid_pool3": fid, "seconds": seconds}
 
 
 def summary_side(rows) -> float:
@@ -128,7 +132,7 @@ def main() -> None:
                              text=True).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
         print(f"{n} reference clips ({2 * n} rows): driver peak RSS {runs[-1]['peak_mb']} MB, "
-              f"{runs[-1]['added_mb']} MB added by the job's rows and summary")
+              f"{runs[-1]['added_mb']} MB added by the job's rows and summary; seconds {runs[-1]['seconds']}")
     small, big = runs
     print(f"x{args.growth} the clips: driver memory added x{big['added_mb'] / max(1, small['added_mb']):.2f}, "
           f"peak RSS x{big['peak_mb'] / small['peak_mb']:.2f}")
