@@ -12,6 +12,7 @@ from cluster.job_options import add_job_options, add_job_parser, add_json_option
 from cluster.options import add_old_flag, add_option_flags, options_from_args
 from cluster.resources import add_resource_options, parse_actors
 from pipelines.codec_options import griffin_lim_option
+from pipelines.groove_options import GrooveVariety
 
 
 @dataclass
@@ -105,11 +106,10 @@ One Ray task per performance.  The same seed gives the same files.""",
     p.add_argument("--max-seconds", type=float, default=None,
                    help="keep only the first this many seconds of each take (default: whole takes)")
     p.add_argument("--include-fills", action="store_true", help="also render the short 'fill' takes")
-    p.add_argument("--soundfont", default=None,
-                   help="General MIDI .sf2 file (default: the TimGM6mb.sf2 that pretty_midi ships)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the sample and the bass parts (default: 0)")
     p.add_argument("--in-process", action="store_true",
                    help="render in this process instead of Ray tasks (small corpora, debugging)")
+    add_option_flags(p, GrooveVariety)
     add_job_options(p)
     p.set_defaults(func=_run_grooves)
 
@@ -126,8 +126,8 @@ def _run_grooves(args) -> int:
         groove_dir=args.groove_dir, out=args.out, max_tracks=args.max_tracks,
         styles=_split_list(args.styles), splits=_split_list(args.splits) or [],
         seed=args.seed, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
-        include_fills=args.include_fills,
-        soundfont=args.soundfont, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        include_fills=args.include_fills, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        **options_from_args(GrooveVariety, args),
     )
     summary = run_grooves(cfg, in_process=args.in_process)
     print(json.dumps(summary) if args.json else format_summary(summary))
