@@ -363,10 +363,13 @@ META_KEYS = ("track", "split", "dataset_split", "style", "bpm", "midi_bpm", "dru
 
 def _metadata(cfg: GroovesConfig, tracks: list[dict], soundfonts: list[str]) -> bytes:
     """grooves.json: `selection` is the latest run's; `tracks` every track in OUT (_tracks_present)."""
+    from pipelines.groove_options import realism_of
+
     meta = {"source": "Groove MIDI Dataset (Gillick, Roberts, Engel, Eck, Bamman; Magenta), CC BY 4.0",
             "sample_rate": SAMPLE_RATE, "soundfonts": [posixpath.basename(p) for p in soundfonts],
             "selection": {k: v for k, v in asdict(cfg).items()
-                          if k not in ("groove_dir", "out", "s3_endpoint_url", "address", "soundfont")},
+                          if k not in ("groove_dir", "out", "s3_endpoint_url", "address", "soundfont")}
+            | {"bass_programs": realism_of(cfg)["bass_programs"] or None},
             "validation_split_written_as": OUTPUT_SPLIT["validation"],
             "tracks": tracks}
     return json.dumps(meta, indent=2).encode("utf-8")
