@@ -90,7 +90,12 @@ TimGM6mb by default).  Bass: a part composed for the performance, starting on it
 kicks (the drummer's timing kept) and, by style, some snares or off-beats, on a
 seeded chord progression.  Takes: long 'beat' performances (no fills) of at least
 --min-seconds.  The dataset's split is kept; its validation set is written as test.
-One Ray task per performance.  The same seed gives the same files.""",
+One Ray task per performance.  The same seed gives the same files.
+
+Variety, for data that looks like real songs (all off by default): several kits
+(--soundfont a.sf2,b.sf2), bass programs drawn per take (--bass-programs), held notes
+(--bass-skip), bars without bass (--bass-rests) and per-stem EQ, compression,
+saturation and room (--processing); each take's choices go into grooves.json.""",
     )
     p.add_argument("groove_dir", metavar="GROOVE_DIR", help="Groove MIDI folder (with info.csv) or s3:// prefix")
     p.add_argument("out", metavar="OUTPUT", help="output folder or s3:// prefix (created if missing)")

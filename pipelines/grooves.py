@@ -19,6 +19,8 @@ train/test proportions.  The dataset's split is kept, with its validation set wr
 as `test` (prepare knows train and test only; held-out data is what evaluation needs).
 Each track's bass is seeded by (seed, track name), so a track sounds the same whatever
 else is selected.  Same inputs and seed -> the same bytes.
+The variety options (several kits, bass programs, held notes, rests, processing; issue #30)
+are declared in groove_options.py and applied per take by groove_render.py.
 """
 from __future__ import annotations
 
