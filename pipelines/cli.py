@@ -12,6 +12,7 @@ from cluster.job_options import add_job_options, add_job_parser, add_json_option
 from cluster.options import add_old_flag, add_option_flags, options_from_args
 from cluster.resources import add_resource_options, parse_actors
 from pipelines.codec_options import griffin_lim_option
+from pipelines.groove_options import GrooveVariety
 
 
 @dataclass
@@ -89,7 +90,12 @@ TimGM6mb by default).  Bass: a part composed for the performance, starting on it
 kicks (the drummer's timing kept) and, by style, some snares or off-beats, on a
 seeded chord progression.  Takes: long 'beat' performances (no fills) of at least
 --min-seconds.  The dataset's split is kept; its validation set is written as test.
-One Ray task per performance.  The same seed gives the same files.""",
+One Ray task per performance.  The same seed gives the same files.
+
+Variety, for data that looks like real songs (all off by default): several kits
+(--soundfont a.sf2,b.sf2), bass programs drawn per take (--bass-programs), held notes
+(--bass-skip), bars without bass (--bass-rests) and per-stem EQ, compression,
+saturation and room (--processing); each take's choices go into grooves.json.""",
     )
     p.add_argument("groove_dir", metavar="GROOVE_DIR", help="Groove MIDI folder (with info.csv) or s3:// prefix")
     p.add_argument("out", metavar="OUTPUT", help="output folder or s3:// prefix (created if missing)")
@@ -105,11 +111,10 @@ One Ray task per performance.  The same seed gives the same files.""",
     p.add_argument("--max-seconds", type=float, default=None,
                    help="keep only the first this many seconds of each take (default: whole takes)")
     p.add_argument("--include-fills", action="store_true", help="also render the short 'fill' takes")
-    p.add_argument("--soundfont", default=None,
-                   help="General MIDI .sf2 file (default: the TimGM6mb.sf2 that pretty_midi ships)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the sample and the bass parts (default: 0)")
     p.add_argument("--in-process", action="store_true",
                    help="render in this process instead of Ray tasks (small corpora, debugging)")
+    add_option_flags(p, GrooveVariety)
     add_job_options(p)
     p.set_defaults(func=_run_grooves)
 
@@ -126,8 +131,8 @@ def _run_grooves(args) -> int:
         groove_dir=args.groove_dir, out=args.out, max_tracks=args.max_tracks,
         styles=_split_list(args.styles), splits=_split_list(args.splits) or [],
         seed=args.seed, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
-        include_fills=args.include_fills,
-        soundfont=args.soundfont, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        include_fills=args.include_fills, s3_endpoint_url=args.s3_endpoint_url, address=args.address,
+        **options_from_args(GrooveVariety, args),
     )
     summary = run_grooves(cfg, in_process=args.in_process)
     print(json.dumps(summary) if args.json else format_summary(summary))

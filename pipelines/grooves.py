@@ -19,6 +19,8 @@ train/test proportions.  The dataset's split is kept, with its validation set wr
 as `test` (prepare knows train and test only; held-out data is what evaluation needs).
 Each track's bass is seeded by (seed, track name), so a track sounds the same whatever
 else is selected.  Same inputs and seed -> the same bytes.
+The variety options (several kits, bass programs, held notes, rests, processing; issue #30)
+are declared in groove_options.py and applied per take by groove_render.py.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cluster.errors import UserError
+from pipelines.groove_options import GrooveVariety
 from pipelines.storage import fsspec_filesystem, is_local_filesystem, read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,7 @@ class GroovesError(UserError):
 
 
 @dataclass
-class GroovesConfig:
+class GroovesConfig(GrooveVariety):  # the variety options (kits, bass, processing): groove_options.py
     groove_dir: str
     out: str
     max_tracks: int | None = None
@@ -73,7 +76,6 @@ class GroovesConfig:
     min_seconds: float = 8.0
     max_seconds: float | None = None  # keep only the first this many seconds of each take
     include_fills: bool = False
-    soundfont: str | None = None  # None: pretty_midi's TimGM6mb.sf2
     s3_endpoint_url: str | None = None
     address: str | None = None
 
@@ -252,11 +254,12 @@ def mix_levels(drums: np.ndarray, bass: np.ndarray) -> tuple[np.ndarray, np.ndar
             _level(bass, DRUMS_RMS_DB + BASS_VS_DRUMS_DB, 0.98 - DRUMS_PEAK))
 
 
-def render_performance(data: bytes, job: dict, soundfont_path: str | None = None
-                       ) -> tuple[dict[str, np.ndarray], dict]:
-    """MIDI bytes + job row -> ({drums, bass, mixture}: float32 [2, n] at 44.1 kHz, metadata)."""
+def render_performance(data: bytes, job: dict, soundfont_path: str | list[str] | None = None,
+                       realism: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """MIDI bytes + job row -> ({drums, bass, mixture}: float32 [2, n] at 44.1 kHz, metadata).
+    `soundfont_path`: the kit, or kits to draw it from; `realism`: groove_options.realism_of."""
     from pipelines.groove_bass import compose_bass
-    from pipelines.soundbank import default_soundfont_path, shared_bank
+    from pipelines.groove_render import render_stems
 
     notes, tempo, end = read_drums(data, job["midi"])
     if job.get("max_seconds"):
@@ -266,16 +269,13 @@ def render_performance(data: bytes, job: dict, soundfont_path: str | None = None
     num_samples = int(round(end * SAMPLE_RATE))
     hits, kick_velocity = _hits(notes)
     part = compose_bass(hits, kick_velocity, job["style"], bpm, job["bar_beats"], end, job["seed"])
-    bank = shared_bank(soundfont_path or default_soundfont_path())
-    drums = bank.render(_drum_notes(notes), num_samples)
-    bass = bank.render(_bass_notes(part), num_samples)
+    drums, bass, varied = render_stems(notes, part, job, bpm, end, num_samples, soundfont_path, realism or {})
     if _rms(bass) == 0.0:
         raise MidiError(f"{job['midi']}: no kick drum to lock a bass part to")
     drums, bass = mix_levels(drums, bass)
-    meta = {"seconds": num_samples / SAMPLE_RATE, "midi_bpm": bpm, "bass_program": part.program,
-            "key": part.key, "progression": list(part.progression),
-            "bars_per_chord": part.bars_per_chord, "bass_notes": len(part.notes),
-            "drum_notes": len(notes)}
+    meta = {"seconds": num_samples / SAMPLE_RATE, "midi_bpm": bpm, "key": part.key,
+            "progression": list(part.progression), "bars_per_chord": part.bars_per_chord,
+            "drum_notes": len(notes), **varied}
     return {"drums": drums, "bass": bass, "mixture": drums + bass}, meta
 
 
@@ -292,8 +292,8 @@ def _wav_bytes(stereo: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def render_track(job: dict, groove_dir: str, out: str, soundfont_path: str | None = None,
-                 s3_endpoint_url: str | None = None) -> dict:
+def render_track(job: dict, groove_dir: str, out: str, soundfont_path: str | list[str] | None = None,
+                 s3_endpoint_url: str | None = None, realism: dict | None = None) -> dict:
     """One performance end to end: read, render, write its folder.  Never raises for bad input:
     the returned row says ok / failed with the stage and reason.  `soundfont_path` None: the
     SoundFont pretty_midi ships, found on the machine that runs the task."""
@@ -303,7 +303,7 @@ def render_track(job: dict, groove_dir: str, out: str, soundfont_path: str | Non
     try:
         data = read_bytes(_join(groove_dir, job["midi"]), s3_endpoint_url)
         stage = "render"
-        stems, meta = render_performance(data, job, soundfont_path)
+        stems, meta = render_performance(data, job, soundfont_path, realism)
         stage = "write"
         fs, root = fsspec_filesystem(out, s3_endpoint_url)
         folder = posixpath.join(root, job["split"], job["track"])
@@ -322,7 +322,7 @@ def render_track(job: dict, groove_dir: str, out: str, soundfont_path: str | Non
 # ----------------------------------------------------------------- the job
 
 
-def _run_on_ray(jobs: list[dict], cfg: GroovesConfig, soundfont: str | None):
+def _run_on_ray(jobs: list[dict], cfg: GroovesConfig, soundfont: list[str] | None, realism: dict):
     """Yield result rows as Ray Data finishes them (one task per performance)."""
     import ray
     from ray.data import DataContext
@@ -337,7 +337,7 @@ def _run_on_ray(jobs: list[dict], cfg: GroovesConfig, soundfont: str | None):
     ctx.max_errored_blocks = -1
     ctx.op_resource_reservation_enabled = False  # one operator: let it use every CPU
     args = {"groove_dir": cfg.groove_dir, "out": cfg.out, "soundfont_path": soundfont,
-            "s3_endpoint_url": cfg.s3_endpoint_url}
+            "s3_endpoint_url": cfg.s3_endpoint_url, "realism": realism}
     try:
         ds = ray.data.from_items(jobs, override_num_blocks=len(jobs))
         ds = ds.map(lambda job: render_track(job, **args), num_cpus=1)
@@ -359,15 +359,19 @@ def _errors_csv(rows: list[dict]) -> bytes:
 
 META_KEYS = ("track", "split", "dataset_split", "style", "bpm", "midi_bpm", "drummer", "session",
              "time_signature", "seconds", "midi", "bass_program", "key", "progression",
-             "bars_per_chord", "bass_notes", "drum_notes")
+             "bars_per_chord", "bass_notes", "drum_notes", "soundfont", "bass_soundfont", "bass_held",
+             "bass_rests", "processing")
 
 
-def _metadata(cfg: GroovesConfig, tracks: list[dict], soundfont: str) -> bytes:
+def _metadata(cfg: GroovesConfig, tracks: list[dict], soundfonts: list[str]) -> bytes:
     """grooves.json: `selection` is the latest run's; `tracks` every track in OUT (_tracks_present)."""
+    from pipelines.groove_options import realism_of
+
     meta = {"source": "Groove MIDI Dataset (Gillick, Roberts, Engel, Eck, Bamman; Magenta), CC BY 4.0",
-            "sample_rate": SAMPLE_RATE, "soundfont": posixpath.basename(soundfont),
+            "sample_rate": SAMPLE_RATE, "soundfonts": [posixpath.basename(p) for p in soundfonts],
             "selection": {k: v for k, v in asdict(cfg).items()
-                          if k not in ("groove_dir", "out", "s3_endpoint_url", "address", "soundfont")},
+                          if k not in ("groove_dir", "out", "s3_endpoint_url", "address", "soundfont")}
+            | {"bass_programs": realism_of(cfg)["bass_programs"] or None},
             "validation_split_written_as": OUTPUT_SPLIT["validation"],
             "tracks": tracks}
     return json.dumps(meta, indent=2).encode("utf-8")
@@ -399,17 +403,21 @@ def _tracks_present(fs, root: str, ok: list[dict]) -> list[dict]:
 def run_grooves(cfg: GroovesConfig, in_process: bool = False) -> dict:
     """Select, render (Ray Data, or in this process), write metadata; returns a summary."""
     from pipelines.paths import check_output_outside_inputs
-    from pipelines.soundbank import default_soundfont_path, soundfont_problem
+    from pipelines.groove_kits import kit_problem, soundfont_paths
+    from pipelines.groove_options import realism_of, variety_problem
+    from pipelines.soundbank import default_soundfont_path
 
     started = time.perf_counter()
-    check_output_outside_inputs(cfg.out, {"GROOVE_DIR": cfg.groove_dir, "--soundfont": cfg.soundfont},
-                                what="OUT")
-    soundfont = cfg.soundfont or default_soundfont_path()
-    problem = soundfont_problem(soundfont)  # once here, not once per take in the tasks
+    given = soundfont_paths(cfg.soundfont)
+    check_output_outside_inputs(cfg.out, {"GROOVE_DIR": cfg.groove_dir, "--soundfont": given}, what="OUT")
+    # once here, not once per take in the tasks
+    problem = variety_problem(cfg) or next(filter(None, map(kit_problem, given or [default_soundfont_path()])), None)
     if problem:
         raise GroovesError(problem)
+    if len(set(given)) < len(given):
+        raise GroovesError(f"--soundfont names a file twice: {', '.join(given)}")
     # Tasks look the default up on their own machine (a worker's pretty_midi may live elsewhere).
-    task_soundfont = cfg.soundfont
+    task_soundfont, realism = given or None, realism_of(cfg)
     jobs = select(read_info(cfg.groove_dir, cfg.s3_endpoint_url), cfg)
     if not jobs:
         raise GroovesError("no performance matches the selection (styles, splits, --min-seconds)")
@@ -423,9 +431,10 @@ def run_grooves(cfg: GroovesConfig, in_process: bool = False) -> dict:
             raise GroovesError(f"cannot create OUT {cfg.out}: {err.strerror or err}") from err
     log.info("rendering %d performances from %s to %s", len(jobs), cfg.groove_dir, cfg.out)
     if in_process:
-        stream = (render_track(j, cfg.groove_dir, cfg.out, task_soundfont, cfg.s3_endpoint_url) for j in jobs)
+        stream = (render_track(j, cfg.groove_dir, cfg.out, task_soundfont, cfg.s3_endpoint_url, realism)
+                  for j in jobs)
     else:
-        stream = _run_on_ray(jobs, cfg, task_soundfont)
+        stream = _run_on_ray(jobs, cfg, task_soundfont, realism)
     results = []
     for row in stream:
         results.append(row)
@@ -441,7 +450,7 @@ def run_grooves(cfg: GroovesConfig, in_process: bool = False) -> dict:
     write_bytes_atomic(out_fs, posixpath.join(out_root, ERRORS_FILE), _errors_csv(results))
     listed = _tracks_present(out_fs, out_root, ok)
     if listed:
-        write_bytes_atomic(out_fs, posixpath.join(out_root, META_FILE), _metadata(cfg, listed, soundfont))
+        write_bytes_atomic(out_fs, posixpath.join(out_root, META_FILE), _metadata(cfg, listed, given or [default_soundfont_path()]))
     wall = time.perf_counter() - started
     audio = sum(r["seconds"] for r in ok)
     return {"tracks_ok": len(ok), "tracks_failed": len(results) - len(ok), "tracks_listed": len(listed),

@@ -263,7 +263,9 @@ def shared_bank(soundfont_path: str) -> SoundBank:
     return _bank(soundfont_path, cache_folder())
 
 
-@functools.lru_cache(maxsize=4)
+# Several kits per job (grooves --soundfont a,b,c) plus the bass's General MIDI bank: keep
+# them all rather than re-reading a 150 MB SoundFont and its one-shots for every other take.
+@functools.lru_cache(maxsize=8)
 def _bank(soundfont_path: str, cache_dir: str | None) -> SoundBank:
     with open(soundfont_path, "rb") as f:
         return SoundBank(f.read(), cache_dir)
