@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Groove MIDI was recorded on a Roland TD-11; three of its notes are not the General
+# MIDI sounds (22/26 are hi-hat edge hits, 58 the floor tom rim; GM: none / none /
+# vibraslap).  Mapped as the dataset's authors do.
+ROLAND_TO_GM = {22: 42, 26: 46, 58: 43}
 KICKS = frozenset({35, 36})
 SNARES = frozenset({37, 38, 40})
 CYMBAL_TIME = frozenset({42, 44, 46, 51, 53, 59})  # hats and ride (after the GM remap)

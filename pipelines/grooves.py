@@ -49,10 +49,6 @@ ERRORS_FILE = "_errors.csv"
 ERROR_COLUMNS = ("track", "path", "stage", "reason")
 DATASET_SPLITS = ("train", "validation", "test")
 OUTPUT_SPLIT = {"train": "train", "validation": "test", "test": "test"}
-# Groove MIDI was recorded on a Roland TD-11; three of its notes are not the General
-# MIDI sounds (22/26 are hi-hat edge hits, 58 the floor tom rim; GM: none / none /
-# vibraslap).  Mapped as the dataset's authors do.
-ROLAND_TO_GM = {22: 42, 26: 46, 58: 43}
 # Groove MIDI renders quietly (a funk take: -34 dBFS RMS); the drums are brought to this level,
 # unless their peaks (drum crest factors reach 22 dB) must stay under DRUMS_PEAK
 # (the bass, 2 dB lower, likewise under what the drums leave).
@@ -201,15 +197,8 @@ def read_drums(data: bytes, path: str):
     return notes, (float(tempi[0]) if len(tempi) else None), float(pm.get_end_time())
 
 
-def _drum_notes(notes):
-    from pipelines.soundbank import drum_note
-
-    return [drum_note(n.start, ROLAND_TO_GM.get(n.pitch, n.pitch), n.velocity, n.end - n.start)
-            for n in notes]
-
-
 def _hits(notes) -> tuple[dict[str, list[float]], dict[float, int]]:
-    from pipelines.groove_bass import CYMBAL_TIME, KICKS, MERGE_SECONDS, SNARES, merged_times
+    from pipelines.groove_bass import CYMBAL_TIME, KICKS, MERGE_SECONDS, ROLAND_TO_GM, SNARES, merged_times
 
     hits = {"kick": [], "snare": [], "cymbal": []}
     velocity: dict[float, int] = {}
@@ -226,13 +215,6 @@ def _hits(notes) -> tuple[dict[str, list[float]], dict[float, int]]:
         first, last = bisect.bisect_left(starts, t), bisect.bisect_left(starts, t + MERGE_SECONDS)
         velocity[t] = max(v for _, v in kicks[first:last])
     return hits, velocity
-
-
-def _bass_notes(part):
-    from pipelines.soundbank import Note, NoteKey
-
-    return [Note(n.start, NoteKey(False, part.program, n.pitch, n.velocity, n.duration))
-            for n in part.notes]
 
 
 def _rms(x: np.ndarray) -> float:

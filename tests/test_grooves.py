@@ -202,13 +202,14 @@ def test_one_shot_rendering_matches_a_full_midirenderer_render():
     import midirenderer
 
     from pipelines.audio import resample
-    from pipelines.grooves import SAMPLE_RATE, _drum_notes, read_drums
+    from pipelines.groove_render import drum_notes
+    from pipelines.grooves import SAMPLE_RATE, read_drums
     from pipelines.soundbank import default_soundfont_path, shared_bank
 
     data = (GROOVE / "drummer7/session2/77_funk_100_beat_4-4.mid").read_bytes()
     notes, _, end = read_drums(data, "funk")
     bank = shared_bank(default_soundfont_path())
-    ours = bank.render(_drum_notes(notes), int(round(end * SAMPLE_RATE))).mean(axis=0)
+    ours = bank.render(drum_notes(notes), int(round(end * SAMPLE_RATE))).mean(axis=0)
     # The full render, with the same Roland -> General MIDI note map applied to the file.
     pm = pretty_midi.PrettyMIDI(io.BytesIO(data))
     for n in pm.instruments[0].notes:
