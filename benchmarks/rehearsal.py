@@ -9,8 +9,9 @@ tests/ray_nodes.py), then runs the chain as a user would, every path an s3:// UR
 
 at each --scales size (1x: --tracks songs of --seconds s; the test split is a third of them), and
 prints one table per stage: items, wall time, items/s per logical core, growth (the largest
-scale's throughput over 1x's), the driver's and each node's peak RSS, object-store spill and
-S3 requests and bytes per item.
+scale's throughput over 1x's), the same two once the job runs (steady: from its first progress
+line to its last, so without the start and the summary, which small scales cannot amortise),
+the driver's and each node's peak RSS, object-store spill and S3 requests and bytes per item.
 
 --kill-node prepare,evaluate,train kills one worker node (SIGKILL of its `ray start`, raylet and
 workers, nothing else) half-way through those stages (at half the clean run's time) at the first
@@ -114,10 +115,30 @@ class StageRun:
     s3_bytes: int
     output: str = ""
     node_lost: dict = field(default_factory=dict)
+    steady_items_s: float | None = None  # items/s between the job's first and last progress lines
 
     @property
     def per_core(self) -> float:
         return self.items / self.wall_s / max(self.cores, 1e-9)
+
+    @property
+    def steady_per_core(self) -> float | None:
+        return None if self.steady_items_s is None else self.steady_items_s / max(self.cores, 1e-9)
+
+
+PROGRESS = re.compile(r": (\d+)/(\d+)(?: \w+)? done")
+
+
+def steady_rate(timed_lines: list[tuple[float, str]], items: int) -> float | None:
+    """Items/s from the job's first progress line to its last (cluster.console.Progress, one every 10 s):
+    the throughput once the job runs, without its start (Ray connect, actors loading models) and its
+    end (summary, report), which a short run cannot amortise.  Progress counts are scaled to the
+    stage's items (evaluate counts reference clips; its items are clips x sets)."""
+    marks = [(t, int(m.group(1)), int(m.group(2))) for t, line in timed_lines for m in [PROGRESS.search(line)] if m]
+    if len(marks) < 2 or marks[-1][1] <= marks[0][1]:
+        return None
+    (t0, d0, total), (t1, d1, _) = marks[0], marks[-1]
+    return (d1 - d0) * items / total / (t1 - t0)
 
 
 class Sampler:
@@ -175,7 +196,7 @@ def run_stage(cluster, s3: CountingS3, stage: str, scale: int, items: int, args:
     proc = subprocess.Popen([sys.executable, "-m", "cycledrums_cli", *args], env=cluster.client_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     sampler = Sampler(proc.pid, cluster)
-    lines, lost = [], {}
+    lines, timed, lost = [], [], {}
     if kill_at_s is not None:
         timer = threading.Timer(kill_at_s, lambda: proc.poll() is None and lost.update(kill_and_replace(cluster)))
         timer.start()
@@ -183,6 +204,7 @@ def run_stage(cluster, s3: CountingS3, stage: str, scale: int, items: int, args:
     with open(log_path, "w") as log:  # written as the job goes, to follow a long stage
         for line in proc.stdout:
             lines.append(line)
+            timed.append((time.perf_counter() - start, line))
             log.write(line)
             log.flush()
     proc.wait()
@@ -199,7 +221,8 @@ def run_stage(cluster, s3: CountingS3, stage: str, scale: int, items: int, args:
     elif kill_at_s is not None:
         lost["note"] = "the job ended before the node was killed"
     return StageRun(stage, scale, items, wall, cores, sampler.driver_mb, dict(sampler.nodes_mb),
-                    spilled_mb(cluster) - spill0, requests1 - requests0, bytes1 - bytes0, output, lost)
+                    spilled_mb(cluster) - spill0, requests1 - requests0, bytes1 - bytes0, output, lost,
+                    steady_rate(timed, items))
 
 
 def kill_and_replace(cluster) -> dict:
@@ -308,15 +331,20 @@ def print_tables(runs: list[StageRun]) -> None:
         rows = [r for r in runs if r.stage == name]
         base = rows[0]
         print(f"\n{name}")
-        print("| scale | items | wall s | items/s per core | growth | driver peak MB | node peak MB | spill MB "
-              "| S3 requests/item | S3 KB/item |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| scale | items | wall s | items/s per core | growth | steady items/s per core | steady growth "
+              "| driver peak MB | node peak MB | spill MB | S3 requests/item | S3 KB/item |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             growth = r.per_core / base.per_core if base.per_core else float("nan")
+            steady, steady_growth = "-", "-"
+            if r.steady_per_core is not None:
+                steady = f"{r.steady_per_core:.3f}"
+                if base.steady_per_core:
+                    steady_growth = f"{r.steady_per_core / base.steady_per_core:.2f}"
             nodes = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.node_peak_mb.items()))
-            print(f"| {r.scale}x | {r.items} | {r.wall_s:.1f} | {r.per_core:.3f} | {growth:.2f} | "
-                  f"{r.driver_peak_mb:.0f} | {nodes} | {r.spill_mb:.0f} | {r.s3_requests / r.items:.1f} | "
-                  f"{r.s3_bytes / r.items / 1024:.0f} |")
+            print(f"| {r.scale}x | {r.items} | {r.wall_s:.1f} | {r.per_core:.3f} | {growth:.2f} | {steady} | "
+                  f"{steady_growth} | {r.driver_peak_mb:.0f} | {nodes} | {r.spill_mb:.0f} | "
+                  f"{r.s3_requests / r.items:.1f} | {r.s3_bytes / r.items / 1024:.0f} |")
         for r in rows:
             if r.node_lost:
                 print(f"  node lost at {r.scale}x: {json.dumps(r.node_lost)}")
