@@ -32,6 +32,17 @@ clips, those where the true drums play; level_diff_db as the mean |dB| off, lowe
 better, every other metric higher is better).  Also written: OUT/real_songs.json and
 the same tables as markdown, OUT/real_songs.md.
 
+Where the bass rests (issue #30): evaluate runs with --keep-audio, so every generated
+clip's drums.wav is kept (OUT/<song>/evaluate/audio/<set>/<clip>/drums.wav), and for
+each clip with rests (infer.bass_rests: frames where the bass is near silent, 0.5 s or
+more of them) the figures over those frames alone: the clips with rests and their rest
+share, the generated minus true drums level (dB, signed mean: a hum is well above 0,
+silence well under), the onset agreement with the true drums (clips where the true drums
+play there) and the steadiness (the hum indicator: ~1 a steady hum, ~0.7 noise, drums
+low), per set: each model, the untrained network, another clip's drums, the bass copy,
+shaped noise, and the true drums (level 0 and onsets 1 by definition; their steadiness
+is the reference).
+
 Without --inception-weights the torchvision ImageNet weights are used when they are in
 torch's cache, else a seeded random Inception-v3 (the density_* metrics then say
 little; the output says which).
@@ -55,6 +66,12 @@ sys.path.insert(0, str(ROOT))  # this checkout's packages, as the jobs below run
 UNTRAINED = "untrained"
 # The baselines each model is compared with, and the ceiling, in column order.
 COMPARED = ("bass-copy", "other-clip", "true-drums")
+# The sets of the rest table, after the models, in column order.
+REST_SETS = (UNTRAINED, "other-clip", "bass-copy", "shaped-noise", "true-drums")
+REST_COLUMNS = (("clips with rests", "clips", "{:d}"), ("rest share", "rest_share", "{:.2f}"),
+                ("level diff dB (0 best; a hum is > 0)", "level_diff_db", "{:+.1f}"),
+                ("onset agreement (1 best)", "onset_agreement", "{:.3f}"),
+                ("steadiness (hum ~1, drums low)", "steadiness", "{:.3f}"))
 BEATEN = (UNTRAINED, "bass-copy", "other-clip")
 STEM_NAMES = ("bass", "drums")
 
@@ -278,6 +295,80 @@ def judge(table, model_labels: list[str]) -> dict:
             "compared": compared}
 
 
+# ---------------------------------------------------------------- where the bass rests
+
+
+def clip_images(testset: Path, clip_id: str, params) -> dict[str, np.ndarray]:
+    """{"bass", "drums"} mel images of one clip, as score analyses its files."""
+    from infer.score_stages import load_mel_image
+
+    return {stem: load_mel_image(str(testset / clip_id / f"{stem}.wav"), params) for stem in STEM_NAMES}
+
+
+def rest_set_images(table, clip_id: str, images: dict, labels: list[str], testset: Path, params,
+                    seed: int) -> dict[str, np.ndarray]:
+    """{set: drums image} of one clip: the models' kept drums.wav, and the baselines as score makes them."""
+    from infer.baselines import NOISE, fit_frames, shaped_noise_image, stable_seed
+    from infer.score_stages import load_mel_image
+
+    rows = table[table["clip_id"] == clip_id].set_index("set")["generated"]
+    out = {}
+    for label in labels + [UNTRAINED]:
+        if label in rows.index and rows[label]:
+            out[label] = load_mel_image(rows[label], params)
+    if "other-clip" in rows.index and rows["other-clip"]:
+        other = clip_images(testset, rows["other-clip"], params)["drums"]
+        out["other-clip"] = fit_frames(other, images["drums"].shape[1])
+    out["bass-copy"] = images["bass"]
+    out["shaped-noise"] = shaped_noise_image(images["drums"], params, stable_seed(seed, clip_id, NOISE))
+    out["true-drums"] = images["drums"]
+    return out
+
+
+def rest_clip_figures(table, testset: Path, labels: list[str], seed: int) -> dict[str, dict]:
+    """{clip id: {set: bass_rests figures}} for the clips with rests (the others: {clip id: None})."""
+    from infer.bass_rests import rest_figures
+    from pipelines.mel import MelParams
+
+    params = MelParams()
+    out = {}
+    for clip_id in sorted(table.loc[table["set"] == "true-drums", "clip_id"].unique()):
+        images = clip_images(testset, clip_id, params)
+        sets = rest_set_images(table, clip_id, images, labels, testset, params, seed)
+        figures = {label: rest_figures(image, images["drums"], images["bass"], params)
+                   for label, image in sets.items()}
+        out[clip_id] = figures if figures["true-drums"] is not None else None
+    return out
+
+
+def rest_summary(per_clip: dict[str, dict | None], labels: list[str]) -> dict:
+    """Per set, the means of the rest figures over the clips with rests (onsets: where the true drums play)."""
+    with_rests = [f for f in per_clip.values() if f is not None]
+    sets = {}
+    for label in labels + list(REST_SETS):
+        figures = [f[label] for f in with_rests if f.get(label) is not None]
+        if not figures:
+            continue
+        onsets = [f["onset_agreement"] for f in figures if f["onset_agreement"] is not None]
+        sets[label] = {"clips": len(figures), "onset_clips": len(onsets),
+                       "onset_agreement": float(np.mean(onsets)) if onsets else None,
+                       **{k: float(np.mean([f[k] for f in figures]))
+                          for k in ("rest_share", "level_diff_db", "true_level_db", "steadiness", "tone_share")}}
+    return {"clips": len(per_clip), "clips_with_rests": len(with_rests), "sets": sets, "per_clip": per_clip}
+
+
+def rest_markdown(title: str, rests: dict, model_labels: list[str]) -> str:
+    head = [f"#### {title}, where the bass rests: {rests['clips_with_rests']} of {rests['clips']} clips", ""]
+    if not rests["clips_with_rests"]:
+        return "\n".join(head + ["No clip has 0.5 s of bass rests: nothing to measure.", ""])
+    columns = [c for c in model_labels + list(REST_SETS) if c in rests["sets"]]
+    lines = head + ["| where the bass rests | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, key, fmt in REST_COLUMNS:
+        cells = [rests["sets"][c][key] for c in columns]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else fmt.format(v) for v in cells) + " |")
+    return "\n".join(lines + [""])
+
+
 # ---------------------------------------------------------------- printing
 
 
@@ -302,8 +393,12 @@ def markdown(title: str, result: dict, model_labels: list[str]) -> str:
 
 
 def report_text(results: dict, model_labels: list[str]) -> str:
-    parts = [markdown(f"held out: {song}", result, model_labels) for song, result in results["songs"].items()]
-    parts.append(markdown(f"all {len(results['songs'])} songs pooled", results["overall"], model_labels))
+    parts = [part for song, result in results["songs"].items()
+             for part in (markdown(f"held out: {song}", result, model_labels),
+                          rest_markdown(f"held out: {song}", result["rests"], model_labels))]
+    pooled = f"all {len(results['songs'])} songs pooled"
+    parts += [markdown(pooled, results["overall"], model_labels),
+              rest_markdown(pooled, results["overall"]["rests"], model_labels)]
     head = ["# Real-song benchmark", "", "Models: " + ", ".join(
         f"{label} = {spec}" for label, spec in results["models"].items()) + f"; untrained = {results['untrained']}",
         f"Inception: {results['inception']}", ""]
@@ -320,7 +415,8 @@ def evaluate_fold(fold: Fold, untrained: str, args, weights: str, out: Path) -> 
     also = [arg for label in labels[1:] for arg in ("--also", f"{label}={fold.models[label]}")]
     cycledrums("evaluate", f"{labels[0]}={fold.models[labels[0]]}", str(out / fold.song.name / "testset"),
                str(fold.output), *also, "--also", f"{UNTRAINED}={untrained}", "--baselines",
-               "--inception-weights", weights, "--seed", str(args.seed), "--report-clips", str(args.report_clips),
+               "--inception-weights", weights, "--seed", str(args.seed), "--keep-audio",
+               "--report-clips", str(args.report_clips),
                "--griffin-lim-iters", str(args.griffin_lim_iters), log=out / fold.song.name / "evaluate.log")
 
 
@@ -358,26 +454,31 @@ def run(args) -> dict:
     if untrained is None:
         print("making the untrained baseline (train --max-steps 1 --lr 0) ...", flush=True)
         untrained = make_untrained(next(iter(folds[0].models.values())), folds[0].song, out)
-    tables = []
+    tables, rests = [], []
     for i, fold in enumerate(folds, 1):
         start = time.monotonic()
         print(f"[{i}/{len(folds)}] held out {fold.song.name}: evaluate on {fold.clips} clips ...", flush=True)
         evaluate_fold(fold, untrained, args, weights, out)
         tables.append(load_clips(fold.output))
+        rests.append(rest_clip_figures(tables[-1], out / fold.song.name / "testset", list(models | per_song),
+                                       args.seed))
         print(f"  done in {time.monotonic() - start:.0f} s: {fold.output}", flush=True)
-    return summarize(folds, tables, skipped, models | per_song, untrained, weights_note)
+    return summarize(folds, tables, rests, skipped, models | per_song, untrained, weights_note)
 
 
-def summarize(folds: list[Fold], tables: list, skipped: dict, models: dict, untrained: str, weights: str) -> dict:
+def summarize(folds: list[Fold], tables: list, rests: list, skipped: dict, models: dict, untrained: str,
+              weights: str) -> dict:
     import pandas as pd
 
     labels = list(models)
     songs = {}
-    for fold, table in zip(folds, tables):
+    for fold, table, rest in zip(folds, tables, rests):
         songs[fold.song.name] = dict(judge(table, labels), windows=fold.windows, models=fold.models,
-                                     evaluate_output=str(fold.output))
+                                     evaluate_output=str(fold.output), rests=rest_summary(rest, labels))
+    pooled = {clip: figures for rest in rests for clip, figures in rest.items()}
     return {"models": models, "untrained": untrained, "inception": weights, "skipped": skipped,
-            "songs": songs, "overall": judge(pd.concat(tables, ignore_index=True), labels)}
+            "songs": songs, "overall": dict(judge(pd.concat(tables, ignore_index=True), labels),
+                                            rests=rest_summary(pooled, labels))}
 
 
 def parse_args(argv: list[str] | None = None):

@@ -156,3 +156,47 @@ def test_without_untrained_it_trains_one_step_at_lr_0_with_the_model_s_architect
     assert {k: config[k] for k in ("model", "ngf", "ndf", "n_blocks")} == \
         {k: model[k] for k in ("model", "ngf", "ndf", "n_blocks")} and config["lr"] == 0
     assert checkpoint.endswith("checkpoint_000000001")
+
+
+@pytest.mark.timeout(60)
+def test_where_the_bass_rests_every_set_is_measured_against_the_true_drums(benchmarked):
+    """The rest table (issue #30): per song and pooled, each model and baseline over the clips whose bass
+    rests (the Lithium excerpt has rests: its intro, and a break)."""
+    from infer.bass_rests import rest_figures, rest_frames
+    from infer.score_stages import load_mel_image
+    from pipelines.mel import MelParams
+
+    out, done = benchmarked
+    results = json.loads((out / "real_songs.json").read_text())
+    markdown = (out / "real_songs.md").read_text()
+    for title, result in [(f"held out: {s}", r) for s, r in results["songs"].items()] + \
+            [("all 2 songs pooled", results["overall"])]:
+        rests = result["rests"]
+        assert rests["clips"] == result["clips"] and len(rests["per_clip"]) == rests["clips"]
+        heading = f"#### {title}, where the bass rests: {rests['clips_with_rests']} of {rests['clips']} clips"
+        assert heading in markdown and heading in done.stdout
+        if not rests["clips_with_rests"]:
+            assert rests["sets"] == {}
+            continue
+        assert set(rests["sets"]) == {"shared", "loso", "untrained", "other-clip", "bass-copy", "shaped-noise",
+                                      "true-drums"}
+        for label, figures in rests["sets"].items():
+            assert figures["clips"] == rests["clips_with_rests"]
+            assert all(np.isfinite(figures[k]) for k in ("rest_share", "level_diff_db", "steadiness"))
+            assert figures["onset_agreement"] is None or np.isfinite(figures["onset_agreement"])
+        true = rests["sets"]["true-drums"]
+        assert true["level_diff_db"] == 0.0 and true["onset_agreement"] in (None, 1.0)
+    # The pooled table pools the songs' clips; and a clip's figures are bass_rests' on the kept audio.
+    assert results["overall"]["rests"]["clips_with_rests"] == sum(
+        r["rests"]["clips_with_rests"] for r in results["songs"].values())
+    params = MelParams()
+    song, result = next((s, r) for s, r in results["songs"].items() if r["rests"]["clips_with_rests"])
+    clip_id, figures = next((c, f) for c, f in result["rests"]["per_clip"].items() if f is not None)
+    testset, audio = out / song / "testset", Path(result["evaluate_output"]) / "audio"
+    bass, drums = (load_mel_image(str(testset / clip_id / f"{stem}.wav"), params) for stem in ("bass", "drums"))
+    generated = load_mel_image(str(audio / "shared" / clip_id / "drums.wav"), params)
+    assert rest_frames(bass).sum() >= 22
+    expected = rest_figures(generated, drums, bass, params)
+    assert set(figures["shared"]) == set(expected)
+    for key, value in expected.items():
+        assert figures["shared"][key] == (None if value is None else pytest.approx(value))
