@@ -164,8 +164,13 @@ def start(base: Path, *, head_cpus: float, worker_types: dict, extra_env: dict |
         if process.poll() is not None:
             cluster.stop()
             raise RuntimeError(f"ray start exited with {process.returncode}")
-        done = subprocess.run([sys.executable, "-c", probe], env=client_env, capture_output=True,
-                              text=True, timeout=60)
+        try:
+            done = subprocess.run([sys.executable, "-c", probe], env=client_env, capture_output=True,
+                                  text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            # On a busy machine a client can miss one of Ray's 5 s connect limits and then wait
+            # forever: that probe is killed, and the next one tries again until the deadline.
+            continue
         if done.returncode == 0:
             return cluster
         time.sleep(1)
