@@ -21,6 +21,7 @@ A fresh worker node joins 10 s after the kill, as an autoscaler would replace th
 
     .venv/bin/python benchmarks/rehearsal.py                       # 1x and 4x, no node loss
     .venv/bin/python benchmarks/rehearsal.py --scales 1 --kill-node prepare,evaluate,train
+    .venv/bin/python benchmarks/rehearsal.py --stages prepare --tracks 1000 --seconds 8   # prepare alone, larger
     make rehearsal
 
 Every process started here is ended by its process id; nothing listens beyond 127.0.0.1.
@@ -126,7 +127,8 @@ class StageRun:
         return None if self.steady_items_s is None else self.steady_items_s / max(self.cores, 1e-9)
 
 
-PROGRESS = re.compile(r": (\d+)/(\d+)(?: \w+)? done")
+# The jobs' progress lines (cluster.console.Progress) and train's step lines.
+PROGRESS = re.compile(r": (\d+)/(\d+)(?: \w+)? done|\bstep (\d+)/(\d+) ")
 
 
 def steady_rate(timed_lines: list[tuple[float, str]], items: int) -> float | None:
@@ -134,7 +136,8 @@ def steady_rate(timed_lines: list[tuple[float, str]], items: int) -> float | Non
     the throughput once the job runs, without its start (Ray connect, actors loading models) and its
     end (summary, report), which a short run cannot amortise.  Progress counts are scaled to the
     stage's items (evaluate counts reference clips; its items are clips x sets)."""
-    marks = [(t, int(m.group(1)), int(m.group(2))) for t, line in timed_lines for m in [PROGRESS.search(line)] if m]
+    marks = [(t, int(m.group(1) or m.group(3)), int(m.group(2) or m.group(4)))
+             for t, line in timed_lines for m in [PROGRESS.search(line)] if m]
     if len(marks) < 2 or marks[-1][1] <= marks[0][1]:
         return None
     (t0, d0, total), (t1, d1, _) = marks[0], marks[-1]
@@ -277,11 +280,15 @@ def chain(cluster, s3, scale: int, opts, log_dir: Path, kill: set[str]) -> list[
         return f"{base}/{name}"
 
     windows = stage("prepare", tracks, lambda out: ["prepare", f"{base}/songs", out])
+    if "train" not in opts.stages:
+        return runs
     steps = opts.train_steps
     model = stage("train", steps, lambda out: [
         "train", windows, out, "--num-workers", str(opts.workers), "--cpus-per-worker",
         str(opts.worker_cpus - 1), "--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--max-steps", str(steps),
         "--checkpoint-every", str(max(steps // 4, 1)), "--log-every", "1"])
+    if "evaluate" not in opts.stages:
+        return runs
     n_sets = 1 + 5  # the model + the baselines (true drums, other clip, bass copy, noise, silence)
     stage("evaluate", test_clips * n_sets, lambda out: [
         "evaluate", model, f"{base}/songs/test", out, "--griffin-lim-iters", "8", "--report-clips", "2",
@@ -362,6 +369,8 @@ def parse_args():
     p.add_argument("--train-steps", type=int, default=40, help="training steps (default: 40)")
     p.add_argument("--kill-node", default="", help="stages that lose a worker node half-way, at the first "
                    "scale: any of prepare,evaluate,train (default: none)")
+    p.add_argument("--stages", default="prepare,train,evaluate",
+                   help="the chain up to: prepare; prepare,train; or all three (default: all three)")
     p.add_argument("--logs", default=None, help="folder for each stage's console output (default: a temp folder)")
     return p.parse_args()
 
@@ -371,6 +380,11 @@ def main() -> None:
     kill = {s for s in opts.kill_node.split(",") if s}
     if kill - {"prepare", "evaluate", "train"}:
         raise SystemExit(f"rehearsal: --kill-node takes prepare, evaluate, train; got {sorted(kill)}")
+    opts.stages = [s for s in opts.stages.split(",") if s]
+    if opts.stages not in (["prepare"], ["prepare", "train"], ["prepare", "train", "evaluate"]):
+        raise SystemExit(f"rehearsal: --stages is prepare, prepare,train or prepare,train,evaluate; "
+                         f"got {','.join(opts.stages)}")
+    kill &= set(opts.stages)
     scales = [int(s) for s in opts.scales.split(",")]
     log_dir = Path(opts.logs or tempfile.mkdtemp(prefix="rehearsal-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
