@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from infer.features import (BAND_EDGES_HZ, ONSET_RANGE_DB, _banded, band_onset_envelopes, lagged_corr,
+from infer.features import (BAND_EDGES_HZ, ONSET_RANGE_DB, banded, band_onset_envelopes, lagged_corr,
                             mel_bin_frequencies, spectrum_match)
 from pipelines.mel import MelParams
 from pipelines.windows import DEFAULT_MIN_LEVEL_DB
@@ -122,7 +122,7 @@ def rest_onset_agreement(gen: np.ndarray, true: np.ndarray, rests: np.ndarray, s
     if sum(e.std() for e in true_bands) < 1e-8:
         return None
     gate = max(0.0, spectrum_match(gen[:, rests], true[:, rests]))
-    return _banded(lagged_corr, gen_bands, true_bands) * gate
+    return banded(lagged_corr, gen_bands, true_bands) * gate
 
 
 def rest_figures(generated_image: np.ndarray, true_drums_image: np.ndarray, bass_image: np.ndarray,

@@ -171,7 +171,7 @@ def spectrum_match(generated_mel: np.ndarray, true_mel: np.ndarray) -> float:
     return safe_corr(g.mean(axis=1), t.mean(axis=1))
 
 
-def _banded(score, gen_bands: list[np.ndarray], true_bands: list[np.ndarray]) -> float:
+def banded(score, gen_bands: list[np.ndarray], true_bands: list[np.ndarray]) -> float:
     """Per-band scores weighted by the true drums' onset strength, capped by the generated drums'."""
     strength_true = np.array([e.std() for e in true_bands])
     strength_gen = np.array([e.std() for e in gen_bands])
@@ -189,9 +189,9 @@ def rhythm_features(generated_mel: np.ndarray, true_mel: np.ndarray, bass_mel: n
     gen_bands = band_onset_envelopes(gen_db, sample_rate)
     true_bands = band_onset_envelopes(true_db, sample_rate)
     max_lag = max(1, min(int(PATTERN_LAGS_S * frames_per_second), gen_db.shape[1] - 2))
-    pattern = _banded(lambda g, t: safe_corr(autocorr_function(g, max_lag), autocorr_function(t, max_lag)),
+    pattern = banded(lambda g, t: safe_corr(autocorr_function(g, max_lag), autocorr_function(t, max_lag)),
                       gen_bands, true_bands)
-    onsets = _banded(lagged_corr, gen_bands, true_bands)
+    onsets = banded(lagged_corr, gen_bands, true_bands)
     grid_source = onset_envelope(bass_mel) if bass_mel is not None else None
     period = beat_period(grid_source, frames_per_second) if grid_source is not None else 0
     period = period or beat_period(onset_envelope(true_db), frames_per_second)
