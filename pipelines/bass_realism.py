@@ -21,21 +21,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipelines.groove_bass import DURATIONS, BassPart
+from pipelines.groove_bass import EARLY_SECONDS, BassPart, bar_of, note_duration
 
 BASS_STREAM = 2  # the take's random streams: groove_kits uses 1, stem_processing 3
 REST_RUNS = (1, 2, 4)  # bars in one rest: phrases come in ones, twos and fours
-EARLY_SECONDS = 0.06  # a hit this early on the bar line belongs to the bar (as in compose_bass)
 FADE_SECONDS = 0.03  # the mute's fade: a bass player's damping, no click
-
-
-def _floor_to(x: float) -> float:
-    fitting = [v for v in DURATIONS if v <= x]
-    return fitting[-1] if fitting else DURATIONS[0]
-
-
-def _bar_of(t: float, bar: float) -> int:
-    return int((t + EARLY_SECONDS) // bar)
 
 
 def rest_runs(n_bars: int, share: float, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -63,26 +53,26 @@ def _hold(notes: list, share: float, rng: np.random.Generator, bar: float, legat
           end: float) -> tuple[list, int]:
     """Drop a share of the notes after each bar's first; the one before lasts over the gap."""
     kept = [i for i, n in enumerate(notes)
-            if i == 0 or _bar_of(n.start, bar) != _bar_of(notes[i - 1].start, bar) or rng.random() >= share]
+            if i == 0 or bar_of(n.start, bar) != bar_of(notes[i - 1].start, bar) or rng.random() >= share]
     held = []
     for j, i in enumerate(kept):
         n = notes[i]
         following = notes[kept[j + 1]].start if j + 1 < len(kept) else end
         was = notes[i + 1].start if i + 1 < len(notes) else end
-        held.append(n if following == was else replace(n, duration=_floor_to((following - n.start) * legato)))
+        held.append(n if following == was else replace(n, duration=note_duration((following - n.start) * legato)))
     return held, len(notes) - len(kept)
 
 
 def _rest(notes: list, spans: list[tuple[float, float]], bar: float, runs) -> list:
     """The notes outside the rest bars, each ending by the next rest's start."""
     resting = {b for first, stop in runs for b in range(first, stop)}
-    kept = [n for n in notes if _bar_of(n.start, bar) not in resting]
+    kept = [n for n in notes if bar_of(n.start, bar) not in resting]
     starts = [a for a, _ in spans]
     out = []
     for n in kept:
         later = [a for a in starts if a > n.start]
         if later and n.start + n.duration > later[0]:
-            n = replace(n, duration=_floor_to(later[0] - n.start))
+            n = replace(n, duration=note_duration(later[0] - n.start))
         out.append(n)
     return out
 

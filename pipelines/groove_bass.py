@@ -24,6 +24,7 @@ SNARES = frozenset({37, 38, 40})
 CYMBAL_TIME = frozenset({42, 44, 46, 51, 53, 59})  # hats and ride (after the GM remap)
 MERGE_SECONDS = 0.06  # hits closer than this are one event (flams, double kicks)
 DURATIONS = (0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 0.9, 1.4, 2.0)  # seconds
+EARLY_SECONDS = 0.06  # a hit this early on the bar line belongs to the bar
 VELOCITIES = (48, 72, 96, 120)  # bass velocity levels (each one rendered once)
 BASS_RANGE = (28, 55)  # E1 .. G3
 
@@ -127,6 +128,16 @@ def _floor_to(values: tuple, x: float) -> float:
     return fitting[-1] if fitting else values[0]
 
 
+def note_duration(seconds: float) -> float:
+    """A note's length floored to the sound bank's DURATIONS (each rendered once)."""
+    return _floor_to(DURATIONS, seconds)
+
+
+def bar_of(t: float, bar: float) -> int:
+    """The bar a hit at `t` belongs to: a hit slightly early on the bar line belongs to it."""
+    return int((t + EARLY_SECONDS) // bar)
+
+
 def _nearest(values: tuple, x: float) -> int:
     return min(values, key=lambda v: abs(v - x))
 
@@ -146,7 +157,7 @@ def compose_bass(hits: dict[str, list[float]], kick_velocity: dict[float, int], 
     weights = np.array(weights) / sum(weights)
     notes, last_bar = [], -1
     for i, t in enumerate(times):
-        bar_index = int((t + 0.06) // bar)  # a hit slightly early on the bar line belongs to it
+        bar_index = bar_of(t, bar)
         root = key + progression[(bar_index // bars_per_chord) % len(progression)]
         interval = 0 if bar_index != last_bar else int(rng.choice(intervals, p=weights))
         last_bar = bar_index
@@ -154,7 +165,7 @@ def compose_bass(hits: dict[str, list[float]], kick_velocity: dict[float, int], 
         while pitch > BASS_RANGE[1]:
             pitch -= 12
         following = times[i + 1] if i + 1 < len(times) else end
-        duration = _floor_to(DURATIONS, (following - t) * style.legato)
+        duration = note_duration((following - t) * style.legato)
         loudness = kick_velocity.get(t, 70) if t in kicks else 0.8 * kick_velocity.get(t, 70)
         velocity = _nearest(VELOCITIES, 60 + 0.6 * (loudness - 64))
         notes.append(BassNote(t, max(BASS_RANGE[0], pitch), velocity, duration))

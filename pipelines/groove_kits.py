@@ -32,8 +32,9 @@ KIT_STREAM = 1  # the take's random stream for its kit (bass_realism and stem_pr
 
 def soundfont_paths(value: str | list[str] | None) -> list[str]:
     """`--soundfont` as given: one path, a comma list, or several (repeated flag) -> paths."""
-    items = [value] if isinstance(value, str) else (value or [])
-    return [p.strip() for item in items for p in item.split(",") if p.strip()]
+    from pipelines.groove_options import comma_items
+
+    return comma_items(value)
 
 
 def _chunks(data: bytes, start: int, end: int):

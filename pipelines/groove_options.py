@@ -34,11 +34,16 @@ class GrooveVariety:
         "drawn per take with the seed, e.g. --processing")
 
 
-def bass_program_list(value: list[str] | str | None) -> list[int]:
-    """`--bass-programs` as given (comma lists, repeated flags) -> program numbers (ValueError
-    for a word that is not one)."""
+def comma_items(value: list[str] | str | None) -> list[str]:
+    """A flag that takes one value, a comma list, or is repeated (`--soundfont`,
+    `--bass-programs`) -> its items, stripped."""
     items = [value] if isinstance(value, str) else (value or [])
-    return [int(p) for item in items for p in str(item).split(",") if p.strip()]
+    return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+
+
+def bass_program_list(value: list[str] | str | None) -> list[int]:
+    """`--bass-programs` as given -> program numbers (ValueError for a word that is not one)."""
+    return [int(p) for p in comma_items(value)]
 
 
 def variety_problem(cfg: GrooveVariety) -> str | None:
