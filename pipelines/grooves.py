@@ -393,7 +393,8 @@ def run_grooves(cfg: GroovesConfig, in_process: bool = False) -> dict:
     given = soundfont_paths(cfg.soundfont)
     check_output_outside_inputs(cfg.out, {"GROOVE_DIR": cfg.groove_dir, "--soundfont": given}, what="OUT")
     # once here, not once per take in the tasks
-    problem = variety_problem(cfg) or next(filter(None, map(kit_problem, given or [default_soundfont_path()])), None)
+    kits = given or [default_soundfont_path()]
+    problem = variety_problem(cfg) or next(filter(None, map(kit_problem, kits)), None)
     if problem:
         raise GroovesError(problem)
     if len(set(given)) < len(given):
@@ -432,7 +433,7 @@ def run_grooves(cfg: GroovesConfig, in_process: bool = False) -> dict:
     write_bytes_atomic(out_fs, posixpath.join(out_root, ERRORS_FILE), _errors_csv(results))
     listed = _tracks_present(out_fs, out_root, ok)
     if listed:
-        write_bytes_atomic(out_fs, posixpath.join(out_root, META_FILE), _metadata(cfg, listed, given or [default_soundfont_path()]))
+        write_bytes_atomic(out_fs, posixpath.join(out_root, META_FILE), _metadata(cfg, listed, kits))
     wall = time.perf_counter() - started
     audio = sum(r["seconds"] for r in ok)
     return {"tracks_ok": len(ok), "tracks_failed": len(results) - len(ok), "tracks_listed": len(listed),
