@@ -2,7 +2,8 @@
 
 Two input layouts (detected from what INPUT holds, or forced):
 
-- *stems*: musdb18-HQ style, ``<split>/<track>/{bass,drums,...}.wav|.flac``: already separated.
+- *stems*: musdb18-HQ style, ``<split>/<track>/{bass,drums,...}.wav|.flac|.ogg|.mp3``: already
+  separated.
   The nearest ``train`` / ``test`` folder above a track gives its split (a hash of the track id
   when there is none).
 - *mixes*: any tree of full songs (MP3, OGG, WAV, FLAC), optionally with FMA's ``tracks.csv``:
@@ -27,7 +28,8 @@ from cluster.errors import UserError
 from pipelines.storage import fsspec_filesystem, is_remote, read_bytes
 
 LAYOUTS = ("stems", "mixes")
-STEM_EXTENSIONS = (".wav", ".flac")
+# In order of preference: a lossless copy wins when a folder holds a stem twice.
+STEM_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 MIX_EXTENSIONS = (".mp3", ".ogg", ".wav", ".flac")
 NEEDED_STEMS = ("bass", "drums")
 SPLIT_FOLDERS = ("train", "test")
@@ -148,6 +150,11 @@ def detect_layout(relative_files: list[str]) -> str:
     raise CatalogError("no audio files (" + ", ".join(MIX_EXTENSIONS) + ") found in the input")
 
 
+def ext_rank(path: str) -> int:
+    """A stem file's place in STEM_EXTENSIONS (lower = preferred)."""
+    return STEM_EXTENSIONS.index(_split_ext(path)[1])
+
+
 def _folder_split(rel_folder: str, test_fraction: float) -> str:
     for part in reversed(rel_folder.split("/")):
         if part.lower() in SPLIT_FOLDERS:
@@ -161,7 +168,10 @@ def stems_catalog(fs, root: str, files: list[str], test_fraction: float) -> Cata
         rel = _relative(path, root)
         stem, ext = _split_ext(posixpath.basename(rel))
         if ext in STEM_EXTENSIONS and "/" in rel:
-            folders.setdefault(posixpath.dirname(rel), {})[stem.lower()] = path
+            stems = folders.setdefault(posixpath.dirname(rel), {})
+            known = stems.get(stem.lower())
+            if known is None or ext_rank(path) < ext_rank(known):
+                stems[stem.lower()] = path
     tracks = []
     for rel_folder, stems in sorted(folders.items()):
         if not any(s in stems for s in NEEDED_STEMS):
@@ -174,7 +184,8 @@ def stems_catalog(fs, root: str, files: list[str], test_fraction: float) -> Cata
             sources={s: _uri(fs, stems[s]) for s in NEEDED_STEMS if s in stems},
         )
         if missing:
-            track.error = f"no {' or '.join(missing)} stem (.wav/.flac) in the track folder"
+            track.error = (f"no {' or '.join(missing)} stem ({'/'.join(STEM_EXTENSIONS)}) "
+                           "in the track folder")
         tracks.append(track)
     return Catalog("stems", tracks, [])
 

@@ -72,6 +72,20 @@ def test_stems_layout_detected_with_split_from_folders(tmp_path):
     assert all(t.error is None for i, t in by_id.items() if i != "train/D")
 
 
+def test_stems_in_lossy_formats_count_and_a_lossless_copy_wins(tmp_path):
+    for stem in ("bass", "drums", "other"):
+        touch(tmp_path / "train" / "song" / f"{stem}.ogg")
+    touch(tmp_path / "train" / "song" / "drums.flac")
+    touch(tmp_path / "train" / "mp3" / "bass.mp3")
+    touch(tmp_path / "train" / "mp3" / "drums.mp3")
+    cat = build_catalog(str(tmp_path))
+    assert cat.layout == "stems"
+    by_id = {t.track_id: t for t in cat.tracks}
+    assert by_id["train/song"].sources == {"bass": str(tmp_path / "train" / "song" / "bass.ogg"),
+                                           "drums": str(tmp_path / "train" / "song" / "drums.flac")}
+    assert by_id["train/mp3"].error is None and by_id["train/mp3"].sources["bass"].endswith("bass.mp3")
+
+
 def test_stems_without_split_folders_use_the_hash(tmp_path):
     for track in ("x", "y"):
         touch(tmp_path / track / "bass.wav")
