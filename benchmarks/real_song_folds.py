@@ -78,21 +78,18 @@ def prepared(windows: Path) -> bool:
     return (windows / "_summary.json").exists()
 
 
-def trained(run: Path, steps: int) -> bool:
-    """Whether the run's newest checkpoint is at the requested step."""
+def newest_step(run: Path) -> int | None:
+    """The step of the run's newest checkpoint; None when it has none yet."""
     from train.checkpoint import list_checkpoints, read_progress
 
     checkpoints = list_checkpoints(str(run))
-    return bool(checkpoints) and read_progress(checkpoints[-1]).get("step", -1) >= steps
+    return read_progress(checkpoints[-1]).get("step", -1) if checkpoints else None
 
 
-def train_fold(fold: Path, data: Path, args) -> None:
-    run = fold / "run"
-    argv = ["train", str(data), str(run), "--max-steps", str(args.steps),
+def train_fold(fold: Path, data: Path, args, resume: bool) -> None:
+    argv = ["train", str(data), str(fold / "run"), "--max-steps", str(args.steps),
             "--checkpoint-every", str(args.checkpoint_every or args.steps)]
-    from train.checkpoint import list_checkpoints
-
-    if list_checkpoints(str(run)):
+    if resume:
         argv.append("--resume")
     elif args.init_from:
         argv += ["--init-from", str(Path(args.init_from).resolve())]
@@ -113,8 +110,9 @@ def run_fold(songs: list[Song], held_out: Song, out: Path, args) -> dict:
     record["windows"] = summary["splits"]["train"]["windows"]
     data = training_set(fold, windows, Path(args.with_windows) if args.with_windows else None, args.real_weight)
     started = time.monotonic()
-    if not trained(fold / "run", args.steps):
-        train_fold(fold, data, args)
+    step = newest_step(fold / "run")
+    if step is None or step < args.steps:
+        train_fold(fold, data, args, resume=step is not None)
     record["train_s"] = round(time.monotonic() - started, 1)
     record["run"] = str(fold / "run")
     return record
