@@ -8,9 +8,10 @@ ladder's per-clip pairs, the report's ranking), and:
   - per layer and group (each set, each baseline, the real clips of each cross-fitting fold)
     an ActivationStats (infer.density): bounded by d x d, whatever the number of clips;
   - two spill files (local Parquet, deleted when done), each read back in chunks:
-      activations.parquet  the activations of the scored and the real clips, for the per-clip
-                           densities, which need the real clips' Gaussians and so can only be
-                           computed once every row is in;
+      activations-NNNNN.parquet  the activations of the scored and the real clips, for the
+                           per-clip densities, which need the real clips' Gaussians and so can only
+                           be computed once every row is in: a second pass over these files, a Ray
+                           map past RAY_DENSITY_ROWS rows (spill_densities);
       features.parquet     every scored row's whole mel feature vector (the 256 STOI-like
                            correlations), in row order: the grader's inputs and the clips
                            table's columns, written out chunk by chunk (infer.clips_table).
@@ -31,6 +32,11 @@ from infer.inception import LAYERS
 MIN_FOLD_CLIPS = 4
 # Rows per chunk when the spilled activations are read back (about 12 MB a chunk).
 SPILL_CHUNK = 1024
+# Rows per activations spill file (about 50 MB): the read tasks of the densities' Ray map.
+SPILL_FILE_ROWS = 4096
+# Spilled rows past which the densities' second pass is a Ray map (the paper's 14,000 clips x 7
+# sets: about 100,000 rows) rather than a loop in the driver process.
+RAY_DENSITY_ROWS = 5000
 # The scalar features are the last columns of a row's mel features (score_stages.mel_feature_names).
 N_SCALARS = len(SCALAR_FEATURES)
 _FOLDS = ("fold0", "fold1")
@@ -42,6 +48,15 @@ def read_spill(path: str, chunk: int):
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk)
+
+
+def matrix(column, dim: int) -> np.ndarray:
+    """[n, dim] float32 of a fixed-size-list column (a record batch's, or a table's chunked one)."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy().reshape(-1, dim)  # flatten(), unlike .values, honours a slice
 
 
 def density_folds(clip_ids, seed: int) -> np.ndarray:
@@ -73,9 +88,11 @@ class StreamedRows:
     n_spilled: int = 0
     n_scored: int = 0
 
+    n_spill_files: int = 0
+
     @property
-    def spill_path(self) -> str:
-        return os.path.join(self.spill_dir.name, "activations.parquet")
+    def spill_files(self) -> list[str]:
+        return [os.path.join(self.spill_dir.name, f"activations-{i:05d}.parquet") for i in range(self.n_spill_files)]
 
     @property
     def features_path(self) -> str:
@@ -141,6 +158,7 @@ class RowCollector:
         self.schema = pa.schema([("position", pa.int64()), ("source", pa.string())] +
                                 [(f"act_{layer}", pa.list_(pa.float32(), d)) for layer, d in LAYERS.items()])
         self.writer = None
+        self.rows_in_file = 0
         self.features_writer = None
 
     def add(self, batch: dict) -> None:
@@ -192,9 +210,14 @@ class RowCollector:
         for layer, d in LAYERS.items():
             flat = np.ascontiguousarray(batch[f"act_{layer}"][spill], np.float32).reshape(-1)
             columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), d))
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.rows.spill_path, self.schema)
+        if self.writer is None or self.rows_in_file >= SPILL_FILE_ROWS:
+            if self.writer is not None:
+                self.writer.close()
+            self.rows.n_spill_files += 1
+            self.writer = pq.ParquetWriter(self.rows.spill_files[-1], self.schema)
+            self.rows_in_file = 0
         self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        self.rows_in_file += int(spill.sum())
         self.rows.n_spilled += int(spill.sum())
 
     def _spill_features(self, features: np.ndarray) -> None:
@@ -257,17 +280,11 @@ def densities(rows: StreamedRows, real_fits: dict) -> dict[str, np.ndarray]:
         fits = {layer: [rows.stats[layer][_FOLDS[1 - k]].fit() for k in (0, 1)] for layer in LAYERS}
     else:
         fits = {layer: [real_fits[layer].setdefault(LEDOIT_WOLF, rows.real(layer).fit())] * 2 for layer in LAYERS}
-    for chunk in read_spill(rows.spill_path, SPILL_CHUNK) if rows.n_spilled else ():
-        position = chunk.column("position").to_numpy()
-        source = chunk.column("source").to_numpy(zero_copy_only=False)
-        fold = density_folds(source, rows.seed) if rows.cross_fitted else np.zeros(len(source), int)
-        for layer, d in LAYERS.items():
-            acts = chunk.column(f"act_{layer}").values.to_numpy().reshape(-1, d)
-            ll = np.zeros(len(acts))
-            for k in (0, 1):
-                if (fold == k).any():
-                    ll[fold == k] = fits[layer][k].log_likelihood(acts[fold == k])
-            scored = position >= 0
+    for part in spill_densities(rows, fits):
+        position, source = part["position"], part["source"]
+        scored = position >= 0
+        for layer in LAYERS:
+            ll = part[f"ll_{layer}"]
             out[layer][position[scored]] = ll[scored]
             by_clip[layer].update(zip(source[~scored], ll[~scored]))
     _true_drums_densities(rows, out, by_clip)
@@ -283,3 +300,70 @@ def _true_drums_densities(rows: StreamedRows, out: dict, by_clip: dict) -> None:
     true = np.flatnonzero((rows.scored["kind"] == "baseline") & (rows.scored["set"] == TRUE))
     for layer in LAYERS:
         out[layer][true] = [by_clip[layer][str(c)] for c in rows.scored["clip_id"][true]]
+
+
+def chunk_densities(chunk, fits: dict, seed: int, cross_fitted: bool) -> dict[str, np.ndarray]:
+    """One chunk of the activations spill (a record batch or table) -> its rows' position and
+    drums source, and ll_<layer>: each row's log-density under fits[layer][fold], the fold being
+    the one its drums' reference clip is NOT in (fold 0 for every row when not cross-fitted)."""
+    position = chunk.column("position").to_numpy()
+    source = np.asarray(chunk.column("source").to_pylist(), dtype=object)
+    fold = density_folds(source, seed) if cross_fitted else np.zeros(len(source), int)
+    out = {"position": position, "source": source}
+    for layer, (fit0, fit1) in fits.items():
+        acts = matrix(chunk.column(f"act_{layer}"), fit0.dim)
+        ll = np.zeros(len(acts))
+        for k, fit in ((0, fit0), (1, fit1)):
+            if (fold == k).any():
+                ll[fold == k] = fit.log_likelihood(acts[fold == k])
+        out[f"ll_{layer}"] = ll
+    return out
+
+
+def spill_densities(rows: StreamedRows, fits: dict):
+    """chunk_densities of every spilled row, a chunk at a time: with the job's Ray up and past
+    RAY_DENSITY_ROWS rows as a Ray Data map (ChunkDensities actors), else in this process."""
+    import ray
+
+    if not rows.n_spilled:
+        return
+    if ray.is_initialized() and rows.n_spilled >= RAY_DENSITY_ROWS:
+        yield from _densities_in_ray(rows, fits)
+        return
+    for path in rows.spill_files:
+        for chunk in read_spill(path, SPILL_CHUNK):
+            yield chunk_densities(chunk, fits, rows.seed, rows.cross_fitted)
+
+
+class ChunkDensities:
+    """The densities' map: each actor takes the fitted Gaussians from the object store once."""
+
+    def __init__(self, fits_ref: list, seed: int, cross_fitted: bool):
+        import ray
+
+        self.fits = ray.get(fits_ref[0])  # in a list: Ray resolves only top-level refs itself
+        self.seed, self.cross_fitted = seed, cross_fitted
+
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        return chunk_densities(batch, self.fits, self.seed, self.cross_fitted)
+
+
+def _densities_in_ray(rows: StreamedRows, fits: dict):
+    """The spill files live on the driver's disk: their read tasks are pinned to the driver's node
+    (the head, for a Ray job), a file each, and take no CPU (a head often has none to give); the
+    actors run wherever CPUs are free.  The driver gets back only positions, ids and a few floats
+    per row."""
+    import ray
+    import ray.data
+    from ray.util.placement_group import NODE_ID_LABEL_KEY
+
+    here = {NODE_ID_LABEL_KEY: ray.get_runtime_context().get_node_id()}  # every node carries its id as a label
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = max(1, min(cpus, -(-rows.n_spilled // SPILL_CHUNK)))
+    ds = ray.data.read_parquet(rows.spill_files, label_selector=here, num_cpus=0)
+    ds = ds.map_batches(ChunkDensities, batch_format="pyarrow", batch_size=SPILL_CHUNK, num_cpus=1,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                        fn_constructor_kwargs={"fits_ref": [ray.put(fits)], "seed": rows.seed,
+                                               "cross_fitted": rows.cross_fitted})
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        yield batch

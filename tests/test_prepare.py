@@ -232,6 +232,17 @@ def test_demucs_actors_are_sized_to_the_cluster(ray_local):
         _cluster_plan(PrepareConfig(input="in", output="out", resources=ResourceRequest(actors=(4, 4))), "mixes")
 
 
+def test_the_stems_pipeline_keeps_a_bounded_number_of_tasks_in_flight(ray_local):
+    """Eight tasks per CPU the job may use, never one per track: a task per track submitted at
+    once held every track's block in the driver (its memory grew with the catalog)."""
+    from pipelines.prepare import TASKS_PER_CPU, stems_task_pool
+
+    cfg = PrepareConfig(input="in", output="out")
+    assert stems_task_pool(cfg, 10_000).size == TASKS_PER_CPU * 4  # the test Ray has 4 CPUs
+    assert stems_task_pool(PrepareConfig(input="in", output="out", num_cpus=2), 10_000).size == TASKS_PER_CPU * 2
+    assert stems_task_pool(cfg, 5).size == 5
+
+
 def test_separators_is_an_old_name_of_actors(capsys):
     from cycledrums_cli import build_parser
 

@@ -223,3 +223,23 @@ def test_the_grader_reads_its_inputs_from_the_spill_with_the_same_predictions():
     expected_buckets, expected_probs = grader.predict(x)
     np.testing.assert_array_equal(buckets, expected_buckets)
     np.testing.assert_allclose(probs, expected_probs, rtol=1e-12)
+
+
+@pytest.mark.timeout(180)
+def test_the_densities_ray_map_equals_the_pass_in_the_driver(ray_task_names, monkeypatch):
+    """Past RAY_DENSITY_ROWS spilled rows the second pass runs as a Ray Data map over the spill
+    files (read on the driver's node): the same densities as the loop in the driver process."""
+    monkeypatch.setattr(score_rows, "SPILL_FILE_ROWS", 256)  # 1,140 spilled rows, 95 a batch: 4 files
+    monkeypatch.setattr(score_rows, "SPILL_CHUNK", 128)
+    rows = score_rows.collect(_Job(12), 384, seed=3)
+    try:
+        assert rows.n_spill_files == 4
+        in_driver = score_rows.densities(rows, {layer: {} for layer in DIMS})
+        monkeypatch.setattr(score_rows, "RAY_DENSITY_ROWS", 1000)
+        in_ray = score_rows.densities(rows, {layer: {} for layer in DIMS})
+    finally:
+        rows.close()
+    assert any("ChunkDensities" in name for name in ray_task_names("ChunkDensities"))
+    for layer in DIMS:
+        assert np.isfinite(in_ray[layer]).all()
+        np.testing.assert_allclose(in_ray[layer], in_driver[layer], rtol=1e-9, atol=1e-9)
