@@ -7,12 +7,15 @@ real layer sizes (288 + 768 + 2,048 float32) and 256 + 6 mel features; no Ray, n
 Inception (the rows are what the Ray job would hand back).  After the rows come in:
 the densities and Fréchet distances, a grader (trained on 200 clips, over every
 feature) applied to every clip, and clips.parquet / .csv written to a temp folder, as
-score's driver does.  Each size runs in a fresh process; its peak RSS (ru_maxrss) over
-its RSS after the imports is what the driver added.  With more clips than dimensions
+score's driver does.  With --ray N a local Ray of N CPUs is up, as in the job, so the
+densities' second pass and the grader run as Ray maps past their thresholds (50,000 spilled
+rows, or --density-map-rows; 5,000 clips).
+Each size runs in a fresh process; its peak RSS (ru_maxrss) over its RSS after the imports is
+what the driver added.  With more clips than dimensions
 (pool3: 2,048) the activation statistics stop growing; what still grows is the light
 per-clip table (ids, the 6 scalar features, densities, predictions, timings).
 
-    .venv/bin/python benchmarks/bench_score_driver.py [--clips 2100 --growth 4]
+    .venv/bin/python benchmarks/bench_score_driver.py [--clips 2100 --growth 4] [--ray 4 [--density-map-rows 5000]]
 """
 from __future__ import annotations
 
@@ -60,15 +63,22 @@ class SyntheticJob:
         return job_batches(self.n_reference)
 
 
-def driver_side(n_reference: int, collect_only: bool) -> dict:
+def driver_side(n_reference: int, collect_only: bool, ray_cpus: int, density_map_rows: int | None) -> dict:
     """Collect the rows, then (unless `collect_only`) the densities and distances, as score's driver
     does; peak MB added."""
     import resource
 
     import psutil
 
+    from infer import score_rows
     from infer.score_rows import collect
 
+    if density_map_rows:
+        score_rows.RAY_DENSITY_ROWS = density_map_rows
+    if ray_cpus:
+        import ray
+
+        ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
     start_mb = psutil.Process().memory_info().rss / 2 ** 20
     t0 = time.perf_counter()
     rows = collect(SyntheticJob(n_reference), n_reference, seed=0)
@@ -120,15 +130,21 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true",
                     help="only the rows coming back (no densities, distances, grader or clips table: the "
                          "density fits dominate the time)")
+    ap.add_argument("--ray", type=int, default=0, metavar="CPUS",
+                    help="start a local Ray with CPUS logical CPUs first, as the job has one (default: none)")
+    ap.add_argument("--density-map-rows", type=int, metavar="N",
+                    help="spilled rows past which the densities' pass is a Ray map (default: the job's, 50,000)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(driver_side(args.child, args.collect_only)))
+        print(json.dumps(driver_side(args.child, args.collect_only, args.ray, args.density_map_rows)))
         return
     runs = []
     for n in (args.clips, args.clips * args.growth):
-        out = subprocess.run([sys.executable, __file__, "--child", str(n)] +
-                             (["--collect-only"] if args.collect_only else []), check=True, capture_output=True,
+        extra = (["--collect-only"] if args.collect_only else []) + \
+            (["--density-map-rows", str(args.density_map_rows)] if args.density_map_rows else [])
+        out = subprocess.run([sys.executable, __file__, "--child", str(n), "--ray", str(args.ray)] + extra,
+                             check=True, capture_output=True,
                              text=True).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
         print(f"{n} reference clips ({2 * n} rows): driver peak RSS {runs[-1]['peak_mb']} MB, "

@@ -34,9 +34,11 @@ MIN_FOLD_CLIPS = 4
 SPILL_CHUNK = 1024
 # Rows per activations spill file (about 50 MB): the read tasks of the densities' Ray map.
 SPILL_FILE_ROWS = 4096
-# Spilled rows past which the densities' second pass is a Ray map (the paper's 14,000 clips x 7
-# sets: about 100,000 rows) rather than a loop in the driver process.
-RAY_DENSITY_ROWS = 5000
+# Spilled rows past which the densities' second pass is a Ray map rather than a loop in the driver
+# process.  The loop costs about 0.3 ms a row (6 s for 20,800 rows, 2 cores); the map's start, about
+# 10-15 s more there, pays off only on many rows over many CPUs: the paper's 14,000 clips x 7 sets
+# (about 100,000 rows) are past it, a CI-sized job is not.
+RAY_DENSITY_ROWS = 50_000
 # The scalar features are the last columns of a row's mel features (score_stages.mel_feature_names).
 N_SCALARS = len(SCALAR_FEATURES)
 _FOLDS = ("fold0", "fold1")
