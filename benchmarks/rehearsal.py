@@ -14,8 +14,8 @@ line to its last, so without the start and the summary, which small scales canno
 the driver's and each node's peak RSS, object-store spill and S3 requests and bytes per item.
 
 --kill-node prepare,evaluate,train kills one worker node (SIGKILL of its `ray start`, raylet and
-workers, nothing else) half-way through those stages (at half the clean run's time) at the first
-scale, after a clean run of the same stage, and checks: prepare and evaluate complete with the clean run's outputs (every track /
+workers, nothing else) half-way through those stages (prepare and evaluate at half the clean run's
+time; train when it logs the step after half its steps, past a checkpoint) at the first scale, after a clean run of the same stage, and checks: prepare and evaluate complete with the clean run's outputs (every track /
 clip exactly once); train ends at the requested step, restarted from its newest checkpoint.
 A fresh worker node joins 10 s after the kill, as an autoscaler would replace the lost one.
 
@@ -189,9 +189,10 @@ def spilled_mb(cluster) -> float:
 
 
 def run_stage(cluster, s3: CountingS3, stage: str, scale: int, items: int, args: list[str],
-              kill_at_s: float | None = None, log_dir: Path | None = None) -> StageRun:
+              kill_at_s: float | None = None, log_dir: Path | None = None, kill_on: str | None = None) -> StageRun:
     """Run `cycledrums ARGS` as a driver joining the cluster; with `kill_at_s`, kill a worker
-    node that many seconds after the start (if the job still runs) and replace it 10 s later."""
+    node that many seconds after the start (if the job still runs), or with `kill_on` when the
+    job's console first prints a line containing it; the node is replaced 10 s later."""
     requests0, bytes0 = s3.counters()
     spill0 = spilled_mb(cluster)
     cores = sum(float(n.cpus) for n in cluster.nodes if not n.killed)
@@ -203,9 +204,12 @@ def run_stage(cluster, s3: CountingS3, stage: str, scale: int, items: int, args:
     if kill_at_s is not None:
         timer = threading.Timer(kill_at_s, lambda: proc.poll() is None and lost.update(kill_and_replace(cluster)))
         timer.start()
-    log_path = (log_dir or Path(tempfile.gettempdir())) / f"{stage}-{scale}x{'-lost' if kill_at_s else ''}.log"
+    killing = kill_at_s is not None or kill_on is not None
+    log_path = (log_dir or Path(tempfile.gettempdir())) / f"{stage}-{scale}x{'-lost' if killing else ''}.log"
     with open(log_path, "w") as log:  # written as the job goes, to follow a long stage
         for line in proc.stdout:
+            if kill_on is not None and kill_on in line and not lost:
+                lost.update(kill_and_replace(cluster))
             lines.append(line)
             timed.append((time.perf_counter() - start, line))
             log.write(line)
@@ -221,7 +225,7 @@ def run_stage(cluster, s3: CountingS3, stage: str, scale: int, items: int, args:
     requests1, bytes1 = s3.counters()
     if lost:  # from the kill to the job's end: the recovery and the rest of the work
         lost["kill_to_end_s"] = round(time.perf_counter() - lost.pop("at_s"), 1)
-    elif kill_at_s is not None:
+    elif killing:
         lost["note"] = "the job ended before the node was killed"
     return StageRun(stage, scale, items, wall, cores, sampler.driver_mb, dict(sampler.nodes_mb),
                     spilled_mb(cluster) - spill0, requests1 - requests0, bytes1 - bytes0, output, lost,
@@ -270,8 +274,9 @@ def chain(cluster, s3, scale: int, opts, log_dir: Path, kill: set[str]) -> list[
         if name in kill:  # the clean run first, then the same stage losing a node half-way (in time)
             clean = run_stage(cluster, s3, name, scale, items, args(f"{base}/{name}-clean"), log_dir=log_dir)
             runs.append(clean)
-            lossy = run_stage(cluster, s3, name, scale, items, args(f"{base}/{name}-lost"), clean.wall_s / 2,
-                              log_dir)
+            # train: half-way in steps, past a checkpoint (its start is most of a short run's time)
+            half = {"kill_on": f"step {items // 2 + 1}/{items} "} if name == "train" else {"kill_at_s": clean.wall_s / 2}
+            lossy = run_stage(cluster, s3, name, scale, items, args(f"{base}/{name}-lost"), log_dir=log_dir, **half)
             lossy.stage = f"{name} (node lost)"
             compare(name, s3, f"{base}/{name}-clean", f"{base}/{name}-lost", lossy)
             runs.append(lossy)

@@ -89,7 +89,6 @@ class StreamedRows:
     spill_dir: tempfile.TemporaryDirectory | None = None
     n_spilled: int = 0
     n_scored: int = 0
-
     n_spill_files: int = 0
 
     @property
@@ -306,8 +305,9 @@ def _true_drums_densities(rows: StreamedRows, out: dict, by_clip: dict) -> None:
 
 def chunk_densities(chunk, fits: dict, seed: int, cross_fitted: bool) -> dict[str, np.ndarray]:
     """One chunk of the activations spill (a record batch or table) -> its rows' position and
-    drums source, and ll_<layer>: each row's log-density under fits[layer][fold], the fold being
-    the one its drums' reference clip is NOT in (fold 0 for every row when not cross-fitted)."""
+    drums source, and ll_<layer>: each row's log-density under fits[layer][k], k the fold of its
+    drums' reference clip (0 for every row when not cross-fitted); densities() puts the OTHER
+    fold's Gaussian at k."""
     position = chunk.column("position").to_numpy()
     source = np.asarray(chunk.column("source").to_pylist(), dtype=object)
     fold = density_folds(source, seed) if cross_fitted else np.zeros(len(source), int)
