@@ -3,16 +3,15 @@
 The driver's part of a score / evaluate job (infer.score_rows and the densities and
 Fréchet distances of infer.score_summary) on synthetic rows of the job's shape: per
 reference clip a real row and a generated row, each with Inception activations of the
-real layer sizes (288 + 768 + 2,048 float32) and 256 + 6 mel features; no Ray, no
+real layer sizes (288 + 768 + 2,048 float32) and 256 + 6 mel features; no Ray job, no
 Inception (the rows are what the Ray job would hand back).  After the rows come in:
 the densities and Fréchet distances, a grader (trained on 200 clips, over every
 feature) applied to every clip, and clips.parquet / .csv written to a temp folder, as
 score's driver does.  With --ray N a local Ray of N CPUs is up, as in the job, so the
 densities' second pass and the grader run as Ray maps past their thresholds (50,000 spilled
-rows, or --density-map-rows; 5,000 clips).
-Each size runs in a fresh process; its peak RSS (ru_maxrss) over its RSS after the imports is
-what the driver added.  With more clips than dimensions
-(pool3: 2,048) the activation statistics stop growing; what still grows is the light
+rows, or --density-map-rows; 5,000 clips).  Each size runs in a fresh process; its peak RSS
+(ru_maxrss) over its RSS after the imports is what the driver added.  With more clips than
+dimensions (pool3: 2,048) the activation statistics stop growing; what still grows is the light
 per-clip table (ids, the 6 scalar features, densities, predictions, timings).
 
     .venv/bin/python benchmarks/bench_score_driver.py [--clips 2100 --growth 4] [--ray 4 [--density-map-rows 5000]]

@@ -15,8 +15,10 @@ the driver's and each node's peak RSS, object-store spill and S3 requests and by
 
 --kill-node prepare,evaluate,train kills one worker node (SIGKILL of its `ray start`, raylet and
 workers, nothing else) half-way through those stages (prepare and evaluate at half the clean run's
-time; train when it logs the step after half its steps, past a checkpoint) at the first scale, after a clean run of the same stage, and checks: prepare and evaluate complete with the clean run's outputs (every track /
-clip exactly once); train ends at the requested step, restarted from its newest checkpoint.
+time; train when it logs the step after half its steps, past a checkpoint) at the first scale,
+after a clean run of the same stage, and checks: prepare and evaluate complete with the clean
+run's outputs (every track / clip exactly once); train ends at the requested step, restarted from
+its newest checkpoint.
 A fresh worker node joins 10 s after the kill, as an autoscaler would replace the lost one.
 
     .venv/bin/python benchmarks/rehearsal.py                       # 1x and 4x, no node loss
@@ -271,7 +273,7 @@ def chain(cluster, s3, scale: int, opts, log_dir: Path, kill: set[str]) -> list[
     runs = []
 
     def stage(name, items, args):
-        if name in kill:  # the clean run first, then the same stage losing a node half-way (in time)
+        if name in kill:  # the clean run first, then the same stage losing a node half-way
             clean = run_stage(cluster, s3, name, scale, items, args(f"{base}/{name}-clean"), log_dir=log_dir)
             runs.append(clean)
             # train: half-way in steps, past a checkpoint (its start is most of a short run's time)
