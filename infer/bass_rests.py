@@ -24,8 +24,9 @@ mean anything.
                     (score's level_diff_db, restricted);
   onset_agreement   score's rhythm_true_onsets restricted to the rest frames: the banded,
                     lag-tolerant correlation of the onset envelopes (computed over the
-                    whole clip, so a rest's first frame has its predecessor), gated by
-                    the rest frames' spectrum_match, clipped at 0;
+                    whole clip, so a rest's first frame has its predecessor), with
+                    score's gate over the whole clip (bass_independence: a copy of the
+                    bass gets 0);
   steadiness        the hum indicator: per mel bin, the median over the rest frames of
                     the power (above the codec's floor) divided by its mean, averaged over
                     bins weighted by their power.  A steady hum or tone gives ~1,
@@ -42,8 +43,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from infer.features import (BAND_EDGES_HZ, ONSET_RANGE_DB, banded, band_onset_envelopes, lagged_corr,
-                            mel_bin_frequencies, spectrum_match)
+from infer.features import (BAND_EDGES_HZ, ONSET_RANGE_DB, banded, band_onset_envelopes, bass_independence,
+                            lagged_corr, mel_bin_frequencies)
 from pipelines.mel import MelParams
 from pipelines.windows import DEFAULT_MIN_LEVEL_DB
 
@@ -114,15 +115,15 @@ def tone_share(db: np.ndarray, sample_rate: int, bins: int = TONE_BINS) -> float
     return float(window.max() / mean.sum())
 
 
-def rest_onset_agreement(gen: np.ndarray, true: np.ndarray, rests: np.ndarray, sample_rate: int) -> float | None:
-    """score's rhythm_true_onsets over the rest frames only (gate: their spectrum_match, clipped at 0);
+def rest_onset_agreement(gen: np.ndarray, true: np.ndarray, bass: np.ndarray, rests: np.ndarray,
+                         sample_rate: int) -> float | None:
+    """score's rhythm_true_onsets over the rest frames only (with its gate over the whole clip);
     None where the true drums have no onsets there (they rest too: nothing to agree with)."""
     gen_bands = [e[rests] for e in band_onset_envelopes(gen, sample_rate)]
     true_bands = [e[rests] for e in band_onset_envelopes(true, sample_rate)]
     if sum(e.std() for e in true_bands) < 1e-8:
         return None
-    gate = max(0.0, spectrum_match(gen[:, rests], true[:, rests]))
-    return banded(lagged_corr, gen_bands, true_bands) * gate
+    return banded(lagged_corr, gen_bands, true_bands) * bass_independence(gen, true, bass)
 
 
 def rest_figures(generated_image: np.ndarray, true_drums_image: np.ndarray, bass_image: np.ndarray,
@@ -137,6 +138,6 @@ def rest_figures(generated_image: np.ndarray, true_drums_image: np.ndarray, bass
     g, t = gen[:, rests], true[:, rests]
     return {"rest_share": float(rests.mean()), "level_diff_db": float(g.mean() - t.mean()),
             "true_level_db": float(frame_level_db(t, params).mean()),
-            "onset_agreement": rest_onset_agreement(gen, true, rests, params.sample_rate),
+            "onset_agreement": rest_onset_agreement(gen, true, bass, rests, params.sample_rate),
             "steadiness": steadiness(g, params.db_min), "tone_share": tone_share(g, params.sample_rate),
             "true_steadiness": steadiness(t, params.db_min), "true_tone_share": tone_share(t, params.sample_rate)}

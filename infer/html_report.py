@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 
 REPORT = "report.html"
 MEDIA = "media"
-RANK_PREFERENCE = ("rhythm_true_onsets", "rhythm_pattern", "stoi_mean", "spectrum_match", "rhythm_bass_tempo")
+RANK_PREFERENCE = ("rhythm_true_onsets", "rhythm_pattern", "stoi_mean", "spectrum_match", "rhythm_tempo")
 TABLE_METRICS = ("stoi_mean", "level_diff_db", "spectrum_match", "rhythm_true_onsets", "rhythm_pattern",
-                 "rhythm_bass_tempo", "density_pool3")
+                 "rhythm_tempo", "density_pool3")
 SET_METRICS = ("stoi_mean", "level_error_db") + TABLE_METRICS[1:]   # sets: also mean |level diff|
 
 

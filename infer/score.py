@@ -24,7 +24,8 @@ reference's mel parameters; the two images are compared over their common length
   level_diff_db        generated minus true mean mel level, dB
   spectrum_match       correlation of the long-term spectra (does it sound like the drums)
   rhythm_*             banded onset agreement with the true drums, rhythm pattern, the
-                       bass's tempo (infer.features)
+                       song's tempo, each times how unlike a copy of the bass the drums
+                       are (infer.features)
   density_<layer>      log-likelihood per dimension of the clip's Inception-v3 activations
                        (mixed_5d, mixed_6e, pool3) under the Gaussian fitted to the real clips
                        of the other half (2-fold cross-fitting by reference clip id: a clip is
