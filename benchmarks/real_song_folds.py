@@ -7,7 +7,8 @@ that `real_songs.py --per-song-model` then judges.
 For each song S with a bass and a drums stem (the songs `real_songs.py` finds, the same way):
 
 1. OUT/S/songs/train/<song>/{bass,drums}.<ext>: links to every *other* song's stems, a `prepare`
-   stems catalog (all in the train split);
+   stems catalog (all in the train split); with `--mix-in other` the bass link points to the
+   bass and other stems summed (OUT/_inputs/<song>/bass.wav, written once), the model's input;
 2. `cycledrums prepare OUT/S/songs OUT/S/windows`: the other songs' windows, cut as for any track;
 3. the training set, OUT/S/windows itself, or with `--with-windows` (e.g. the grooves recipe's
    window set) or `--real-weight K` a folder OUT/S/mix of links: the given set's train files and
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_songs import BenchmarkError, Song, cycledrums, find_songs  # noqa: E402
+from real_songs import BenchmarkError, Song, comma_list, cycledrums, find_songs, model_input  # noqa: E402
 
 
 def link(target: Path, name: Path) -> None:
@@ -45,11 +46,32 @@ def link(target: Path, name: Path) -> None:
     name.symlink_to(target.resolve())
 
 
-def song_catalog(songs: list[Song], held_out: Song, folder: Path) -> list[str]:
+def input_stem(song: Song, inputs: Path) -> Path:
+    """The stem `prepare` reads as the song's bass: the bass file itself, or with `--mix-in` the bass and
+    those stems summed, written once as <inputs>/<song>/bass.wav (mono float at the codec's rate)."""
+    if not song.mixed_in:
+        return song.bass
+    path = inputs / song.name / "bass.wav"
+    if not path.exists():
+        import soundfile as sf
+
+        from pipelines.audio import load_audio
+        from pipelines.mel import MelParams
+
+        params = MelParams()
+        summed = model_input(song, load_audio(str(song.bass), params.sample_rate).numpy(), params)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.wav")
+        sf.write(partial, summed, params.sample_rate, subtype="FLOAT")
+        partial.rename(path)
+    return path
+
+
+def song_catalog(songs: list[Song], held_out: Song, folder: Path, inputs: Path) -> list[str]:
     """Links to the other songs' stems as a `prepare` stems catalog, all in the train split."""
     training = [s for s in songs if s.name != held_out.name]
     for song in training:
-        for path in (song.bass, song.drums):
+        for path in (input_stem(song, inputs), song.drums):
             link(path, folder / "train" / song.name / (path.stem + path.suffix))
     return [s.name for s in training]
 
@@ -100,7 +122,7 @@ def train_fold(fold: Path, data: Path, args, resume: bool) -> None:
 def run_fold(songs: list[Song], held_out: Song, out: Path, args) -> dict:
     fold = out / held_out.name
     record = {"held_out": held_out.name}
-    record["training_songs"] = song_catalog(songs, held_out, fold / "songs")
+    record["training_songs"] = song_catalog(songs, held_out, fold / "songs", out / "_inputs")
     windows = fold / "windows"
     started = time.monotonic()
     if not prepared(windows):
@@ -132,6 +154,8 @@ def parse_args(argv: list[str] | None = None):
                     help="each real window counted K times in the mix (default 1)")
     ap.add_argument("--train-option", action="append", default=[], metavar="--FLAG=VALUE",
                     help="an option handed to `cycledrums train` (repeat), e.g. --train-option=--ngf=16")
+    ap.add_argument("--mix-in", type=comma_list, default=[], metavar="STEMS",
+                    help="stems summed with the bass into the input, e.g. other (as real_songs.py --mix-in)")
     ap.add_argument("--songs", default=None, help="only these held-out songs (comma list; default all)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.real_weight < 1:
@@ -145,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     try:
-        songs, skipped = find_songs([Path(d) for d in args.stems_dirs])
+        songs, skipped = find_songs([Path(d) for d in args.stems_dirs], tuple(args.mix_in))
         if len(songs) < 2:
             raise BenchmarkError("leave-one-song-out needs at least two songs with bass and drums")
     except BenchmarkError as err:
@@ -161,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  prepare {records[-1]['prepare_s']} s, train {records[-1]['train_s']} s: {records[-1]['run']}",
               flush=True)
     (out / "folds.json").write_text(json.dumps({"args": vars(args), "folds": records}, indent=2))
+    mix_in = f" --mix-in {','.join(args.mix_in)}" if args.mix_in else ""
     print(f"judge them: python benchmarks/real_songs.py {' '.join(args.stems_dirs)} SCORES "
-          f"--per-song-model tuned={out}/{{song}}/run")
+          f"--per-song-model tuned={out}/{{song}}/run{mix_in}")
     return 0
 
 

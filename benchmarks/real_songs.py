@@ -2,7 +2,7 @@
 
     python benchmarks/real_songs.py STEMS_DIR [STEMS_DIR ...] OUT --model NAME=RUN_DIR
         [--model NAME=RUN_DIR ...] [--per-song-model NAME=TEMPLATE] [--untrained RUN_DIR]
-        [--max-clips-per-song N] [--inception-weights PATH]
+        [--max-clips-per-song N] [--inception-weights PATH] [--mix-in STEMS]
 
 STEMS_DIR is a folder of song folders, `<song>/bass.*` + `<song>/drums.*` (other stems
 such as other.* or mixture.* are ignored), or one song folder itself.  Songs without a
@@ -15,6 +15,11 @@ as OUT/<song>/testset/<song>/w<window>/{bass,drums}.wav, then `cycledrums evalua
 runs on that song alone (a subprocess, the command a user runs) with every baseline:
 the true drums, another clip's drums (another window of the same song), the bass copy,
 shaped noise and silence; its outputs are in OUT/<song>/evaluate/ (report.html too).
+
+`--mix-in other` sums other stems into the model's input (the song without its drums; the
+paper's Demucs bass carried bleed of the rest): bass.wav is then that sum, so the bass-copy
+baseline copies the whole input, and bass_stem.wav the bass alone, where the rests are
+found.  The clips are the same windows either way.
 
 Leave-one-song-out: a `--per-song-model NAME=TEMPLATE` path holds `{song}`, and the
 fold of song S uses the model trained without S (TEMPLATE with {song} = S).  A
@@ -74,6 +79,8 @@ REST_COLUMNS = (("clips with rests", "clips", "{:d}"), ("rest share", "rest_shar
                 ("steadiness (hum ~1, drums low)", "steadiness", "{:.3f}"))
 BEATEN = (UNTRAINED, "bass-copy", "other-clip")
 STEM_NAMES = ("bass", "drums")
+# A clip's bass alone, beside its bass.wav when other stems are mixed into the input: the rests' reference.
+REST_REFERENCE = "bass_stem"
 
 
 class BenchmarkError(Exception):
@@ -85,6 +92,7 @@ class Song:
     name: str
     bass: Path
     drums: Path
+    mixed_in: tuple[Path, ...] = ()  # stems summed with the bass into the model's input (--mix-in)
 
 
 @dataclass
@@ -106,22 +114,23 @@ def _stem_file(folder: Path, stem: str) -> Path | None:
     return found[0] if found else None
 
 
-def find_songs(stems_dirs: list[Path]) -> tuple[list[Song], dict[str, str]]:
-    """Songs with bass and drums under the folders, and {folder name: why skipped} for the others."""
+def find_songs(stems_dirs: list[Path], mix_in: tuple[str, ...] = ()) -> tuple[list[Song], dict[str, str]]:
+    """Songs with bass and drums (and the `mix_in` stems) under the folders, and {folder name: why skipped}
+    for the others."""
     songs, skipped = [], {}
     for root in stems_dirs:
         if not root.is_dir():
             raise BenchmarkError(f"stems folder not found: {root}")
         folders = [root] if _stem_file(root, "drums") else sorted(p for p in root.iterdir() if p.is_dir())
         for folder in folders:
-            stems = {stem: _stem_file(folder, stem) for stem in STEM_NAMES}
+            stems = {stem: _stem_file(folder, stem) for stem in STEM_NAMES + tuple(mix_in)}
             missing = [stem for stem, path in stems.items() if path is None]
             if missing:
                 skipped[folder.name] = f"no {' or '.join(missing)} stem in {folder}"
             elif any(s.name == folder.name for s in songs):
                 raise BenchmarkError(f"two songs are named {folder.name!r}; rename one folder")
             else:
-                songs.append(Song(folder.name, stems["bass"], stems["drums"]))
+                songs.append(Song(folder.name, stems["bass"], stems["drums"], tuple(stems[s] for s in mix_in)))
     if not songs:
         raise BenchmarkError(f"no song folder with both a bass.* and a drums.* stem under "
                              f"{', '.join(map(str, stems_dirs))}")
@@ -142,6 +151,17 @@ def song_windows(song: Song, params):
     return bass[:n].numpy(), drums[:n].numpy(), table
 
 
+def model_input(song: Song, bass: np.ndarray, params) -> np.ndarray:
+    """The model's input: the bass, plus the `--mix-in` stems (mono at the codec's rate, the bass's length)."""
+    from pipelines.audio import load_audio
+
+    out = bass.copy()
+    for path in song.mixed_in:
+        stem = load_audio(str(path), params.sample_rate).numpy()[:len(out)]
+        out[:len(stem)] += stem
+    return out
+
+
 def pick_windows(table, max_clips: int, seed: int, song: str) -> list[int]:
     """Row indices of the windows to evaluate: all, or a seeded sample of `max_clips` (in song order)."""
     from infer.baselines import stable_seed
@@ -153,7 +173,11 @@ def pick_windows(table, max_clips: int, seed: int, song: str) -> list[int]:
 
 
 def cut_clips(song: Song, testset: Path, max_clips: int, seed: int) -> tuple[int, int]:
-    """Write the song's clips as <testset>/<song>/w<window>/{bass,drums}.wav; (clips, windows kept by prepare)."""
+    """Write the song's clips as <testset>/<song>/w<window>/{bass,drums}.wav; (clips, windows kept by prepare).
+
+    With `--mix-in` stems, bass.wav is the model's input (the bass and those stems summed, so the
+    bass-copy baseline copies the whole input) and bass_stem.wav the bass alone, where the rests
+    are found; the windows are chosen on the bass alone, so the clips are the same either way."""
     import shutil
 
     import soundfile as sf
@@ -163,13 +187,16 @@ def cut_clips(song: Song, testset: Path, max_clips: int, seed: int) -> tuple[int
     params = MelParams()
     shutil.rmtree(testset, ignore_errors=True)  # a previous run's clips (another sample) must not stay
     bass, drums, table = song_windows(song, params)
+    stems = {"bass": model_input(song, bass, params), "drums": drums}
+    if song.mixed_in:
+        stems[REST_REFERENCE] = bass
     windows, starts = table.column("window").to_pylist(), table.column("start_frame").to_pylist()
     chosen = pick_windows(table, max_clips, seed, song.name)
     for row in chosen:
         folder = testset / song.name / f"w{windows[row]:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         first = starts[row] * params.hop_length
-        for name, audio in (("bass", bass), ("drums", drums)):
+        for name, audio in stems.items():
             sf.write(folder / f"{name}.wav", audio[first:first + params.window_samples], params.sample_rate,
                      subtype="FLOAT")
     return len(chosen), table.num_rows
@@ -299,10 +326,14 @@ def judge(table, model_labels: list[str]) -> dict:
 
 
 def clip_images(testset: Path, clip_id: str, params) -> dict[str, np.ndarray]:
-    """{"bass", "drums"} mel images of one clip, as score analyses its files."""
+    """{"bass", "drums", "rests"} mel images of one clip, as score analyses its files ("bass" is the
+    model's input; "rests", the bass alone, where the rests are found)."""
     from infer.score_stages import load_mel_image
 
-    return {stem: load_mel_image(str(testset / clip_id / f"{stem}.wav"), params) for stem in STEM_NAMES}
+    images = {stem: load_mel_image(str(testset / clip_id / f"{stem}.wav"), params) for stem in STEM_NAMES}
+    alone = testset / clip_id / f"{REST_REFERENCE}.wav"
+    images["rests"] = load_mel_image(str(alone), params) if alone.exists() else images["bass"]
+    return images
 
 
 def rest_set_images(table, clip_id: str, images: dict, labels: list[str], testset: Path, params,
@@ -335,7 +366,7 @@ def rest_clip_figures(table, testset: Path, labels: list[str], seed: int) -> dic
     for clip_id in sorted(table.loc[table["set"] == "true-drums", "clip_id"].unique()):
         images = clip_images(testset, clip_id, params)
         sets = rest_set_images(table, clip_id, images, labels, testset, params, seed)
-        figures = {label: rest_figures(image, images["drums"], images["bass"], params)
+        figures = {label: rest_figures(image, images["drums"], images["rests"], params)
                    for label, image in sets.items()}
         out[clip_id] = figures if figures["true-drums"] is not None else None
     return out
@@ -443,7 +474,7 @@ def run(args) -> dict:
                                                                                  "--per-song-model", True)
     if not models and not per_song:
         raise BenchmarkError("give at least one model: --model NAME=RUN_DIR or --per-song-model NAME=TEMPLATE")
-    songs, skipped = find_songs([Path(p).resolve() for p in args.stems_dirs])
+    songs, skipped = find_songs([Path(p).resolve() for p in args.stems_dirs], tuple(args.mix_in))
     for song, why in skipped.items():
         print(f"skipping {song}: {why}", flush=True)
     folds = cut_songs(songs, out, args, skipped)
@@ -481,6 +512,13 @@ def summarize(folds: list[Fold], tables: list, rests: list, skipped: dict, model
                                             rests=rest_summary(pooled, labels))}
 
 
+def comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items or set(items) & set(STEM_NAMES):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma list of stem names other than bass and drums")
+    return items
+
+
 def parse_args(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stems_dirs", nargs="+", metavar="STEMS_DIR",
@@ -497,6 +535,9 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--seed", type=int, default=0, help="seed of the clip sample and of evaluate (default 0)")
     ap.add_argument("--inception-weights", default=None, metavar="PATH",
                     help="Inception-v3 weights (default: torchvision's cache, else a seeded random stand-in)")
+    ap.add_argument("--mix-in", type=comma_list, default=[], metavar="STEMS",
+                    help="stems summed with the bass into the model's input, e.g. other (the song without "
+                         "its drums); the bass copy then copies that input (default: the bass alone)")
     ap.add_argument("--griffin-lim-iters", type=int, default=32, help="evaluate's Griffin-Lim iterations (32)")
     ap.add_argument("--report-clips", type=int, default=4, help="evaluate's report clips per set (default 4)")
     args = ap.parse_args(argv)

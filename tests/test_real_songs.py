@@ -200,3 +200,54 @@ def test_where_the_bass_rests_every_set_is_measured_against_the_true_drums(bench
     assert set(figures["shared"]) == set(expected)
     for key, value in expected.items():
         assert figures["shared"][key] == (None if value is None else pytest.approx(value))
+
+
+@pytest.mark.timeout(120)
+def test_mixing_other_stems_into_the_input_keeps_the_clips_and_the_rests_reference(stems, tmp_path):
+    """--mix-in other: bass.wav is the model's input (bass + other), bass_stem.wav the bass alone
+    (where the rests are found), and the windows are the ones chosen without it; a song lacking
+    the stem is skipped saying so."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_song_folds
+    import real_songs
+    from pipelines.audio import load_audio
+    from pipelines.mel import MelParams
+
+    params = MelParams()
+    song_dir = tmp_path / "stems" / "lithium-o"
+    song_dir.mkdir(parents=True)
+    for stem in ("bass", "drums"):
+        (song_dir / f"{stem}.wav").symlink_to(stems / "lithium-a" / f"{stem}.wav")
+    audio, rate = sf.read(stems / "lithium-a" / "bass.wav")
+    other = 0.1 * np.sin(2 * np.pi * 660.0 * np.arange(len(audio)) / rate)
+    sf.write(song_dir / "other.wav", other, rate)
+    (tmp_path / "stems" / "no-other").mkdir()
+    for stem in ("bass", "drums"):
+        (tmp_path / "stems" / "no-other" / f"{stem}.wav").symlink_to(stems / "lithium-a" / f"{stem}.wav")
+
+    songs, skipped = real_songs.find_songs([tmp_path / "stems"], ("other",))
+    assert [s.name for s in songs] == ["lithium-o"] and "no other stem" in skipped["no-other"]
+    plain, _ = real_songs.find_songs([tmp_path / "stems"])
+    plain_song = next(s for s in plain if s.name == "lithium-o")
+    real_songs.cut_clips(plain_song, tmp_path / "plain", 3, seed=0)
+    real_songs.cut_clips(songs[0], tmp_path / "mixed", 3, seed=0)
+    clips = sorted(p.name for p in (tmp_path / "mixed" / "lithium-o").iterdir())
+    assert clips == sorted(p.name for p in (tmp_path / "plain" / "lithium-o").iterdir()) and len(clips) == 3
+    bass, _, table = real_songs.song_windows(songs[0], params)
+    starts = dict(zip(table.column("window").to_pylist(), table.column("start_frame").to_pylist()))
+    summed = bass + load_audio(str(song_dir / "other.wav"), params.sample_rate).numpy()[:len(bass)]
+    for clip in clips:
+        mixed, plain_clip = tmp_path / "mixed" / "lithium-o" / clip, tmp_path / "plain" / "lithium-o" / clip
+        alone, _ = sf.read(mixed / "bass_stem.wav", dtype="float32")
+        np.testing.assert_array_equal(alone, sf.read(plain_clip / "bass.wav", dtype="float32")[0])
+        first = starts[int(clip[1:])] * params.hop_length
+        model_input, _ = sf.read(mixed / "bass.wav", dtype="float32")
+        np.testing.assert_allclose(model_input, summed[first:first + len(alone)], atol=1e-6)
+        assert not (plain_clip / "bass_stem.wav").exists()
+    images = real_songs.clip_images(tmp_path / "mixed", f"lithium-o/{clips[0]}", params)
+    assert not np.array_equal(images["rests"], images["bass"])
+
+    written = real_song_folds.input_stem(songs[0], tmp_path / "inputs")
+    assert written == tmp_path / "inputs" / "lithium-o" / "bass.wav"
+    np.testing.assert_allclose(sf.read(written, dtype="float32")[0], summed, atol=1e-6)
+    assert real_song_folds.input_stem(plain_song, tmp_path / "inputs") == plain_song.bass
