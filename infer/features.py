@@ -33,8 +33,9 @@ correlation, and counts as "no agreement" (0).
 - bass_independence (the rhythm gate): how unlike a copy of the input the generated drums
   are, against the true drums.  c = mean over the bass's changing mel bins, weighted by
   the bass's power in them, of the Pearson correlation over time of that bin in the drums
-  and in the bass (1 for a copy, however loud or filtered);  gate = (1 - c_generated) / (1 - c_true), clipped to [0, 1].  Drums as
-  independent of the bass as the true ones get 1, whatever their spectrum; a copy gets 0.
+  and in the bass (1 for a copy, however loud or filtered);
+  gate = (1 - c_generated) / (1 - c_true), clipped to [0, 1].  Drums as independent of the
+  bass as the true ones get 1, whatever their spectrum; a copy gets 0.
 - spectrum_match: correlation over mel bins of the generated and true long-term mean
   dB spectra (does it sound like the drums at all).
 - Level: mean dB of the generated mel minus that of the true mel.
