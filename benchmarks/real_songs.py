@@ -366,7 +366,7 @@ def rest_clip_figures(table, testset: Path, labels: list[str], seed: int) -> dic
     for clip_id in sorted(table.loc[table["set"] == "true-drums", "clip_id"].unique()):
         images = clip_images(testset, clip_id, params)
         sets = rest_set_images(table, clip_id, images, labels, testset, params, seed)
-        figures = {label: rest_figures(image, images["drums"], images["rests"], params)
+        figures = {label: rest_figures(image, images["drums"], images["rests"], params, input_image=images["bass"])
                    for label, image in sets.items()}
         out[clip_id] = figures if figures["true-drums"] is not None else None
     return out
@@ -513,7 +513,9 @@ def summarize(folds: list[Fold], tables: list, rests: list, skipped: dict, model
 
 
 def comma_list(text: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
+    from pipelines.groove_options import comma_items
+
+    items = comma_items(text)
     if not items or set(items) & set(STEM_NAMES):
         raise argparse.ArgumentTypeError(f"{text!r}: a comma list of stem names other than bass and drums")
     return items

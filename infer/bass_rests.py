@@ -115,7 +115,7 @@ def tone_share(db: np.ndarray, sample_rate: int, bins: int = TONE_BINS) -> float
     return float(window.max() / mean.sum())
 
 
-def rest_onset_agreement(gen: np.ndarray, true: np.ndarray, bass: np.ndarray, rests: np.ndarray,
+def rest_onset_agreement(gen: np.ndarray, true: np.ndarray, model_input: np.ndarray, rests: np.ndarray,
                          sample_rate: int) -> float | None:
     """score's rhythm_true_onsets over the rest frames only (with its gate over the whole clip);
     None where the true drums have no onsets there (they rest too: nothing to agree with)."""
@@ -123,21 +123,25 @@ def rest_onset_agreement(gen: np.ndarray, true: np.ndarray, bass: np.ndarray, re
     true_bands = [e[rests] for e in band_onset_envelopes(true, sample_rate)]
     if sum(e.std() for e in true_bands) < 1e-8:
         return None
-    return banded(lagged_corr, gen_bands, true_bands) * bass_independence(gen, true, bass)
+    return banded(lagged_corr, gen_bands, true_bands) * bass_independence(gen, true, model_input)
 
 
 def rest_figures(generated_image: np.ndarray, true_drums_image: np.ndarray, bass_image: np.ndarray,
-                 params: MelParams = MelParams()) -> dict[str, float] | None:
-    """The rest-frame figures of one clip (see the module docstring); None under MIN_REST_FRAMES rests."""
-    gen, true, bass = (as_db(x, params) for x in (generated_image, true_drums_image, bass_image))
-    n = min(gen.shape[1], true.shape[1], bass.shape[1])
-    gen, true, bass = gen[:, :n], true[:, :n], bass[:, :n]
+                 params: MelParams = MelParams(), input_image: np.ndarray | None = None) -> dict[str, float] | None:
+    """The rest-frame figures of one clip (see the module docstring); None under MIN_REST_FRAMES rests.
+
+    The rests are found on `bass_image`; the onsets' gate is taken against the model's input,
+    `input_image` when other stems were mixed into it (the bass otherwise), as score takes it."""
+    images = (generated_image, true_drums_image, bass_image, bass_image if input_image is None else input_image)
+    gen, true, bass, model_input = (as_db(x, params) for x in images)
+    n = min(x.shape[1] for x in (gen, true, bass, model_input))
+    gen, true, bass, model_input = gen[:, :n], true[:, :n], bass[:, :n], model_input[:, :n]
     rests = rest_frames(bass, params)
     if rests.sum() < MIN_REST_FRAMES:
         return None
     g, t = gen[:, rests], true[:, rests]
     return {"rest_share": float(rests.mean()), "level_diff_db": float(g.mean() - t.mean()),
             "true_level_db": float(frame_level_db(t, params).mean()),
-            "onset_agreement": rest_onset_agreement(gen, true, bass, rests, params.sample_rate),
+            "onset_agreement": rest_onset_agreement(gen, true, model_input, rests, params.sample_rate),
             "steadiness": steadiness(g, params.db_min), "tone_share": tone_share(g, params.sample_rate),
             "true_steadiness": steadiness(t, params.db_min), "true_tone_share": tone_share(t, params.sample_rate)}

@@ -117,3 +117,13 @@ def test_where_the_true_drums_rest_too_there_are_no_onsets_to_agree_with(clip):
     figures = rest_figures(clip["hum"], silent, clip["bass"])
     assert figures["onset_agreement"] is None and figures["true_level_db"] == pytest.approx(PARAMS.db_min, abs=1)
     assert figures["level_diff_db"] > 40 and figures["true_steadiness"] < 0.05
+
+
+def test_the_rests_gate_is_taken_against_the_model_s_whole_input(clip):
+    """With other stems mixed into the input (real_songs.py --mix-in), the rests are the bass's,
+    but a copy of the input must get nothing there, as score's gate gives it nothing."""
+    other = _image(0.3 * _drums(seed=3))          # a rhythmic part that plays through the bass's gap
+    copy = rest_figures(other, clip["drums"], clip["bass"], input_image=other)
+    assert copy is not None and copy["onset_agreement"] == 0.0
+    alone = rest_figures(other, clip["drums"], clip["bass"])    # against the bass alone it scores
+    assert alone["onset_agreement"] > 0.5
