@@ -18,7 +18,7 @@ def epoch_batches(cfg: TrainConfig, params: MelParams, device: torch.device, cha
     """(bass, drums) model tensors [batch, 1, mels, frames] for one pass over this worker's shard."""
     import ray.train
 
-    if cfg.model == "cyclegan":  # unpaired: two independently shuffled streams
+    if not cfg.paired_batches:  # the paper's CycleGAN: two independently shuffled streams
         bass = window_stream(ray.train.get_dataset_shard("bass"), "bass", cfg, params,
                              device, channels_last, seed=(cfg.seed, epoch, rank, 1))
         drums = window_stream(ray.train.get_dataset_shard("drums"), "drums", cfg, params,

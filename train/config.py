@@ -83,6 +83,13 @@ class TrainConfig:
     lambda_identity: float = option(0.5, "identity loss weight, relative to the cycle weight",
                                     "losses and optimiser")
     lambda_l1: float = option(100.0, "pix2pix L1 weight", "losses and optimiser")
+    # Real multitrack stems are paired, unlike the paper's FMA catalog: where a window's own
+    # drums are known, an L1 pull toward them teaches where the hits go relative to the bass
+    # (issue #30: without it the CycleGAN learns a re-timbred copy of the bass).
+    lambda_paired: float = option(0.0, "cyclegan: L1 weight between the generated drums and "
+                                  "the true drums of the same window; > 0 draws windows as "
+                                  "(bass, drums) pairs (0 = unpaired, the paper's)",
+                                  "losses and optimiser")
     pool_size: int = option(50, "image pool of past fakes per critic", "losses and optimiser")
     # Optimisation: Adam, constant lr then linear decay to zero over the last part.
     lr: float = option(2e-4, "Adam learning rate", "losses and optimiser")
@@ -161,6 +168,9 @@ class TrainConfig:
             (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "beta1 and beta2 must be in [0, 1)"),
             (0.0 <= self.decay_fraction <= 1.0, "decay_fraction must be in [0, 1]"),
             (self.pool_size >= 0, "pool_size must be >= 0"),
+            (self.lambda_paired >= 0, "lambda_paired must be >= 0"),
+            (self.lambda_paired == 0 or self.model == "cyclegan",
+             "lambda_paired is the cyclegan's paired term; pix2pix has --lambda-l1"),
             (self.shuffle_buffer >= 1, "shuffle_buffer must be >= 1"),
             (self.stop_after_steps is None or self.stop_after_steps >= 1,
              "stop_after_steps must be >= 1"),
@@ -168,6 +178,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise TrainOptionError(message)
+
+    @property
+    def paired_batches(self) -> bool:
+        """Whether training draws (bass, drums) windows together rather than independently."""
+        return self.model == "pix2pix" or self.lambda_paired > 0
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.max_steps if self.max_steps is not None else self.epochs * steps_per_epoch

@@ -15,8 +15,8 @@ from train.config import TrainConfig
 
 # What each update returns, in the order the log writes them.
 LOSS_NAMES = {
-    "cyclegan": ("loss_g", "loss_g_adv", "loss_cycle", "loss_identity", "loss_d_bass",
-                 "loss_d_drums"),
+    "cyclegan": ("loss_g", "loss_g_adv", "loss_cycle", "loss_identity", "loss_paired",
+                 "loss_d_bass", "loss_d_drums"),
     "pix2pix": ("loss_g", "loss_g_adv", "loss_l1", "loss_d_drums"),
 }
 
@@ -38,7 +38,11 @@ def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
 
 def cyclegan_step(bass, drums, wrapped, plain, optimizers, pools, cfg: TrainConfig,
                   autocast) -> dict[str, torch.Tensor]:
-    """One CycleGAN update: both generators, then both critics.  bass = domain A, drums = B."""
+    """One CycleGAN update: both generators, then both critics.  bass = domain A, drums = B.
+
+    With cfg.lambda_paired > 0 the batches are pairs (drums[i] is bass[i]'s own drums) and
+    the generated drums are also pulled toward them.
+    """
     to_drums, to_bass = wrapped["gen_bass_to_drums"], wrapped["gen_drums_to_bass"]
     critics = [plain["critic_bass"], plain["critic_drums"]]
     set_requires_grad(critics, False)
@@ -52,7 +56,10 @@ def cyclegan_step(bass, drums, wrapped, plain, optimizers, pools, cfg: TrainConf
         if cfg.lambda_identity > 0:
             identity = cfg.lambda_cycle * cfg.lambda_identity * (
                 F.l1_loss(to_drums(drums).float(), drums) + F.l1_loss(to_bass(bass).float(), bass))
-        loss_g = adv + cycle + identity
+        paired = torch.zeros((), device=bass.device)
+        if cfg.lambda_paired > 0:
+            paired = cfg.lambda_paired * F.l1_loss(fake_drums.float(), drums)
+        loss_g = adv + cycle + identity + paired
     optimizers["gen"].zero_grad(set_to_none=True)
     loss_g.backward()
     optimizers["gen"].step()
@@ -70,7 +77,8 @@ def cyclegan_step(bass, drums, wrapped, plain, optimizers, pools, cfg: TrainConf
     (loss_d_drums + loss_d_bass).backward()
     optimizers["critic"].step()
     return {"loss_g": loss_g.detach(), "loss_g_adv": adv.detach(), "loss_cycle": cycle.detach(),
-            "loss_identity": identity.detach(), "loss_d_bass": loss_d_bass.detach(),
+            "loss_identity": identity.detach(), "loss_paired": paired.detach(),
+            "loss_d_bass": loss_d_bass.detach(),
             "loss_d_drums": loss_d_drums.detach()}
 
 

@@ -161,8 +161,8 @@ def build_datasets(data: str, cfg: TrainConfig, s3_endpoint_url: str | None = No
         ds.context.enable_operator_progress_bars = False
         return ds
 
-    if cfg.model == "cyclegan":
-        # Unpaired, as CycleGAN requires: bass and drums are drawn independently.
+    if not cfg.paired_batches:
+        # Unpaired, as the paper's CycleGAN trains: bass and drums are drawn independently.
         return {"bass": shuffled(windows.select_columns(["bass"])),
                 "drums": shuffled(windows.select_columns(["drums"]))}
     return {"pairs": shuffled(windows.select_columns(["bass", "drums"]))}
