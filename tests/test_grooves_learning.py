@@ -9,41 +9,20 @@ network at its seeded initialisation, and vs the "real drums of another clip" ba
 """
 from __future__ import annotations
 
-import posixpath
 import time
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import DATA
+from groove_windows import PARAMS, corpus_windows, generate, held_out, write_windows
 from infer.features import RHYTHM_FEATURES, rhythm_features
-from pipelines.mel import MelParams, image_to_model, model_to_image
-from pipelines.windows import binary_to_images, track_windows
 from train.checkpoint import load_generator
 from train.config import TrainConfig
 from train.models import build_generator
 
-PARAMS = MelParams(n_mels=64, window_frames=64, overlap_frames=16)
 OPTIONS = dict(ngf=16, ndf=16, n_blocks=3, max_steps=400, checkpoint_every=400, log_every=50,
                images_per_epoch=2)
-
-
-def corpus_windows(out) -> pa.Table:
-    from cycledrums_cli import main
-    from pipelines.audio import load_audio
-
-    corpus = out / "corpus"
-    assert main(["grooves", str(DATA / "groove"), str(corpus), "--in-process"]) == 0
-    tables = []
-    for folder in sorted(p.parent for p in corpus.rglob("bass.wav")):
-        bass = load_audio(folder / "bass.wav", PARAMS.sample_rate)
-        drums = load_audio(folder / "drums.wav", PARAMS.sample_rate)
-        table, _ = track_windows(folder.name, folder.parent.name, bass, drums, PARAMS)
-        tables.append(table)
-    return pa.concat_tables(tables)
 
 
 def rhythm(generated: np.ndarray, drums: np.ndarray, bass: np.ndarray) -> dict[str, float]:
@@ -52,24 +31,14 @@ def rhythm(generated: np.ndarray, drums: np.ndarray, bass: np.ndarray) -> dict[s
     return {k: float(np.mean([r[k] for r in rows])) for k in RHYTHM_FEATURES}
 
 
-def generate(generator: torch.nn.Module, bass: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        fake = model_to_image(generator(image_to_model(torch.from_numpy(bass)).unsqueeze(1)))
-    return fake[:, 0].numpy()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # 25 min on the shared 2-core machine at load average ~35
 def test_training_on_grooves_improves_the_rhythm_pattern(tmp_path, ray_local):
     from train.trainer import train
 
     table = corpus_windows(tmp_path)
-    data = tmp_path / "windows"
-    data.mkdir()
-    pq.write_table(table, posixpath.join(str(data), "part-0.parquet"))
-    test = table.filter(np.array(table.column("split").to_pylist()) == "test")
-    bass = np.array(binary_to_images(test.column("bass"), PARAMS))
-    drums = np.array(binary_to_images(test.column("drums"), PARAMS))
+    data = write_windows(table, tmp_path / "windows")
+    bass, drums = held_out(table)
     assert len(bass) >= 8
 
     config = TrainConfig(**{k: v for k, v in OPTIONS.items() if k in ("ngf", "ndf", "n_blocks")})
@@ -78,7 +47,7 @@ def test_training_on_grooves_improves_the_rhythm_pattern(tmp_path, ray_local):
     other_clip = rhythm(np.roll(drums, 1, axis=0), drums, bass)  # real drums, wrong clip
 
     started = time.perf_counter()
-    summary = train(str(data), str(tmp_path / "run"), OPTIONS, num_workers=2)
+    summary = train(data, str(tmp_path / "run"), OPTIONS, num_workers=2)
     minutes = (time.perf_counter() - started) / 60
     trained, _, _ = load_generator(summary.checkpoint)
     after = rhythm(generate(trained, bass), drums, bass)
