@@ -157,17 +157,14 @@ def _cyclegan_l1_to_own_drums(lambda_paired: float, steps: int = 40) -> tuple[fl
     """L1 of G(bass) to each bass window's own drums, before and after `steps` CycleGAN updates."""
     import contextlib
 
-    from train.pool import ImagePool
+    from train.setup import WorkerRun, build_optimizers
     from train.steps import cyclegan_step
 
     torch.manual_seed(0)
-    cfg = TrainConfig(ngf=4, ndf=4, n_blocks=1, lambda_paired=lambda_paired, lr=2e-3).resolved()
+    cfg = TrainConfig(ngf=4, ndf=4, n_blocks=1, lambda_paired=lambda_paired, lr=2e-3,
+                      pool_size=0).resolved()
     nets = build_networks(cfg.to_dict())
-    gen = [p for n, net in nets.items() if n.startswith("gen_") for p in net.parameters()]
-    critic = [p for n, net in nets.items() if n.startswith("critic_") for p in net.parameters()]
-    optimizers = {"gen": torch.optim.Adam(gen, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)),
-                  "critic": torch.optim.Adam(critic, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))}
-    pools = {"bass": ImagePool(0), "drums": ImagePool(0)}
+    opt = build_optimizers(nets, WorkerRun(cfg, MelParams(), 1, steps, {}, {}), rank=0)
     # Each window's drums hit half a bar after its bass.  The drum windows as a set are the bass
     # windows (phases 0, 2, 4, 6 of 8), so only the pairing tells the model which one to play.
     bass = torch.full((4, 1, 32, 32), -0.8)
@@ -182,7 +179,7 @@ def _cyclegan_l1_to_own_drums(lambda_paired: float, steps: int = 40) -> tuple[fl
 
     before = l1()
     for _ in range(steps):
-        losses = cyclegan_step(bass, drums, nets, nets, optimizers, pools, cfg,
+        losses = cyclegan_step(bass, drums, nets, nets, opt.optimizers, opt.pools, cfg,
                                contextlib.nullcontext)
     assert (float(losses["loss_paired"]) > 0) == (lambda_paired > 0)
     return before, l1()
