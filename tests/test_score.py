@@ -112,6 +112,23 @@ def test_rhythm_tempo_is_the_true_drums_pulse_even_where_the_bass_holds_one_note
         assert F.rhythm_features(np.full_like(drums, PARAMS.db_min), drums, bass_mel, fps)["rhythm_tempo"] == 0.0
 
 
+def test_rhythm_tempo_gives_a_hum_that_swells_at_the_beat_period_nothing(lithium):
+    """Issue #30: an untrained U-Net's output on real songs is a steady hum whose loudness swells
+    slowly with the bass.  Its whole-spectrum onset envelope is tiny but periodic, so the tempo
+    taken on it scored above every trained model; per band, weighted by the onset strength, it
+    scores next to nothing."""
+    drums, bass = (_db(x) for x in lithium)
+    fps = RATE / PARAMS.hop_length
+    period = F.beat_period(F.onset_envelope(drums), fps)
+    assert period > 0
+    swell = 3.0 * np.sin(2 * np.pi * np.arange(drums.shape[1]) / period)      # +-3 dB, once a beat
+    hum = np.clip(drums.mean(axis=1, keepdims=True) + swell[None, :], PARAMS.db_min, PARAMS.db_max)
+    true = F.rhythm_features(drums, drums, bass, fps)["rhythm_tempo"]
+    assert true > 0.3
+    assert F.autocorr(F.onset_envelope(hum), period) > 2 * true    # the old definition: the hum on top
+    assert F.rhythm_features(hum, drums, bass, fps)["rhythm_tempo"] < 0.25 * true
+
+
 def test_mel_bin_frequencies_span_the_codec_range():
     freqs = F.mel_bin_frequencies(256, RATE)
     assert freqs.shape == (256,) and np.all(np.diff(freqs) > 0)
