@@ -9,7 +9,8 @@ For each song S with a bass and a drums stem (the songs `real_songs.py` finds, t
 1. OUT/S/songs/train/<song>/{bass,drums}.<ext>: links to every *other* song's stems, a `prepare`
    stems catalog (all in the train split); with `--mix-in other` the bass link points to the
    bass and other stems summed (OUT/_inputs/<song>/bass.wav, written once), the model's input;
-2. `cycledrums prepare OUT/S/songs OUT/S/windows`: the other songs' windows, cut as for any track;
+2. `cycledrums prepare OUT/S/songs OUT/S/windows [--stride FRAMES]`: the other songs' windows, cut as
+   for any track;
 3. the training set, OUT/S/windows itself, or with `--with-windows` (e.g. the grooves recipe's
    window set) or `--real-weight K` a folder OUT/S/mix of links: the given set's train files and
    each real window file K times (a weighted mix of window sets without copying a byte);
@@ -126,7 +127,8 @@ def run_fold(songs: list[Song], held_out: Song, out: Path, args) -> dict:
     windows = fold / "windows"
     started = time.monotonic()
     if not prepared(windows):
-        cycledrums("prepare", str(fold / "songs"), str(windows), log=fold / "prepare.log")
+        stride = ["--stride", str(args.stride)] if args.stride else []
+        cycledrums("prepare", str(fold / "songs"), str(windows), *stride, log=fold / "prepare.log")
     record["prepare_s"] = round(time.monotonic() - started, 1)
     summary = json.loads((windows / "_summary.json").read_text())
     record["windows"] = summary["splits"]["train"]["windows"]
@@ -152,6 +154,8 @@ def parse_args(argv: list[str] | None = None):
                     help="a window set whose train windows are mixed in (e.g. the grooves recipe's)")
     ap.add_argument("--real-weight", type=int, default=1, metavar="K",
                     help="each real window counted K times in the mix (default 1)")
+    ap.add_argument("--stride", type=int, default=None, metavar="FRAMES",
+                    help="prepare's --stride for the real songs' windows (default: prepare's, 206)")
     ap.add_argument("--train-option", action="append", default=[], metavar="--FLAG=VALUE",
                     help="an option handed to `cycledrums train` (repeat), e.g. --train-option=--ngf=16")
     ap.add_argument("--mix-in", type=comma_list, default=[], metavar="STEMS",

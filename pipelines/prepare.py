@@ -63,6 +63,10 @@ class PrepareConfig:
     tracks_csv: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
     min_level_db: float = DEFAULT_MIN_LEVEL_DB
+    # Frames between window starts; None: the codec's (window - overlap, 206).  A smaller stride
+    # cuts more, overlapping windows from the same audio: time-shifted examples for a small
+    # catalog such as a user's own multitrack songs.
+    stride: int | None = None
     demucs_model: str = DEFAULT_MODEL
     num_cpus: float | None = None  # cap on logical CPUs the job uses; None: the cluster's
     overwrite: bool = False
@@ -174,7 +178,7 @@ def build_dataset(rows: list[dict], cfg: PrepareConfig, layout: str, plan: dict,
     return ds.map_batches(write_windows, batch_size=1, batch_format="pyarrow", num_cpus=1,
                           compute=pool if layout == "stems" else None,  # the same pool: the two stages fuse
                           fn_kwargs={"output": cfg.output, "params": cfg.params,
-                                     "min_level_db": cfg.min_level_db,
+                                     "min_level_db": cfg.min_level_db, "stride": cfg.stride,
                                      "s3_endpoint_url": cfg.s3_endpoint_url})
 
 
@@ -255,6 +259,7 @@ def summarize(cfg: PrepareConfig, catalog: Catalog, tally: PrepareTally, skipped
         "audio_seconds_per_second": audio_seconds / wall_seconds if wall_seconds > 0 else 0.0,
         "splits": tally.splits,
         "min_level_db": cfg.min_level_db,
+        "stride_frames": cfg.stride or cfg.params.stride_frames,
         "test_fraction": cfg.test_fraction,
         "mel_params": cfg.params.to_dict(),
         "errors_file": ERRORS_FILE,
@@ -308,6 +313,9 @@ def preflight(cfg: PrepareConfig) -> tuple[PrepareConfig, Catalog]:
         raise PrepareError(f"--limit must be >= 0, got {cfg.limit}")
     if cfg.num_cpus is not None and not cfg.num_cpus > 0:
         raise PrepareError(f"--num-cpus must be positive, got {cfg.num_cpus:g}")
+    if cfg.stride is not None and not 1 <= cfg.stride <= cfg.params.window_frames:
+        raise PrepareError(f"--stride must be 1 to {cfg.params.window_frames} frames (the window; more "
+                           f"would skip audio between windows), got {cfg.stride}")
     cfg = replace(cfg, input=local_path_resolved(cfg.input), output=local_path_resolved(cfg.output),
                   tracks_csv=local_path_resolved(cfg.tracks_csv) if cfg.tracks_csv else None)
     check_output_outside_inputs(cfg.output, {"INPUT": cfg.input, "--tracks-csv": cfg.tracks_csv})

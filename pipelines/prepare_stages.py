@@ -239,7 +239,7 @@ class _NoWindows(Exception):
 
 
 def write_windows(batch: pa.Table, output: str, params: MelParams, min_level_db: float,
-                  s3_endpoint_url: str | None) -> pa.Table:
+                  s3_endpoint_url: str | None, stride: int | None = None) -> pa.Table:
     """Bass + drums audio -> the track's window table -> OUTPUT/<split>/<file>.parquet (atomic)."""
     import pyarrow.parquet as pq
 
@@ -254,7 +254,7 @@ def write_windows(batch: pa.Table, output: str, params: MelParams, min_level_db:
             stage = "windows"
             try:
                 table, dropped = track_windows(row["track_id"], row["split"], _audio_tensor(bass),
-                                               _audio_tensor(drums), params, min_level_db)
+                                               _audio_tensor(drums), params, min_level_db, stride)
                 row["dropped"] = dropped
                 if table.num_rows == 0:
                     raise _NoWindows(f"no window left: all {dropped} windows have bass or drums "

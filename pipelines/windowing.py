@@ -32,14 +32,16 @@ from pipelines.mel import MelParams, dequantize, image_to_model, model_to_image,
 Perturb = Callable[[int, torch.Tensor], torch.Tensor]
 
 
-def window_starts(n_frames: int, params: MelParams = MelParams(), pad_tail: bool = False) -> list[int]:
-    """Start frames of the windows cut from `n_frames` frames.
+def window_starts(n_frames: int, params: MelParams = MelParams(), pad_tail: bool = False,
+                  stride: int | None = None) -> list[int]:
+    """Start frames of the windows cut from `n_frames` frames, every `stride` frames
+    (default the codec's, params.stride_frames).
 
     Without `pad_tail` only full windows are cut and the tail after the last one
     (< stride + overlap frames) is dropped: that is what training data uses.  With
     `pad_tail` one more window covers the tail, so every frame is covered.
     """
-    w, s = params.window_frames, params.stride_frames
+    w, s = params.window_frames, stride or params.stride_frames
     if n_frames < w:
         return [0] if (pad_tail and n_frames > 0) else []
     starts = list(range(0, n_frames - w + 1, s))
@@ -49,11 +51,11 @@ def window_starts(n_frames: int, params: MelParams = MelParams(), pad_tail: bool
 
 
 def cut_windows(image: torch.Tensor, params: MelParams = MelParams(), pad_tail: bool = False,
-                pad_value: int = 0) -> tuple[torch.Tensor, list[int]]:
+                pad_value: int = 0, stride: int | None = None) -> tuple[torch.Tensor, list[int]]:
     """[n_mels, frames] image -> ([n_windows, n_mels, window_frames], start frames); the tail
     window (`pad_tail`) is padded with `pad_value` past the image's end."""
     n_frames = image.shape[-1]
-    starts = window_starts(n_frames, params, pad_tail)
+    starts = window_starts(n_frames, params, pad_tail, stride)
     w = params.window_frames
     if not starts:
         return image.new_zeros((0, image.shape[-2], w)), starts

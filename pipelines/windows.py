@@ -92,12 +92,14 @@ def window_level_db(images: torch.Tensor, params: MelParams = MelParams()) -> to
 
 def track_windows(track_id: str, split: str, bass: torch.Tensor, drums: torch.Tensor,
                   params: MelParams = MelParams(),
-                  min_level_db: float = DEFAULT_MIN_LEVEL_DB) -> tuple[pa.Table, int]:
+                  min_level_db: float = DEFAULT_MIN_LEVEL_DB,
+                  stride: int | None = None) -> tuple[pa.Table, int]:
     """One track's paired bass / drums audio -> (window table, windows dropped as near silent).
 
     Both signals must be mono at params.sample_rate; the longer is cut to the
     shorter so bass and drums windows cover the same time span.  Only full
-    windows are kept (see `window_starts`).
+    windows are kept (see `window_starts`), one every `stride` frames (default
+    the codec's; prepare's --stride).
     """
     from pipelines.mel import audio_to_image
     from pipelines.windowing import cut_windows
@@ -106,8 +108,8 @@ def track_windows(track_id: str, split: str, bass: torch.Tensor, drums: torch.Te
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     n = min(bass.shape[-1], drums.shape[-1])
     images = audio_to_image(torch.stack([bass[:n], drums[:n]]), params)  # [2, mels, frames]
-    bass_w, starts = cut_windows(images[0], params)
-    drums_w, _ = cut_windows(images[1], params)
+    bass_w, starts = cut_windows(images[0], params, stride=stride)
+    drums_w, _ = cut_windows(images[1], params, stride=stride)
     bass_level = window_level_db(bass_w, params)
     drums_level = window_level_db(drums_w, params)
     keep = (bass_level >= min_level_db) & (drums_level >= min_level_db)
