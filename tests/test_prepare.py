@@ -241,6 +241,8 @@ def test_user_errors_are_reported_by_the_cli(tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "songs"), str(tmp_path / "out"),
                  "--demucs-model", str(tmp_path / "no-model")]) == 2
     assert "no such model" in capsys.readouterr().err
+    assert main(["prepare", str(tmp_path / "songs"), str(tmp_path / "out"), "--stride", "0"]) == 2
+    assert "--stride must be 1 to 256 frames" in capsys.readouterr().err
 
 
 def test_demucs_actors_are_sized_to_the_cluster(ray_local):
