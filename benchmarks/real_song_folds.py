@@ -22,7 +22,8 @@ so an interrupted benchmark picks up where it stopped.  Then:
 
     python benchmarks/real_songs.py STEMS_DIR ... SCORES --per-song-model tuned=OUT/{song}/run
 
-OUT/folds.json records each fold's training songs, windows and wall times.
+OUT/<song>/fold.json records the fold's training songs, windows and wall times, and OUT/folds.json
+every fold's so far.
 """
 from __future__ import annotations
 
@@ -182,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped.items():
         print(f"skipping {name}: {why}")
     chosen = set(args.songs.split(",")) if args.songs else {s.name for s in songs}
-    records = []
     for i, song in enumerate(s for s in songs if s.name in chosen):
         print(f"[{i + 1}/{len(chosen)}] without {song.name}: prepare, train {args.steps} steps ...", flush=True)
-        records.append(run_fold(songs, song, out, args))
-        print(f"  prepare {records[-1]['prepare_s']} s, train {records[-1]['train_s']} s: {records[-1]['run']}",
-              flush=True)
+        record = run_fold(songs, song, out, args)
+        # One file per fold, so two runs over different --songs side by side keep both records.
+        (out / song.name / "fold.json").write_text(json.dumps(record, indent=2))
+        print(f"  prepare {record['prepare_s']} s, train {record['train_s']} s: {record['run']}", flush=True)
+    records = [json.loads((out / s.name / "fold.json").read_text()) for s in songs
+               if (out / s.name / "fold.json").is_file()]
     (out / "folds.json").write_text(json.dumps({"args": vars(args), "folds": records}, indent=2))
     mix_in = f" --mix-in {','.join(args.mix_in)}" if args.mix_in else ""
     print(f"judge them: python benchmarks/real_songs.py {' '.join(args.stems_dirs)} SCORES "
