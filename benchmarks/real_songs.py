@@ -48,6 +48,12 @@ low), per set: each model, the untrained network, another clip's drums, the bass
 shaped noise, and the true drums (level 0 and onsets 1 by definition; their steadiness
 is the reference).
 
+Why a model's rhythm_pattern falls short: a third table per song and pooled splits it, per clip,
+into infer.features.pattern_parts (the mean of their product is the pattern evaluate scored): the
+gate (1: the drums are as unlike the bass as the true drums), the strength (1: onsets as strong as
+the true drums', band by band) and the correlation (1: the true drums' pattern), for each model,
+the untrained network and another clip's drums.
+
 Without --inception-weights the torchvision ImageNet weights are used when they are in
 torch's cache, else a seeded random Inception-v3 (the density_* metrics then say
 little; the output says which).
@@ -78,6 +84,13 @@ REST_COLUMNS = (("clips with rests", "clips", "{:d}"), ("rest share", "rest_shar
                 ("onset agreement (1 best)", "onset_agreement", "{:.3f}"),
                 ("steadiness (hum ~1, drums low)", "steadiness", "{:.3f}"))
 BEATEN = (UNTRAINED, "bass-copy", "other-clip")
+# rhythm_pattern split into the parts infer.features.pattern_parts gives, for these sets after the models.
+PART_SETS = (UNTRAINED, "other-clip")
+PARTS = ("gate", "strength", "correlation")
+PART_ROWS = (("gate (1: as unlike the bass as the true drums)", "gate"),
+             ("strength (1: onsets as strong as the true drums')", "strength"),
+             ("correlation (1: the true drums' pattern)", "correlation"),
+             ("rhythm_pattern (the product, clip mean)", "rhythm_pattern"))
 STEM_NAMES = ("bass", "drums")
 # A clip's bass alone, beside its bass.wav when other stems are mixed into the input: the rests' reference.
 REST_REFERENCE = "bass_stem"
@@ -336,7 +349,7 @@ def clip_images(testset: Path, clip_id: str, params) -> dict[str, np.ndarray]:
     return images
 
 
-def rest_set_images(table, clip_id: str, images: dict, labels: list[str], testset: Path, params,
+def set_images(table, clip_id: str, images: dict, labels: list[str], testset: Path, params,
                     seed: int) -> dict[str, np.ndarray]:
     """{set: drums image} of one clip: the models' kept drums.wav, and the baselines as score makes them."""
     from infer.baselines import NOISE, fit_frames, shaped_noise_image, stable_seed
@@ -365,7 +378,7 @@ def rest_clip_figures(table, testset: Path, labels: list[str], seed: int) -> dic
     out = {}
     for clip_id in sorted(table.loc[table["set"] == "true-drums", "clip_id"].unique()):
         images = clip_images(testset, clip_id, params)
-        sets = rest_set_images(table, clip_id, images, labels, testset, params, seed)
+        sets = set_images(table, clip_id, images, labels, testset, params, seed)
         figures = {label: rest_figures(image, images["drums"], images["rests"], params, input_image=images["bass"])
                    for label, image in sets.items()}
         out[clip_id] = figures if figures["true-drums"] is not None else None
@@ -400,6 +413,56 @@ def rest_markdown(title: str, rests: dict, model_labels: list[str]) -> str:
     return "\n".join(lines + [""])
 
 
+# ---------------------------------------------------------------- rhythm_pattern in parts
+
+
+def pattern_clip_parts(table, testset: Path, labels: list[str], seed: int) -> dict[str, dict]:
+    """{clip id: {set: infer.features.pattern_parts}} for the models, the untrained network and
+    another clip's drums, over the clips where the true drums play (the ladder's)."""
+    import torch
+
+    from infer.features import pattern_parts
+    from pipelines.mel import MelParams, dequantize
+
+    params = MelParams()
+
+    def db(image: np.ndarray) -> np.ndarray:
+        return dequantize(torch.from_numpy(np.ascontiguousarray(image)), params).numpy().astype(np.float64)
+
+    playing = table[(table["set"] == "true-drums") & table["drums_active"]]
+    out = {}
+    for clip_id in sorted(playing["clip_id"].unique()):
+        images = clip_images(testset, clip_id, params)
+        sets = set_images(table, clip_id, images, labels, testset, params, seed)
+        true, bass = db(images["drums"]), db(images["bass"])
+        out[clip_id] = {label: pattern_parts(db(sets[label]), true, bass, params.sample_rate / params.hop_length,
+                                             params.sample_rate)
+                        for label in labels + list(PART_SETS) if label in sets}
+    return out
+
+
+def parts_summary(per_clip: dict[str, dict], labels: list[str]) -> dict:
+    """Per set, the means over the clips of each part and of their product (the clip's rhythm_pattern)."""
+    sets = {}
+    for label in labels + list(PART_SETS):
+        parts = [clip[label] for clip in per_clip.values() if clip.get(label) is not None]
+        if parts:
+            sets[label] = {"clips": len(parts), **{k: float(np.mean([p[k] for p in parts])) for k in PARTS},
+                           "rhythm_pattern": float(np.mean([np.prod([p[k] for k in PARTS]) for p in parts]))}
+    return {"sets": sets, "per_clip": per_clip}
+
+
+def parts_markdown(title: str, parts: dict, model_labels: list[str]) -> str:
+    columns = [c for c in model_labels + list(PART_SETS) if c in parts["sets"]]
+    if not columns:
+        return ""
+    lines = [f"#### {title}, rhythm_pattern in parts (per clip: gate x strength x correlation)", "",
+             "| part | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, key in PART_ROWS:
+        lines.append(f"| {name} | " + " | ".join(f"{parts['sets'][c][key]:.3f}" for c in columns) + " |")
+    return "\n".join(lines + [""])
+
+
 # ---------------------------------------------------------------- printing
 
 
@@ -424,12 +487,12 @@ def markdown(title: str, result: dict, model_labels: list[str]) -> str:
 
 
 def report_text(results: dict, model_labels: list[str]) -> str:
-    parts = [part for song, result in results["songs"].items()
-             for part in (markdown(f"held out: {song}", result, model_labels),
-                          rest_markdown(f"held out: {song}", result["rests"], model_labels))]
-    pooled = f"all {len(results['songs'])} songs pooled"
-    parts += [markdown(pooled, results["overall"], model_labels),
-              rest_markdown(pooled, results["overall"]["rests"], model_labels)]
+    def sections(title: str, result: dict) -> list[str]:
+        return [markdown(title, result, model_labels), parts_markdown(title, result["pattern_parts"], model_labels),
+                rest_markdown(title, result["rests"], model_labels)]
+
+    parts = [part for song, result in results["songs"].items() for part in sections(f"held out: {song}", result)]
+    parts += sections(f"all {len(results['songs'])} songs pooled", results["overall"])
     head = ["# Real-song benchmark", "", "Models: " + ", ".join(
         f"{label} = {spec}" for label, spec in results["models"].items()) + f"; untrained = {results['untrained']}",
         f"Inception: {results['inception']}", ""]
@@ -485,31 +548,35 @@ def run(args) -> dict:
     if untrained is None:
         print("making the untrained baseline (train --max-steps 1 --lr 0) ...", flush=True)
         untrained = make_untrained(next(iter(folds[0].models.values())), folds[0].song, out)
-    tables, rests = [], []
+    tables, rests, parts = [], [], []
     for i, fold in enumerate(folds, 1):
         start = time.monotonic()
         print(f"[{i}/{len(folds)}] held out {fold.song.name}: evaluate on {fold.clips} clips ...", flush=True)
         evaluate_fold(fold, untrained, args, weights, out)
         tables.append(load_clips(fold.output))
-        rests.append(rest_clip_figures(tables[-1], out / fold.song.name / "testset", list(models | per_song),
-                                       args.seed))
+        testset, labels = out / fold.song.name / "testset", list(models | per_song)
+        rests.append(rest_clip_figures(tables[-1], testset, labels, args.seed))
+        parts.append(pattern_clip_parts(tables[-1], testset, labels, args.seed))
         print(f"  done in {time.monotonic() - start:.0f} s: {fold.output}", flush=True)
-    return summarize(folds, tables, rests, skipped, models | per_song, untrained, weights_note)
+    return summarize(folds, tables, rests, parts, skipped, models | per_song, untrained, weights_note)
 
 
-def summarize(folds: list[Fold], tables: list, rests: list, skipped: dict, models: dict, untrained: str,
-              weights: str) -> dict:
+def summarize(folds: list[Fold], tables: list, rests: list, parts: list, skipped: dict, models: dict,
+              untrained: str, weights: str) -> dict:
     import pandas as pd
 
     labels = list(models)
     songs = {}
-    for fold, table, rest in zip(folds, tables, rests):
+    for fold, table, rest, part in zip(folds, tables, rests, parts):
         songs[fold.song.name] = dict(judge(table, labels), windows=fold.windows, models=fold.models,
-                                     evaluate_output=str(fold.output), rests=rest_summary(rest, labels))
-    pooled = {clip: figures for rest in rests for clip, figures in rest.items()}
+                                     evaluate_output=str(fold.output), rests=rest_summary(rest, labels),
+                                     pattern_parts=parts_summary(part, labels))
+    pooled_rests = {clip: figures for rest in rests for clip, figures in rest.items()}
+    pooled_parts = {clip: figures for part in parts for clip, figures in part.items()}
     return {"models": models, "untrained": untrained, "inception": weights, "skipped": skipped,
             "songs": songs, "overall": dict(judge(pd.concat(tables, ignore_index=True), labels),
-                                            rests=rest_summary(pooled, labels))}
+                                            rests=rest_summary(pooled_rests, labels),
+                                            pattern_parts=parts_summary(pooled_parts, labels))}
 
 
 def comma_list(text: str) -> list[str]:

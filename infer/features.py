@@ -19,7 +19,8 @@ correlation, and counts as "no agreement" (0).
                          where the true drums' do;
     rhythm_pattern       per band, the correlation of the two envelopes' autocorrelation
                          functions over lags up to 2.5 s: the same rhythm pattern (tempo,
-                         subdivision, accents), whatever its phase;
+                         subdivision, accents), whatever its phase (`pattern_parts`
+                         splits it into gate x strength x correlation);
     rhythm_tempo         per band, the autocorrelation (negative counts as 0) of the
                          generated drums' onset envelope at the true drums' beat period
                          (0.3 s .. 1.5 s, the strongest autocorrelation lag of their
@@ -221,6 +222,32 @@ def bass_independence(generated_mel: np.ndarray, true_mel: np.ndarray, bass_mel:
     return float(np.clip((1.0 - bass_correlation(_as_db(generated_mel), bass)) / (1.0 - own), 0.0, 1.0))
 
 
+def pattern_correlation(frames_per_second: float, frames: int):
+    """One band's rhythm_pattern score: the correlation of the two onset envelopes' autocorrelation
+    functions over lags up to PATTERN_LAGS_S."""
+    max_lag = max(1, min(int(PATTERN_LAGS_S * frames_per_second), frames - 2))
+    return lambda g, t: safe_corr(autocorr_function(g, max_lag), autocorr_function(t, max_lag))
+
+
+def pattern_parts(generated_mel: np.ndarray, true_mel: np.ndarray, bass_mel: np.ndarray | None,
+                  frames_per_second: float, sample_rate: int = 22050) -> dict[str, float] | None:
+    """rhythm_pattern as the product of its three parts, to see where generated drums fall short
+    (None when the true drums are silent):
+      gate         bass_independence: 1 as unlike the bass as the true drums, 0 a copy;
+      strength     the onset strength the generated drums bring, band by band, capped at the true
+                   drums' and over their total: 1 hits as strong as the true drums', 0 none;
+      correlation  the bands' pattern correlations, weighted by those capped strengths."""
+    gen_db, true_db = _crop_pair(_as_db(generated_mel), _as_db(true_mel))
+    gen_bands = band_onset_envelopes(gen_db, sample_rate)
+    true_bands = band_onset_envelopes(true_db, sample_rate)
+    if sum(e.std() for e in true_bands) < _EPS:
+        return None
+    strength = banded(lambda g, t: 1.0, gen_bands, true_bands)
+    scored = banded(pattern_correlation(frames_per_second, gen_db.shape[1]), gen_bands, true_bands)
+    return {"gate": bass_independence(gen_db, true_db, bass_mel), "strength": strength,
+            "correlation": scored / strength if strength > _EPS else 0.0}
+
+
 def rhythm_features(generated_mel: np.ndarray, true_mel: np.ndarray, bass_mel: np.ndarray | None,
                     frames_per_second: float, sample_rate: int = 22050) -> dict[str, float]:
     """The rhythm features (see the module docstring); all 0 when the true drums are silent."""
@@ -228,9 +255,7 @@ def rhythm_features(generated_mel: np.ndarray, true_mel: np.ndarray, bass_mel: n
     gate = bass_independence(gen_db, true_db, bass_mel)
     gen_bands = band_onset_envelopes(gen_db, sample_rate)
     true_bands = band_onset_envelopes(true_db, sample_rate)
-    max_lag = max(1, min(int(PATTERN_LAGS_S * frames_per_second), gen_db.shape[1] - 2))
-    pattern = banded(lambda g, t: safe_corr(autocorr_function(g, max_lag), autocorr_function(t, max_lag)),
-                      gen_bands, true_bands)
+    pattern = banded(pattern_correlation(frames_per_second, gen_db.shape[1]), gen_bands, true_bands)
     onsets = banded(lagged_corr, gen_bands, true_bands)
     period = beat_period(onset_envelope(true_db), frames_per_second)
     tempo = banded(lambda g, t: max(0.0, autocorr(g, period)), gen_bands, true_bands) if period else 0.0

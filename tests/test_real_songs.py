@@ -202,6 +202,35 @@ def test_where_the_bass_rests_every_set_is_measured_against_the_true_drums(bench
         assert figures["shared"][key] == (None if value is None else pytest.approx(value))
 
 
+@pytest.mark.timeout(60)
+def test_rhythm_pattern_is_shown_in_parts_that_multiply_back_to_evaluate_s_scores(benchmarked):
+    """Issue #30: to see why a model's pattern falls short (it follows the bass, its hits are weak, or
+    they fall elsewhere), each song's and the pooled table split rhythm_pattern into gate x strength x
+    correlation, per clip; their product's mean must be the pattern evaluate scored."""
+    import pandas as pd
+
+    out, done = benchmarked
+    results = json.loads((out / "real_songs.json").read_text())
+    markdown = (out / "real_songs.md").read_text()
+    tables = []
+    for title, result in [(f"held out: {s}", r) for s, r in results["songs"].items()] + \
+            [("all 2 songs pooled", results["overall"])]:
+        heading = f"#### {title}, rhythm_pattern in parts (per clip: gate x strength x correlation)"
+        assert heading in markdown and heading in done.stdout
+        parts = result["pattern_parts"]
+        if "evaluate_output" in result:
+            tables.append(pd.read_parquet(Path(result["evaluate_output"]) / "clips.parquet"))
+        clips = pd.concat(tables) if title.startswith("all") else tables[-1]
+        playing = clips[clips["drums_active"]]
+        assert set(parts["sets"]) == {"shared", "loso", "untrained", "other-clip"}
+        for label, figures in parts["sets"].items():
+            scored = playing.loc[playing["set"] == label, "rhythm_pattern"]
+            assert figures["clips"] == len(scored) > 0
+            assert figures["rhythm_pattern"] == pytest.approx(scored.mean(), abs=1e-6), label
+            assert 0.0 <= figures["gate"] <= 1.0 and 0.0 <= figures["strength"] <= 1.0
+            assert -1.0 <= figures["correlation"] <= 1.0
+
+
 @pytest.mark.timeout(120)
 def test_mixing_other_stems_into_the_input_keeps_the_clips_and_the_rests_reference(stems, tmp_path):
     """--mix-in other: bass.wav is the model's input (bass + other), bass_stem.wav the bass alone

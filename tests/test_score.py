@@ -129,6 +129,24 @@ def test_rhythm_tempo_gives_a_hum_that_swells_at_the_beat_period_nothing(lithium
     assert F.rhythm_features(hum, drums, bass, fps)["rhythm_tempo"] < 0.25 * true
 
 
+def test_pattern_parts_multiply_to_rhythm_pattern_and_say_which_part_falls_short(lithium):
+    """The real-song benchmark splits rhythm_pattern into gate x strength x correlation (issue #30):
+    the parts must give back the metric, and each must drop where its own failure is."""
+    drums, bass = (_db(x) for x in lithium)
+    fps = RATE / PARAMS.hop_length
+    softer = PARAMS.db_min + 0.4 * (drums - PARAMS.db_min)          # the same hits, a third as strong
+    late = np.roll(drums, 37, axis=1)                                # real drums of another bar
+    for gen in (drums, softer, late, 0.5 * drums + 0.5 * bass, bass):
+        parts = F.pattern_parts(gen, drums, bass, fps)
+        product = parts["gate"] * parts["strength"] * parts["correlation"]
+        assert product == pytest.approx(F.rhythm_features(gen, drums, bass, fps)["rhythm_pattern"], abs=1e-9)
+    assert F.pattern_parts(drums, drums, bass, fps) == pytest.approx({"gate": 1, "strength": 1, "correlation": 1})
+    assert F.pattern_parts(softer, drums, bass, fps)["strength"] < 0.6
+    assert F.pattern_parts(softer, drums, bass, fps)["correlation"] > 0.9
+    assert F.pattern_parts(bass, drums, bass, fps)["gate"] < 0.15
+    assert F.pattern_parts(drums, np.full_like(drums, PARAMS.db_min), bass, fps) is None
+
+
 def test_mel_bin_frequencies_span_the_codec_range():
     freqs = F.mel_bin_frequencies(256, RATE)
     assert freqs.shape == (256,) and np.all(np.diff(freqs) > 0)
