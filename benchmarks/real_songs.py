@@ -350,7 +350,7 @@ def clip_images(testset: Path, clip_id: str, params) -> dict[str, np.ndarray]:
 
 
 def set_images(table, clip_id: str, images: dict, labels: list[str], testset: Path, params,
-                    seed: int) -> dict[str, np.ndarray]:
+               seed: int) -> dict[str, np.ndarray]:
     """{set: drums image} of one clip: the models' kept drums.wav, and the baselines as score makes them."""
     from infer.baselines import NOISE, fit_frames, shaped_noise_image, stable_seed
     from infer.score_stages import load_mel_image
