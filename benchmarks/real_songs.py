@@ -369,20 +369,26 @@ def set_images(table, clip_id: str, images: dict, labels: list[str], testset: Pa
     return out
 
 
-def rest_clip_figures(table, testset: Path, labels: list[str], seed: int) -> dict[str, dict]:
-    """{clip id: {set: bass_rests figures}} for the clips with rests (the others: {clip id: None})."""
+def clip_figures(table, testset: Path, labels: list[str], seed: int) -> tuple[dict, dict]:
+    """Both per-clip tables, each clip's images decoded once: {clip id: {set: bass_rests figures}}
+    for the clips with rests (the others: None), and {clip id: {set: pattern_parts}} for the
+    clips where the true drums play (the ladder's)."""
     from infer.bass_rests import rest_figures
     from pipelines.mel import MelParams
 
     params = MelParams()
-    out = {}
-    for clip_id in sorted(table.loc[table["set"] == "true-drums", "clip_id"].unique()):
+    truth = table[table["set"] == "true-drums"]
+    playing = set(truth.loc[truth["drums_active"], "clip_id"])
+    rests, parts = {}, {}
+    for clip_id in sorted(truth["clip_id"].unique()):
         images = clip_images(testset, clip_id, params)
         sets = set_images(table, clip_id, images, labels, testset, params, seed)
         figures = {label: rest_figures(image, images["drums"], images["rests"], params, input_image=images["bass"])
                    for label, image in sets.items()}
-        out[clip_id] = figures if figures["true-drums"] is not None else None
-    return out
+        rests[clip_id] = figures if figures["true-drums"] is not None else None
+        if clip_id in playing:
+            parts[clip_id] = clip_pattern_parts(images, sets, labels, params)
+    return rests, parts
 
 
 def rest_summary(per_clip: dict[str, dict | None], labels: list[str]) -> dict:
@@ -416,29 +422,22 @@ def rest_markdown(title: str, rests: dict, model_labels: list[str]) -> str:
 # ---------------------------------------------------------------- rhythm_pattern in parts
 
 
-def pattern_clip_parts(table, testset: Path, labels: list[str], seed: int) -> dict[str, dict]:
-    """{clip id: {set: infer.features.pattern_parts}} for the models, the untrained network and
-    another clip's drums, over the clips where the true drums play (the ladder's)."""
+def clip_pattern_parts(images: dict, sets: dict, labels: list[str], params) -> dict[str, dict]:
+    """{set: infer.features.pattern_parts} of one clip, for the models, the untrained network and
+    another clip's drums."""
     import torch
 
     from infer.features import pattern_parts
-    from pipelines.mel import MelParams, dequantize
-
-    params = MelParams()
+    from pipelines.mel import dequantize
 
     def db(image: np.ndarray) -> np.ndarray:
+        # As score analyses a clip (float32 dequantize), so the parts' product is evaluate's pattern.
         return dequantize(torch.from_numpy(np.ascontiguousarray(image)), params).numpy().astype(np.float64)
 
-    playing = table[(table["set"] == "true-drums") & table["drums_active"]]
-    out = {}
-    for clip_id in sorted(playing["clip_id"].unique()):
-        images = clip_images(testset, clip_id, params)
-        sets = set_images(table, clip_id, images, labels, testset, params, seed)
-        true, bass = db(images["drums"]), db(images["bass"])
-        out[clip_id] = {label: pattern_parts(db(sets[label]), true, bass, params.sample_rate / params.hop_length,
-                                             params.sample_rate)
-                        for label in labels + list(PART_SETS) if label in sets}
-    return out
+    true, bass = db(images["drums"]), db(images["bass"])
+    return {label: pattern_parts(db(sets[label]), true, bass, params.sample_rate / params.hop_length,
+                                 params.sample_rate)
+            for label in labels + list(PART_SETS) if label in sets}
 
 
 def parts_summary(per_clip: dict[str, dict], labels: list[str]) -> dict:
@@ -555,8 +554,9 @@ def run(args) -> dict:
         evaluate_fold(fold, untrained, args, weights, out)
         tables.append(load_clips(fold.output))
         testset, labels = out / fold.song.name / "testset", list(models | per_song)
-        rests.append(rest_clip_figures(tables[-1], testset, labels, args.seed))
-        parts.append(pattern_clip_parts(tables[-1], testset, labels, args.seed))
+        clip_rests, clip_parts = clip_figures(tables[-1], testset, labels, args.seed)
+        rests.append(clip_rests)
+        parts.append(clip_parts)
         print(f"  done in {time.monotonic() - start:.0f} s: {fold.output}", flush=True)
     return summarize(folds, tables, rests, parts, skipped, models | per_song, untrained, weights_note)
 

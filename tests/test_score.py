@@ -134,7 +134,7 @@ def test_pattern_parts_multiply_to_rhythm_pattern_and_say_which_part_falls_short
     the parts must give back the metric, and each must drop where its own failure is."""
     drums, bass = (_db(x) for x in lithium)
     fps = RATE / PARAMS.hop_length
-    softer = PARAMS.db_min + 0.4 * (drums - PARAMS.db_min)          # the same hits, a third as strong
+    softer = PARAMS.db_min + 0.4 * (drums - PARAMS.db_min)          # the same hits, 0.4 of their dB range
     late = np.roll(drums, 37, axis=1)                                # real drums of another bar
     for gen in (drums, softer, late, 0.5 * drums + 0.5 * bass, bass):
         parts = F.pattern_parts(gen, drums, bass, fps)
