@@ -129,6 +129,27 @@ def test_rhythm_tempo_gives_a_hum_that_swells_at_the_beat_period_nothing(lithium
     assert F.rhythm_features(hum, drums, bass, fps)["rhythm_tempo"] < 0.25 * true
 
 
+def test_rhythm_tempo_gives_a_frame_by_frame_checkerboard_nothing(lithium):
+    """Issue #30: an untrained U-Net's output alternates frame by frame in its upper bands (the
+    transposed convolutions' checkerboard).  That envelope's autocorrelation is about +1 at every
+    even lag, so read at a true beat period of 42 frames it "pulsed at the tempo" (0.08 on two
+    Lithium clips, above both trained models).  The tempo is read on the smoothed envelope."""
+    drums, bass = (_db(x) for x in lithium)
+    fps = RATE / PARAMS.hop_length
+    period = F.beat_period(F.onset_envelope(drums), fps)
+    assert period % 2 == 0                    # the case where the alternation aliases into the beat
+    alternation = 4.0 * (-1.0) ** np.arange(drums.shape[1])                      # +-4 dB, every frame
+    checkerboard = np.clip(drums.mean(axis=1, keepdims=True) + alternation[None, :],
+                           PARAMS.db_min, PARAMS.db_max)
+    true = F.rhythm_features(drums, drums, bass, fps)["rhythm_tempo"]
+    assert true > 0.3
+    raw = [F.autocorr(env, period) for env in F.band_onset_envelopes(checkerboard, RATE)]
+    assert min(raw) > 0.9                     # unsmoothed, every band "pulses" at the period
+    assert F.rhythm_features(checkerboard, drums, bass, fps)["rhythm_tempo"] < 0.05 * true
+    late = np.roll(drums, 5, axis=1)           # real hits, off the beat's phase: still the tempo
+    assert F.rhythm_features(late, drums, bass, fps)["rhythm_tempo"] > 0.8 * true
+
+
 def test_pattern_parts_multiply_to_rhythm_pattern_and_say_which_part_falls_short(lithium):
     """The real-song benchmark splits rhythm_pattern into gate x strength x correlation (issue #30):
     the parts must give back the metric, and each must drop where its own failure is."""
